@@ -1,0 +1,32 @@
+"""The whole job: run the study, then write the report.
+
+    python -m pipeline [KEY=VALUE ...]       e.g. python -m pipeline task=moons search.n_trials=20
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from omegaconf import DictConfig
+
+from pipeline.cli import run
+from pipeline.search import command as search_command
+
+
+def command(args: argparse.Namespace, cfg: DictConfig) -> int:
+    code = search_command(args, cfg)
+    if code != 0:
+        return code
+    from pipeline.report import command as report_command
+
+    return report_command(args, cfg)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(command, argv, prog="python -m pipeline", description=__doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The command line every entry point shares: Hydra overrides in, one clear line out on bad input.
+
+    python -m pipeline[.search|.report|.config] [--params FILE] [--config-dir DIR] [-v] [KEY=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.config import ConfigError, check, compose, load_params
+
+Command = Callable[[argparse.Namespace, DictConfig], int]
+
+
+def parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=(description or "").strip().splitlines()[0] if description else None,
+        epilog="Overrides use Hydra's grammar, e.g. search.n_trials=40 task=moons "
+        "'search.optimizers=[adam,sgd]' sampler=random pruner=none",
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides")
+    p.add_argument(
+        "--params",
+        metavar="FILE",
+        help="read an already composed config (DVC's params.yaml) instead of composing conf/",
+    )
+    p.add_argument(
+        "--config-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also look for config groups (task/, optimizer/, ...) here, before conf/",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="show Lightning's own logging")
+    return p
+
+
+def load(args: argparse.Namespace) -> DictConfig:
+    if args.params:
+        if args.overrides:
+            raise ConfigError(
+                "--params",
+                "takes no overrides; change the params file (dvc exp run -S KEY=VALUE)",
+            )
+        cfg = load_params(args.params)
+    else:
+        cfg = compose(args.overrides, config_dirs=args.config_dir)
+    if args.verbose:
+        OmegaConf.update(cfg, "trainer.verbose", True, force_add=True)
+    check(cfg, config_dirs=args.config_dir)
+    return cfg
+
+
+def run(
+    command: Command,
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    description: str | None,
+) -> int:
+    """Parse, compose, check, then run `command`; a ConfigError anywhere is one line and exit 2."""
+    args = parser(prog, description).parse_args(argv)
+    try:
+        cfg = load(args)
+        return command(args, cfg)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

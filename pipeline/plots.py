@@ -1,0 +1,169 @@
+"""The report's figures, drawn with seaborn from the tidy tables in pipeline.results.
+
+    pipeline.report embeds each as a base64 PNG, so the HTML needs no other file.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: figures only ever go to files
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from pipeline.results import Results, best_so_far, family_label  # noqa: E402
+
+LABELS = {
+    "val_loss": "validation loss",
+    "train_loss": "training loss",
+    "val_acc": "validation accuracy",
+    "epoch": "epoch",
+    "seconds": "wall-clock time since the trial started (s)",
+}
+DPI = 96
+
+
+def png(fig: plt.Figure) -> str:
+    """The figure as a base64 PNG, and the figure closed (a report draws many)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _palette(families: list[str]) -> dict[str, tuple[float, float, float]]:
+    colors = sns.color_palette("tab10", n_colors=max(10, len(families)))
+    return {f: colors[i % len(colors)] for i, f in enumerate(sorted(families))}
+
+
+def _legend_labels(ax: plt.Axes) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, [family_label(x) for x in labels], title="family", fontsize=8)
+
+
+def convergence(results: Results, *, y: str, x: str) -> str | None:
+    """y against x for each family's recommended trial (the row in the recommendation table)."""
+    table = results.recommendation
+    if table.empty or results.curves.empty:
+        return None
+    picked = results.curves[results.curves.trial.isin(table.trial)]
+    data = picked.dropna(subset=[y])
+    if data.empty:
+        return None
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    sns.lineplot(
+        data=data, x=x, y=y, hue="family", palette=_palette(list(data.family.unique())),
+        marker="o", markersize=4, ax=ax, estimator=None, units="trial",
+    )  # fmt: skip
+    if results.target is not None and y == results.metric:
+        ax.axhline(results.target.value, color="black", linestyle="--", linewidth=1)
+        ax.annotate("target", (ax.get_xlim()[1], results.target.value), fontsize=8,
+                    ha="right", va="bottom")  # fmt: skip
+    if y.endswith("loss") and (data[y] > 0).all() and data[y].max() / data[y].min() > 20:
+        ax.set_yscale("log")
+    ax.set_xlabel(LABELS[x])
+    ax.set_ylabel(LABELS[y])
+    ax.set_title(f"{LABELS[y]} of each family's best trial")
+    _legend_labels(ax)
+    return png(fig)
+
+
+def search_progress(results: Results) -> str | None:
+    data = best_so_far(results.trials, direction=results.direction)
+    if data.empty:
+        return None
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sns.scatterplot(data=data, x="number", y="value", hue="state", s=18, alpha=0.6, ax=ax)
+    ax.step(data["number"], data["best"], where="post", color="black", label="best so far")
+    ax.set_xlabel("trial number")
+    ax.set_ylabel(f"final {LABELS.get(results.metric, results.metric)}")
+    if (data["value"] > 0).all() and data["value"].max() / data["value"].min() > 20:
+        ax.set_yscale("log")
+    ax.set_title("Best value so far over the trials")
+    ax.legend(fontsize=8)
+    return png(fig)
+
+
+def lr_sensitivity(results: Results) -> str | None:
+    """Final metric against learning rate (log axis), one panel per family."""
+    data = results.trials.dropna(subset=["value", "lr"])
+    if data.empty:
+        return None
+    data = data.assign(family=data.family.map(family_label))
+    families = sorted(data.family.unique())
+    cols = min(3, len(families))
+    rows = math.ceil(len(families) / cols)
+    sns.set_theme(style="whitegrid")
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False,
+                             sharey=True)  # fmt: skip
+    log_y = (data["value"] > 0).all() and data["value"].max() / data["value"].min() > 20
+    for ax, family in zip(axes.flat, families, strict=False):
+        part = data[data.family == family]
+        sns.scatterplot(data=part, x="lr", y="value", hue="state", s=22, ax=ax, legend=False,
+                        palette={"complete": "tab:blue", "pruned": "tab:orange",
+                                 "diverged": "tab:red"})  # fmt: skip
+        ax.set_xscale("log")
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_title(f"{family} ({len(part)} trials)", fontsize=9)
+        ax.set_xlabel("learning rate (log)")
+        ax.set_ylabel(f"final {LABELS.get(results.metric, results.metric)}")
+    for ax in list(axes.flat)[len(families) :]:
+        ax.set_visible(False)
+    fig.suptitle("Learning rate against the final metric (blue complete, orange pruned)",
+                 fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    return png(fig)
+
+
+def batch_size_speed(results: Results) -> str | None:
+    """Seconds to the target by batch size, over every trial that reached it."""
+    if results.ttt.empty or results.target is None:
+        return None
+    data = results.trials.merge(results.ttt, left_on="number", right_on="trial")
+    reached = data.dropna(subset=["seconds_to_target"])
+    if reached.empty:
+        return None
+    counts = data.groupby("batch_size").agg(n=("number", "size"),
+                                            hit=("seconds_to_target", "count"))  # fmt: skip
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    order = sorted(data.batch_size.unique())
+    sns.boxplot(data=reached, x="batch_size", y="seconds_to_target", order=order, ax=ax,
+                color="#dde6f3", showfliers=False)  # fmt: skip
+    sns.stripplot(data=reached, x="batch_size", y="seconds_to_target", order=order, ax=ax,
+                  size=4, color="tab:blue", alpha=0.7)  # fmt: skip
+    ax.set_xticks(range(len(order)))
+    ax.set_xticklabels([f"{b}\n{counts.loc[b, 'hit']}/{counts.loc[b, 'n']} reach" for b in order])
+    ax.set_xlabel("batch size (trials reaching the target / trials)")
+    ax.set_ylabel("time to target (s)")
+    ax.set_title("Time to target by batch size")
+    return png(fig)
+
+
+def importance(results: Results) -> str | None:
+    if not results.importance:
+        return None
+    frames = [
+        pd.DataFrame({"parameter": list(scores), "importance": list(scores.values()), "over": label})
+        for label, scores in results.importance.items()
+    ]
+    data = pd.concat(frames, ignore_index=True)
+    sns.set_theme(style="whitegrid")
+    height = 1.2 + 0.28 * len(data)
+    fig, ax = plt.subplots(figsize=(7, height))
+    sns.barplot(data=data, y="parameter", x="importance", hue="over", ax=ax, orient="h")
+    ax.set_xlabel("importance (PED-ANOVA, share of the total)")
+    ax.set_ylabel("")
+    ax.set_title("Which hyperparameters matter")
+    ax.legend(fontsize=8, title="")
+    return png(fig)

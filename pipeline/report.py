@@ -1,0 +1,218 @@
+"""Write the study's report: reports/index.html (one self-contained file) and the data beside it.
+
+    python -m pipeline.report [KEY=VALUE ...]     # the same overrides as the search
+
+Beside index.html: summary.json (DVC metrics), recommendation.csv and curves.csv (DVC plots).
+Every file is written to a temporary name first and renamed, so none is ever half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import optuna
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline import plots
+from pipeline.cli import run
+from pipeline.results import Results, collect, family_label
+from pipeline.storage import load_study
+
+PACKAGES = ("torch", "pytorch-lightning", "optuna", "hydra-core", "pandas", "seaborn", "optim-race")
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def facts(results: Results) -> dict[str, Any]:
+    """The summary block: what ran, on what, with what budget, and the outcome."""
+    config = results.config
+    trials = results.trials
+    runs = trials.dropna(subset=["device"])
+    states = trials.state.value_counts().to_dict()
+    best = trials[trials.state == "complete"]["value"]
+    task = config.get("task", {})
+    search = config.get("search", {})
+    return {
+        "task": task.get("name", "?"),
+        "model": (task.get("model") or {}).get("_target_", "?"),
+        "data": (task.get("data") or {}).get("_target_", "?"),
+        "devices": ", ".join(sorted(runs.device.unique())) or "none recorded",
+        "budget": (
+            f"{search.get('n_trials', '?')} trials x up to "
+            f"{config.get('trainer', {}).get('max_epochs', '?')} epochs"
+            + (f", timeout {search['timeout']} s" if search.get("timeout") else "")
+        ),
+        "families": ", ".join(family_label(f) for f in search.get("optimizers", [])),
+        "schedules": ", ".join(search.get("schedulers", [])),
+        "batch_sizes": ", ".join(str(b) for b in search.get("batch_sizes", [])),
+        "sampler": (config.get("sampler") or {}).get("_target_", "?").rsplit(".", 1)[-1],
+        "pruner": (config.get("pruner") or {}).get("_target_", "?").rsplit(".", 1)[-1],
+        "seed": config.get("seed"),
+        "counts": {s: int(states.get(s, 0)) for s in STATES if states.get(s, 0) or s in MAIN},
+        "total": len(trials),
+        "compute_seconds": float(trials.seconds.fillna(0).sum()),
+        "best": None if best.empty else float(best.min() if results.direction == "minimize" else best.max()),
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "versions": versions(),
+    }
+
+
+STATES = ("complete", "pruned", "diverged", "failed", "interrupted", "lost", "running")
+MAIN = ("complete", "pruned", "failed")
+
+
+def figures(results: Results) -> list[dict[str, str | None]]:
+    metric = results.metric
+    loss_y = metric if metric.startswith("val") else "val_loss"
+    items = [
+        ("convergence", f"{plots.LABELS[loss_y]} against epoch", plots.convergence(results, y=loss_y, x="epoch")),
+        ("convergence", f"{plots.LABELS[loss_y]} against wall-clock seconds", plots.convergence(results, y=loss_y, x="seconds")),
+        ("convergence", "training loss against epoch", plots.convergence(results, y="train_loss", x="epoch")),
+        ("convergence", "training loss against wall-clock seconds", plots.convergence(results, y="train_loss", x="seconds")),
+        ("search", "best value so far over the trials", plots.search_progress(results)),
+        ("search", "learning rate against the final metric, per family", plots.lr_sensitivity(results)),
+        ("search", "time to target by batch size", plots.batch_size_speed(results)),
+        ("search", "hyperparameter importance", plots.importance(results)),
+    ]  # fmt: skip
+    return [{"section": s, "title": t, "png": p} for s, t, p in items]
+
+
+def _cell(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def render(results: Results, *, command: str) -> str:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("pipeline", "templates"),
+        autoescape=True,  # model names, config strings and errors are the user's text
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["cell"] = _cell
+    env.filters["family"] = family_label
+    table = results.recommendation
+    return env.get_template("report.html.j2").render(
+        r=results,
+        facts=facts(results),
+        figures=figures(results),
+        recommendation=table.to_dict("records") if not table.empty else [],
+        trials=results.trials.sort_values("number").to_dict("records"),
+        params_of=lambda p: ", ".join(f"{k} {_cell(v, 3)}" for k, v in p.items() if k != "lr"),
+        config_yaml=OmegaConf.to_yaml(OmegaConf.create(results.config)) if results.config else "",
+        command=command,
+    )
+
+
+def summary(results: Results) -> dict[str, Any]:
+    info = facts(results)
+    table = results.recommendation
+    winner = None
+    if not table.empty:
+        top = table.iloc[0]
+        winner = {
+            "family": top["family"],
+            "trial": int(top["trial"]),
+            "reached_target": bool(top["reached"]),
+            "seconds_to_target": _json_number(top["seconds_to_target"]),
+            "epochs_to_target": _json_number(top["epochs_to_target"]),
+            "lr": _json_number(top["lr"]),
+            "schedule": top["schedule"],
+            "batch_size": int(top["batch_size"]) if pd.notna(top["batch_size"]) else None,
+        }
+    return {
+        "study": results.study_name,
+        "metric": results.metric,
+        "direction": results.direction,
+        "best_value": info["best"],
+        "target": results.target.value if results.target else None,
+        "winner": winner,
+        "trials": info["total"],
+        **{f"{state}": n for state, n in info["counts"].items()},
+        "compute_seconds": round(info["compute_seconds"], 3),
+    }
+
+
+def _json_number(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def _write(path: Path, text: str) -> None:
+    """Write beside the target and rename: readers never see a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a report is for sharing
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def build(cfg: DictConfig, *, command: str = "python -m pipeline.report") -> Path:
+    """Read the study named in the config and write the report files; returns index.html."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = load_study(cfg.search.storage, cfg.search.study_name)
+    results = collect(study, target=cfg.report.target, tolerance=float(cfg.report.target_tolerance))
+    out = Path(cfg.report.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    html = render(results, command=command)
+    table = results.recommendation
+    _write(out / "summary.json", json.dumps(summary(results), indent=2, allow_nan=False) + "\n")
+    _write(out / "recommendation.csv", table.to_csv(index=False))
+    _write(out / "curves.csv", curves_csv(results))
+    _write(out / "index.html", html)
+    return out / "index.html"
+
+
+def curves_csv(results: Results) -> str:
+    """One row per trial per epoch; family_best marks each family's recommended trial."""
+    curves = results.curves.copy()
+    picked = set(results.recommendation.trial) if not results.recommendation.empty else set()
+    curves["family_best"] = curves.trial.isin(picked).astype(int)
+    return curves.to_csv(index=False)
+
+
+def command(args: argparse.Namespace, cfg: DictConfig) -> int:
+    argv = " ".join(args.overrides)
+    path = build(cfg, command=f"python -m pipeline {argv}".strip())
+    print(path)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(command, argv, prog="python -m pipeline.report", description=__doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Run the study: the families, schedules and batch sizes in the config, each trial a Lightning run.
+
+    python -m pipeline.search search.n_trials=40 task=moons 'search.optimizers=[adam,sgd,momentum]'
+
+Rerunning the same command resumes the study and runs only the trials still missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from omegaconf import DictConfig
+from optuna.trial import TrialState
+
+from pipeline.cli import run
+from pipeline.progress import best_value
+from pipeline.study import Outcome, counts, search
+
+
+def summary(outcome: Outcome, cfg: DictConfig) -> list[str]:
+    """The lines printed after a search: what ran, the best value, and what to do next."""
+    trials = [t for t in outcome.trials if counts(t)]
+    by_state = {s: sum(t.state == s for t in trials) for s in TrialState}
+    diverged = sum(bool(t.user_attrs.get("diverged")) for t in trials)
+    name = cfg.search.study_name
+    lines = [
+        f"study {name!r}: {len(trials)}/{cfg.search.n_trials} trials "
+        f"({by_state[TrialState.COMPLETE]} complete, {by_state[TrialState.PRUNED]} pruned"
+        + (f" ({diverged} diverged)" if diverged else "")
+        + f", {by_state[TrialState.FAIL]} failed) in {outcome.seconds:.1f} s"
+    ]
+    best = best_value(outcome.trials, cfg.search.direction)
+    if best is not None:
+        top = next(t for t in outcome.trials if t.state == TrialState.COMPLETE and t.value == best)
+        p = top.params
+        lines.append(
+            f"best {cfg.search.metric} {best:.4g}: trial {top.number} "
+            f"({p.get('optimizer')}, {p.get('schedule')}, batch {p.get('batch_size')})"
+        )
+    if outcome.interrupted:
+        lines.append("interrupted: rerun the same command to run the trials still missing")
+    elif trials and by_state[TrialState.FAIL] == len(trials):
+        first = min(trials, key=lambda t: t.number)
+        lines.append(
+            f"error: all {len(trials)} trials failed; first error (trial {first.number}): "
+            f"{first.user_attrs.get('error')}  (rerun with -v for the traceback)"
+        )
+    elif outcome.failed_workers:
+        lines.append(f"error: {outcome.failed_workers} worker process(es) crashed")
+    return lines
+
+
+def command(args: argparse.Namespace, cfg: DictConfig) -> int:
+    outcome = search(cfg, config_dirs=args.config_dir)
+    for line in summary(outcome, cfg):
+        print(line, file=sys.stderr if line.startswith(("error", "interrupted")) else sys.stdout)
+    return outcome.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(command, argv, prog="python -m pipeline.search", description=__doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Open the Optuna storage a study lives in, from the URL in search.storage.
+
+    sqlite:///studies/study.db           one worker (the default)
+    journal:///studies/study.journal     several workers on one machine or a shared file system
+    postgresql://user@host/db            several workers on several machines
+
+SQLite is not for parallel writers ("database is locked"); the journal file and PostgreSQL are
+Optuna's own answers for that, so parallel runs use them and nothing of ours.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+
+from pipeline.config import ConfigError, check_storage_url
+
+# RDB storages (SQLite, PostgreSQL) record a heartbeat so that a trial whose worker died on
+# another machine is marked failed; on this machine a dead worker's pid tells us sooner.
+HEARTBEAT_SECONDS = 60
+GRACE_SECONDS = 180
+
+
+def storage_path(url: str) -> Path | None:
+    """The file behind a sqlite:/// or journal:/// URL (relative to the working directory)."""
+    if url.startswith(("sqlite:///", "journal:///")):
+        return Path(url.split(":///", 1)[1])
+    return None
+
+
+def open_storage(url: str, *, must_exist: bool = False) -> BaseStorage:
+    check_storage_url(url)
+    path = storage_path(url)
+    if path is not None:
+        if must_exist and not path.is_file():
+            raise ConfigError(
+                "search.storage", f"no study file at {path}; run python -m pipeline.search first"
+            )
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError("search.storage", f"cannot create {path.parent}: {exc}") from None
+    try:
+        if url.startswith("journal:///"):
+            return JournalStorage(JournalFileBackend(str(path)))
+        engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+        with warnings.catch_warnings():  # heartbeat_interval is "experimental" since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+            )
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            "search.storage",
+            f"cannot open {_safe(url)}: {exc}; install it, e.g. pip install -e '.[postgres]'",
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - any failure to open is reported the same way
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if "DB access module" in first:
+            first += " (for PostgreSQL: pip install -e '.[postgres]')"
+        raise ConfigError("search.storage", f"cannot open {_safe(url)}: {first}") from None
+
+
+def _safe(url: str) -> str:
+    """The URL without its password."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - journal URLs and odd strings are shown as they are
+        return url
+
+
+def load_study(url: str, study_name: str) -> optuna.Study:
+    """An existing study, for reading (the report)."""
+    storage = open_storage(url, must_exist=True)
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = ", ".join(optuna.get_all_study_names(storage)) or "none"
+        raise ConfigError(
+            "search.study_name", f"no study {study_name!r} in {_safe(url)}; it holds: {names}"
+        ) from None

@@ -1,0 +1,70 @@
+"""Shared helpers: compose configs into tmp_path, run the CLI in a real subprocess.
+
+    python -m pytest
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig
+
+from pipeline.config import check, compose
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+USER_CONF = TESTS / "conf"
+# Small enough to finish in seconds on 2 cores, big enough to exercise every stage.
+TINY = ("task=moons", "trainer.max_epochs=3", "search.batch_sizes=[64,128]")
+# CI sets this so that a test needing a service fails instead of skipping.
+REQUIRE_SERVICES = os.environ.get("PIPELINE_REQUIRE_SERVICES") == "1"
+
+
+def tiny_config(tmp_path: Path, *overrides: str, config_dirs: Sequence[Path] = ()) -> DictConfig:
+    """A composed, checked config whose study and report live under tmp_path."""
+    cfg = compose(
+        [
+            *TINY,
+            f"search.storage=sqlite:///{tmp_path}/study.db",
+            f"report.dir={tmp_path}/reports",
+            *overrides,
+        ],
+        config_dirs=config_dirs,
+    )
+    check(cfg, config_dirs=config_dirs)
+    return cfg
+
+
+def run_cli(
+    module: str,
+    *args: str,
+    cwd: Path,
+    timeout: float = 240,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """`python -m <module> args...` in a fresh process, as a user runs it."""
+    full_env = {**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def require_service(reason: str) -> None:
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason} (PIPELINE_REQUIRE_SERVICES=1: CI must provide it)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _user_task_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(TESTS))

@@ -1,0 +1,153 @@
+"""Bad input: one line naming the key and what is allowed, exit code 2, nothing created or changed."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from pipeline.search import main as search_main
+from tests.conftest import TINY, run_cli
+
+# (overrides, the key the error line must name)
+CASES = [
+    (["search.optimizers=[adam,foo]"], "search.optimizers", "allowed: adagrad"),
+    (["search.optimizers=[]"], "search.optimizers", "non-empty list"),
+    (["search.optimizers=[adam,adam]"], "search.optimizers", "more than once"),
+    (["search.schedulers=[warp]"], "search.schedulers", "allowed: constant"),
+    (["task=nope"], "task", "allowed: digits, moons"),
+    (["search.n_trials=0"], "search.n_trials", "integer >= 1"),
+    (["search.n_trials=abc"], "search.n_trials", "integer >= 1"),
+    (["search.batch_sizes=[0,32]"], "search.batch_sizes", "positive"),
+    (["search.batch_sizes=[]"], "search.batch_sizes", "non-empty list"),
+    (["search.batch_sizes=[32.5]"], "search.batch_sizes", "not a int"),
+    (["search.storage=foo://x"], "search.storage", "sqlite:///"),
+    (["search.storage=sqlite:///"], "search.storage", "names no file"),
+    (["search.storage=sqlite:////proc/nope/x.db"], "search.storage", "cannot create"),
+    (["search.storage=postgresql://u@127.0.0.1:1/db"], "search.storage", "cannot open"),
+    (["search.n_workers=2"], "search.storage", "journal:///"),
+    (["search.n_workers=0"], "search.n_workers", "integer >= 1"),
+    (["search.n_trail=3"], "search.n_trail", "search has: n_trials"),
+    (["search.n_trials=[1"], "search.n_trials=[1", "Hydra override"),
+    (["sampler=nope"], "sampler", "allowed: cmaes, grid, qmc, random, tpe"),
+    (["pruner=nope"], "pruner", "allowed: hyperband, median, none"),
+    (["+sampler.bogus=1"], "sampler", "bogus"),
+    (["search.metric=accuracy"], "search.metric", "val_loss"),
+    (["search.metric=val_acc"], "search.direction", "maximized"),
+    (["search.direction=sideways"], "search.direction", "minimize, maximize"),
+    (["search.timeout=-5"], "search.timeout", "> 0"),
+    (["search.divergence_factor=0.5"], "search.divergence_factor", "> 1"),
+    (["search.min_trials_per_family=-1"], "search.min_trials_per_family", ">= 0"),
+    (["search.study_name=''"], "search.study_name", "non-empty"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs", "integer >= 1"),
+    (["trainer.precision=17"], "trainer.precision", "32-true"),
+    (["trainer.accelerator=quantum"], "trainer.accelerator", "auto, cpu"),
+    (["trainer.devices=0"], "trainer.devices", "count >= 1"),
+    (["trainer.threads=0"], "trainer.threads", "integer >= 1"),
+    (["report.target_tolerance=2"], "report.target_tolerance", "below 1"),
+    (["report.target=high"], "report.target", "number"),
+    (["task.model._target_=nowhere.Model"], "task.model._target_", "cannot import"),
+    (["task.loss=hinge"], "task.loss", "cross_entropy, mse"),
+    (["task.loss=mse", "search.metric=val_acc", "search.direction=maximize"],
+     "search.metric", "cross_entropy"),  # fmt: skip
+    (["seed=-1"], "seed", "integer >= 0"),
+]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "absent"
+
+
+def _run(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str]:
+    code = search_main(argv)
+    err = capsys.readouterr().err
+    return code, err
+
+
+@pytest.mark.parametrize(("overrides", "key", "hint"), CASES, ids=[c[1] + ":" + c[0][0] for c in CASES])
+def test_bad_value_is_one_line_and_exit_2(tmp_path, capsys, overrides, key, hint):
+    storage = tmp_path / "study.db"
+    argv = [*TINY, f"search.storage=sqlite:///{storage}", *overrides]
+    if any(o.startswith("search.storage=") for o in overrides):
+        argv = [*TINY, *overrides]
+    code, err = _run(tmp_path, capsys, argv)
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"error: {key}: "), lines[0]
+    assert hint in lines[0], lines[0]
+    assert not storage.exists(), "a study was created for bad input"
+
+
+def _family_file(tmp_path: Path, body: str) -> Path:
+    conf = tmp_path / "conf"
+    (conf / "optimizer").mkdir(parents=True)
+    (conf / "optimizer" / "bad.yaml").write_text("_target_: torch.optim.SGD\n_partial_: true\n" + body)
+    return conf
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "hint"),
+    [
+        ("lr: {type: float, low: 0.1, high: 0.01}", "optimizer/bad.yaml: lr.low", "below high"),
+        ("lr: {type: float, low: 0.0, high: 0.1, log: true}", "optimizer/bad.yaml: lr.low", "low > 0"),
+        ("lr: {type: floaty, low: 0.0, high: 0.1}", "optimizer/bad.yaml: lr.type", "float, int"),
+        ("lr: {type: categorical, choices: []}", "optimizer/bad.yaml: lr.choices", "non-empty"),
+        ("lr: {type: float, low: 0.01, high: 0.1, default: 3}", "optimizer/bad.yaml: lr", "outside"),
+        ("lr: {type: float, low: 0.01, high: 0.1, lo: 3}", "optimizer/bad.yaml: lr.lo", "unknown field"),
+        ("momentum: {type: float, low: 0.0, high: 0.9}", "optimizer/bad.yaml: lr", "must search lr"),
+    ],
+)
+def test_bad_family_file(tmp_path, capsys, body, key, hint):
+    conf = _family_file(tmp_path, body)
+    storage = tmp_path / "study.db"
+    code, err = _run(
+        tmp_path,
+        capsys,
+        ["--config-dir", str(conf), *TINY, "search.optimizers=[bad]",
+         f"search.storage=sqlite:///{storage}"],  # fmt: skip
+    )
+    assert code == 2, err
+    assert err.strip().splitlines() == [err.strip()]
+    assert err.startswith(f"error: {key}: ") and hint in err, err
+    assert not storage.exists()
+
+
+def test_params_file_errors(tmp_path, capsys):
+    code, err = _run(tmp_path, capsys, ["--params", str(tmp_path / "missing.yaml")])
+    assert code == 2 and err.startswith("error: --params: no such file"), err
+    (tmp_path / "p.yaml").write_text("seed: 0\n")
+    code, err = _run(tmp_path, capsys, ["--params", str(tmp_path / "p.yaml"), "seed=1"])
+    assert code == 2 and "takes no overrides" in err, err
+    code, err = _run(tmp_path, capsys, ["--params", str(tmp_path / "p.yaml")])
+    assert code == 2 and err.startswith("error: search: missing section"), err
+
+
+def test_bad_input_leaves_an_existing_study_unchanged(tmp_path, capsys):
+    storage = tmp_path / "study.db"
+    good = [*TINY, "trainer.max_epochs=1", "search.n_trials=2", f"search.storage=sqlite:///{storage}"]
+    assert search_main(good) == 0
+    capsys.readouterr()
+    before = _digest(storage)
+    # A different task under the same study name would mix two studies: refused.
+    code, err = _run(tmp_path, capsys, [*good, "task=digits", "search.study_name=moons"])
+    assert code == 2 and err.startswith("error: search.study_name: "), err
+    assert "different task" in err
+    code, err = _run(tmp_path, capsys, [*good, "+sampler.n_startup_trials=x"])
+    assert code == 2
+    assert _digest(storage) == before
+
+
+def test_real_process_prints_no_traceback(tmp_path):
+    """The same through a real `python -m pipeline.search`, as a user types it."""
+    for args, key in [
+        (["search.optimizers=[adam,foo]"], "search.optimizers"),
+        (["search.storage=foo://x"], "search.storage"),
+    ]:
+        result = run_cli("pipeline.search", *TINY, *args, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(f"error: {key}: ")
+        assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+        assert result.stdout == ""
+    assert not (tmp_path / "studies").exists()

@@ -1,0 +1,187 @@
+"""The study: end to end through the CLI, reproducible, resumable, every family tried."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from pipeline.callbacks import COLUMNS
+from pipeline.study import counts, search
+from tests.conftest import TESTS, TINY, USER_CONF, run_cli, tiny_config
+
+
+def _trials(storage: str, name: str = "moons") -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=storage).get_trials()
+
+
+def test_cli_runs_a_study_and_stores_each_trials_curve(tmp_path):
+    result = run_cli("pipeline.search", *TINY, "search.n_trials=4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "study 'moons': 4/4 trials" in result.stdout
+    assert "trials: 4/4" in result.stderr  # the progress bar
+    assert "GPU available" not in result.stderr  # Lightning's chatter stays quiet
+    storage = f"sqlite:///{tmp_path}/studies/study.db"  # the fixed default path
+    trials = [t for t in _trials(storage) if counts(t)]
+    assert len(trials) == 4
+    for t in trials:
+        curve = t.user_attrs["curve"]
+        assert set(curve) == set(COLUMNS)
+        n = len(curve["epoch"])
+        assert n >= 1 and curve["epoch"] == list(range(1, n + 1))
+        assert curve["step"] == sorted(curve["step"]) and curve["step"][0] > 0
+        assert curve["seconds"] == sorted(curve["seconds"])
+        assert all(v is not None for c in COLUMNS for v in curve[c])
+        assert 0 <= curve["val_acc"][-1] <= 1
+        assert t.user_attrs["run"]["device"] == "cpu"
+        assert t.user_attrs["run"]["n_train"] == 1600
+        assert t.params["batch_size"] in (64, 128)
+
+
+def test_same_config_and_seed_give_the_same_study(tmp_path):
+    runs = []
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+        seed = "seed=0" if name != "c" else "seed=1"
+        cfg = tiny_config(tmp_path / name, "search.n_trials=6", "pruner=none", seed)
+        outcome = search(cfg)
+        runs.append([(t.params, t.value, t.user_attrs["curve"]["val_loss"]) for t in outcome.trials])
+    assert runs[0] == runs[1]
+    assert [p for p, _, _ in runs[0]] != [p for p, _, _ in runs[2]]
+
+
+def test_every_family_is_tried_twice_first(tmp_path):
+    cfg = tiny_config(tmp_path, "search.n_trials=18", "trainer.max_epochs=1", "pruner=none")
+    outcome = search(cfg)
+    families = collections.Counter(t.params["optimizer"] for t in outcome.trials)
+    assert len(families) == 9 and set(families.values()) == {2}
+    assert outcome.exit_code == 0
+
+
+def test_rerun_treats_n_trials_as_the_total(tmp_path):
+    cfg = tiny_config(tmp_path, "search.n_trials=3", "trainer.max_epochs=1")
+    assert len([t for t in search(cfg).trials if counts(t)]) == 3
+    again = search(cfg)
+    assert len(again.trials) == 3  # nothing new ran
+    more = tiny_config(tmp_path, "search.n_trials=5", "trainer.max_epochs=1")
+    assert len([t for t in search(more).trials if counts(t)]) == 5
+
+
+@pytest.mark.parametrize("sampler", ["random", "cmaes", "qmc", "grid"])
+def test_other_samplers(tmp_path, sampler):
+    cfg = tiny_config(
+        tmp_path, f"sampler={sampler}", "search.n_trials=4", "trainer.max_epochs=1",
+        "search.optimizers=[sgd,adam]", "search.schedulers=[constant]",
+    )  # fmt: skip
+    outcome = search(cfg)
+    done = [t for t in outcome.trials if counts(t)]
+    assert len(done) == 4 and outcome.exit_code == 0
+    if sampler == "grid":
+        assert all("grid_point" in t.user_attrs for t in done)
+        assert len({tuple(sorted(t.params.items())) for t in done}) == 4
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband", "successive_halving"])
+def test_pruners_stop_trials_and_keep_their_partial_curves(tmp_path, pruner):
+    cfg = tiny_config(
+        tmp_path, f"pruner={pruner}", "search.n_trials=14", "trainer.max_epochs=6",
+        "search.min_trials_per_family=0", "sampler=random",
+    )  # fmt: skip
+    outcome = search(cfg)
+    pruned = [t for t in outcome.trials if t.state == TrialState.PRUNED]
+    assert pruned, "nothing was pruned"
+    for t in pruned:
+        epochs = t.user_attrs["curve"]["epoch"]
+        assert 1 <= len(epochs) < 6
+        assert t.user_attrs["stopped"].startswith(("pruned at epoch", "diverged at epoch"))
+        assert sorted(t.intermediate_values) == epochs
+
+
+def test_user_model_and_data_plugged_in_by_config(tmp_path):
+    """A nn.Module and a LightningDataModule from tests/user_task.py, and a LightningModule."""
+    for task in ("user", "user_lightning"):
+        result = run_cli(
+            "pipeline.search", "--config-dir", str(USER_CONF), f"task={task}",
+            "search.n_trials=3", "trainer.max_epochs=2", "search.batch_sizes=[32]",
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        trials = [t for t in _trials(f"sqlite:///{tmp_path}/studies/study.db", task) if counts(t)]
+        assert len(trials) == 3
+        for t in trials:
+            assert t.state in (TrialState.COMPLETE, TrialState.PRUNED), t.user_attrs
+            curve = t.user_attrs["curve"]
+            assert curve["val_acc"][0] is not None and curve["step"][0] == 8  # 240 rows / 32
+    assert TESTS.name == "tests"  # the model lives outside the package
+
+
+def _wait_for(predicate, timeout: float = 120.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if predicate():
+                return
+        except Exception:  # noqa: BLE001 - the storage may not exist yet
+            pass
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting for the study")
+
+
+def _start(tmp_path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.search", *args],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+SLOW_TRIALS = (*TINY, "trainer.max_epochs=40", "pruner=none", "search.batch_sizes=[16]")
+
+
+def test_ctrl_c_records_what_finished_and_a_rerun_completes(tmp_path):
+    storage = f"sqlite:///{tmp_path}/studies/study.db"
+    proc = _start(tmp_path, *SLOW_TRIALS, "search.n_trials=6")
+    _wait_for(lambda: sum(t.state == TrialState.COMPLETE for t in _trials(storage)) >= 1
+              and any(t.state == TrialState.RUNNING for t in _trials(storage)))  # fmt: skip
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "rerun the same command" in err
+    before = _trials(storage)
+    interrupted = [t for t in before if t.user_attrs.get("interrupted")]
+    assert len(interrupted) == 1 and interrupted[0].state == TrialState.FAIL
+    assert interrupted[0].user_attrs["curve"]["epoch"], "the partial curve was not kept"
+    complete_before = {t.number for t in before if t.state == TrialState.COMPLETE}
+
+    result = run_cli("pipeline.search", *SLOW_TRIALS, "search.n_trials=6", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    after = _trials(storage)
+    assert sum(counts(t) for t in after) == 6
+    assert complete_before <= {t.number for t in after if t.state == TrialState.COMPLETE}
+
+
+def test_kill_9_loses_only_the_running_trial(tmp_path):
+    storage = f"sqlite:///{tmp_path}/studies/study.db"
+    args = (*SLOW_TRIALS, "search.n_trials=8")
+    kills = 3
+    for cycle in range(kills):
+        proc = _start(tmp_path, *args)
+        _wait_for(lambda c=cycle: sum(t.state == TrialState.COMPLETE for t in _trials(storage)) > c
+                  and any(t.state == TrialState.RUNNING for t in _trials(storage)))  # fmt: skip
+        complete = {t.number for t in _trials(storage) if t.state == TrialState.COMPLETE}
+        proc.kill()
+        proc.communicate()
+        after = _trials(storage)
+        assert complete <= {t.number for t in after if t.state == TrialState.COMPLETE}
+    result = run_cli("pipeline.search", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    final = _trials(storage)
+    assert sum(counts(t) for t in final) == 8
+    lost = [t for t in final if t.state == TrialState.FAIL]
+    assert len(lost) == kills and all("died" in t.user_attrs["stale"] for t in lost)
+    assert not any(t.state == TrialState.RUNNING for t in final)

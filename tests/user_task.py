@@ -1,0 +1,75 @@
+"""A user's own model and data, living outside the package, plugged in by config only.
+
+    python -m pipeline.search --config-dir tests/conf task=user     (with tests/ on PYTHONPATH)
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class Blobs(pl.LightningDataModule):
+    """Three Gaussian blobs in 4-D, served through an ordinary per-sample DataLoader."""
+
+    def __init__(self, batch_size: int, n: int = 300) -> None:
+        super().__init__()
+        self.batch_size, self.n = batch_size, n
+
+    def setup(self, stage: str | None = None) -> None:
+        g = torch.Generator().manual_seed(0)
+        centers = torch.tensor([[2.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 2.0, 0]])
+        y = torch.arange(self.n) % 3
+        x = centers[y] + torch.randn(self.n, 4, generator=g)
+        cut = int(self.n * 0.8)
+        self.train, self.val = TensorDataset(x[:cut], y[:cut]), TensorDataset(x[cut:], y[cut:])
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val, batch_size=256)
+
+
+class Net(nn.Module):
+    def __init__(self, hidden: int = 16, fail_above_batch: int | None = None) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(4, hidden), nn.Tanh(), nn.Linear(hidden, 3))
+        self.fail_above_batch = fail_above_batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fail_above_batch is not None and len(x) > self.fail_above_batch:
+            # What a real GPU says when a batch does not fit.
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.layers(x)
+
+
+class BrokenNet(Net):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise ValueError("shape mismatch in user code")
+
+
+class LitNet(pl.LightningModule):
+    """A user's own LightningModule: it logs train_loss, val_loss and val_acc itself."""
+
+    def __init__(self, hidden: int = 16) -> None:
+        super().__init__()
+        self.net = Net(hidden)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self.net(x), y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        out = self.net(x)
+        self.log("val_loss", F.cross_entropy(out, y))
+        self.log("val_acc", (out.argmax(1) == y).float().mean())
+
+    def configure_optimizers(self):
+        raise AssertionError("the pipeline supplies the optimizer")
