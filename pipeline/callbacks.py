@@ -78,6 +78,16 @@ class CurveRecorder(pl.Callback):
         }
 
 
+def _first_loss(pl_module: pl.LightningModule, outputs: Any) -> float | None:
+    """The loss of the very first step: the reference a diverging loss is measured against."""
+    value = getattr(pl_module, "first_loss", None)
+    if value is None and isinstance(outputs, dict):
+        value = outputs.get("loss")
+    elif value is None and isinstance(outputs, torch.Tensor):
+        value = outputs
+    return None if value is None else float(value)
+
+
 class TrialGuard(pl.Callback):
     """After each epoch: stop on divergence, report the metric to the pruner, honour Ctrl-C."""
 
@@ -94,8 +104,12 @@ class TrialGuard(pl.Callback):
         self.metric, self.factor, self.prune = metric, divergence_factor, prune
         self.first_loss: float | None = None
 
-    def on_train_batch_end(self, *args: Any) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *args: Any
+    ) -> None:
         interrupt.check()  # batch by batch for modules that step per batch
+        if self.first_loss is None:
+            self.first_loss = _first_loss(pl_module, outputs)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         row = self.recorder.last
@@ -104,11 +118,11 @@ class TrialGuard(pl.Callback):
             if not math.isfinite(loss):
                 raise Diverged(f"diverged at epoch {epoch}: train loss is {loss}")
             if self.first_loss is None:
-                self.first_loss = loss
-            elif self.first_loss > 0 and loss > self.factor * self.first_loss:
+                self.first_loss = _first_loss(pl_module, None) or loss
+            if self.first_loss > 0 and loss > self.factor * self.first_loss:
                 raise Diverged(
                     f"diverged at epoch {epoch}: train loss {loss:.4g} is over "
-                    f"{self.factor:g}x its first value {self.first_loss:.4g}"
+                    f"{self.factor:g}x its first step's {self.first_loss:.4g}"
                 )
         value = row[self.metric]
         if value is None:

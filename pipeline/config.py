@@ -83,7 +83,7 @@ def compose(
         bad = next((o for o in overrides if _unparsable(o)), " ".join(overrides))
         raise ConfigError(bad, f"not a Hydra override ({_first_line(exc)}); use key=value") from None
     except (HydraException, OmegaConfBaseException) as exc:
-        raise _composition_error(str(exc)) from None
+        raise _composition_error(str(exc), overrides) from None
     return cfg
 
 
@@ -126,24 +126,24 @@ def _missing_option(text: str, config_dirs: Sequence[str | Path]) -> ConfigError
     return ConfigError("config", _first_line(Exception(text)))
 
 
-def _composition_error(text: str) -> ConfigError:
+def _composition_error(text: str, overrides: list[str]) -> ConfigError:
     match = re.search(r"Could not override '([^']+)'", text) or re.search(
         r"Could not append to config\. An item is already at '([^']+)'", text
     )
     if match:
         key = match.group(1)
         parent = key.rsplit(".", 1)[0] if "." in key else ""
-        hint = _known_keys(parent)
-        return ConfigError(key, f"no such key{hint}")
+        others = [o for o in overrides if not o.lstrip("+~").startswith(key)]
+        return ConfigError(key, f"no such key (+{key}=... adds one){_known_keys(parent, others)}")
     match = re.search(r"full_key: (\S+)", text)
     key = match.group(1) if match else "config"
     return ConfigError(key, _first_line(Exception(text)))
 
 
-def _known_keys(parent: str) -> str:
+def _known_keys(parent: str, overrides: list[str]) -> str:
     try:
         with initialize_config_dir(str(CONF_DIR), version_base=None):
-            base = hydra_compose(config_name="config")
+            base = hydra_compose(config_name="config", overrides=overrides)
         node = OmegaConf.select(base, parent) if parent else base
     except (HydraException, OmegaConfBaseException):
         return ""

@@ -43,6 +43,7 @@ class TrainModule(pl.LightningModule):
         self.loss_fn = F.cross_entropy if self.classify else _mse
         self._configure = configure
         self.optimizer_steps = 0
+        self.first_loss: float | None = None  # the divergence check's reference
         self._scheduler: Any = None
         self._interval = "epoch"
         self._scaled = False
@@ -80,6 +81,8 @@ class TrainModule(pl.LightningModule):
             else:
                 loss.backward()
             optimizer.step()
+            if self.optimizer_steps == 0:
+                self.first_loss = float(loss)  # one sync per trial
             self.optimizer_steps += 1
             if self._interval == "step":
                 self._scheduler.step()

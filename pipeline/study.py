@@ -269,7 +269,7 @@ class Objective:
                 raise interrupt.Interrupted(f"trial {trial.number} interrupted") from None
             if not isinstance(exc, Exception):
                 raise
-            message = f"{type(exc).__name__}: {_cause(exc) if exc.__cause__ else _first(exc)}"
+            message = f"{type(exc).__name__}: {_first(exc)}"
             trial.set_user_attr("error", message)
             self.note(f"trial {trial.number} failed: {message}")
             raise TrialError(message) from exc

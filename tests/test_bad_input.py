@@ -29,6 +29,7 @@ CASES = [
     (["search.n_workers=2"], "search.storage", "journal:///"),
     (["search.n_workers=0"], "search.n_workers", "integer >= 1"),
     (["search.n_trail=3"], "search.n_trail", "search has: n_trials"),
+    (["task=moons", "task.model.depth=3"], "task.model.depth", "task.model has: _target_, sizes"),
     (["search.n_trials=[1"], "search.n_trials=[1", "Hydra override"),
     (["sampler=nope"], "sampler", "allowed: cmaes, grid, qmc, random, tpe"),
     (["pruner=nope"], "pruner", "allowed: hyperband, median, none"),

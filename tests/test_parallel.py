@@ -1,0 +1,79 @@
+"""Parallel workers share one study through Optuna's journal file or PostgreSQL storage."""
+
+from __future__ import annotations
+
+import collections
+import os
+import subprocess
+import sys
+import uuid
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from pipeline.study import counts
+from tests.conftest import TESTS, TINY, require_service, run_cli
+
+PG_URL = os.environ.get(
+    "PIPELINE_TEST_POSTGRES_URL", "postgresql://pipeline:pipeline@127.0.0.1:5432/pipeline"
+)
+FAST = (*TINY, "trainer.max_epochs=2")
+
+
+def _postgres() -> str:
+    try:
+        import sqlalchemy
+
+        with sqlalchemy.create_engine(PG_URL, connect_args={"connect_timeout": 3}).connect():
+            return PG_URL
+    except Exception as exc:  # noqa: BLE001 - any failure means no server here
+        require_service(f"no PostgreSQL server at {PG_URL}: {type(exc).__name__}")
+    raise AssertionError("unreachable")
+
+
+def _check_shared(storage: str, name: str, n_trials: int, stderr: str, workers: int) -> None:
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+    done = [t for t in trials if counts(t)]
+    assert len(done) == n_trials, [(t.number, t.state) for t in trials]
+    assert not [t for t in trials if t.state in (TrialState.FAIL, TrialState.RUNNING)]
+    assert len({t.number for t in done}) == n_trials  # none recorded twice
+    by_worker = collections.Counter(t.user_attrs["worker"] for t in done)
+    assert len(by_worker) == workers, by_worker
+    assert "database is locked" not in stderr
+
+
+@pytest.mark.parametrize("backend", ["journal", "postgresql"])
+def test_n_workers_in_one_command_share_the_study(tmp_path, backend):
+    name = f"parallel-{uuid.uuid4().hex[:8]}"
+    storage = f"journal:///{tmp_path}/study.journal" if backend == "journal" else _postgres()
+    result = run_cli(
+        "pipeline.search", *FAST, "search.n_workers=4", "search.n_trials=16",
+        f"search.storage={storage}", f"search.study_name={name}", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"16/16 trials" in result.stdout
+    if backend == "journal":
+        storage = optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.journal"))
+        )
+    _check_shared(storage, name, 16, result.stderr, workers=4)
+
+
+def test_separate_commands_share_the_study(tmp_path):
+    journal = tmp_path / "study.journal"
+    args = [sys.executable, "-m", "pipeline.search", *FAST, "search.n_trials=12",
+            f"search.storage=journal:///{journal}"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    procs = [
+        subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)  # fmt: skip
+        for _ in range(2)
+    ]
+    errors = ""
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        errors += err
+        assert proc.returncode == 0, err
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    _check_shared(storage, "moons", 12, errors, workers=2)
