@@ -1,6 +1,6 @@
 """The whole job: run the study, then write the report.
 
-    python -m pipeline [KEY=VALUE ...]       e.g. python -m pipeline task=moons search.n_trials=20
+python -m pipeline [KEY=VALUE ...]       e.g. python -m pipeline task=moons search.n_trials=20
 """
 
 from __future__ import annotations

@@ -65,7 +65,9 @@ class CurveRecorder(pl.Callback):
             "train_loss": _value(metrics, "train_loss"),
             "val_loss": _value(metrics, "val_loss"),
             "val_acc": _value(metrics, "val_acc"),
-            "lr": float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else None,
+            "lr": float(trainer.optimizers[0].param_groups[0]["lr"])
+            if trainer.optimizers
+            else None,
         }
         for column, value in row.items():
             self.curve[column].append(value)
@@ -85,6 +87,8 @@ def _first_loss(pl_module: pl.LightningModule, outputs: Any) -> float | None:
         value = outputs.get("loss")
     elif value is None and isinstance(outputs, torch.Tensor):
         value = outputs
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
     return None if value is None else float(value)
 
 

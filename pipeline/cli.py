@@ -1,6 +1,6 @@
 """The command line every entry point shares: Hydra overrides in, one clear line out on bad input.
 
-    python -m pipeline[.search|.report|.config] [--params FILE] [--config-dir DIR] [-v] [KEY=VALUE ...]
+python -m pipeline[.search|.report|.config] [--params FILE] [--config-dir DIR] [-v] [KEY=VALUE ...]
 """
 
 from __future__ import annotations

@@ -23,14 +23,32 @@ from omegaconf.errors import OmegaConfBaseException
 
 import pipeline.conf
 
-CONF_DIR = Path(pipeline.conf.__file__).resolve().parent
+
+def _conf_dir() -> Path:
+    """conf/ beside the code being run (a checkout, as DVC sees it), else the installed copy."""
+    checkout = Path(__file__).resolve().parent.parent / "conf"
+    if (checkout / "config.yaml").is_file():
+        return checkout
+    return Path(pipeline.conf.__file__).resolve().parent
+
+
+CONF_DIR = _conf_dir()
 METRICS = {"val_loss": "minimize", "train_loss": "minimize", "val_acc": "maximize"}
 LOSSES = ("cross_entropy", "mse")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 PRECISIONS = (
-    "32-true", "32", "64-true", "64", "16-mixed", "16", "bf16-mixed", "bf16",
-    "16-true", "bf16-true", "transformer-engine",
-)  # fmt: skip
+    "32-true",
+    "32",
+    "64-true",
+    "64",
+    "16-mixed",
+    "16",
+    "bf16-mixed",
+    "bf16",
+    "16-true",
+    "bf16-true",
+    "transformer-engine",
+)
 STORAGE_FORMS = "sqlite:///PATH.db, journal:///PATH.journal or postgresql://USER@HOST/DB"
 
 
@@ -65,9 +83,7 @@ def find_group_file(group: str, name: str, config_dirs: Sequence[str | Path] = (
 _PLURAL = {"optimizer": "optimizers", "scheduler": "schedulers"}
 
 
-def compose(
-    overrides: Sequence[str] = (), *, config_dirs: Sequence[str | Path] = ()
-) -> DictConfig:
+def compose(overrides: Sequence[str] = (), *, config_dirs: Sequence[str | Path] = ()) -> DictConfig:
     """conf/config.yaml plus Hydra overrides, resolved, exactly as DVC composes params.yaml."""
     overrides = list(overrides)
     if config_dirs:
@@ -81,7 +97,9 @@ def compose(
         raise _missing_option(str(exc), config_dirs) from None
     except OverrideParseException as exc:
         bad = next((o for o in overrides if _unparsable(o)), " ".join(overrides))
-        raise ConfigError(bad, f"not a Hydra override ({_first_line(exc)}); use key=value") from None
+        raise ConfigError(
+            bad, f"not a Hydra override ({_first_line(exc)}); use key=value"
+        ) from None
     except (HydraException, OmegaConfBaseException) as exc:
         raise _composition_error(str(exc), overrides) from None
     return cfg
@@ -205,7 +223,9 @@ def check(cfg: DictConfig, *, config_dirs: Sequence[str | Path] = ()) -> None:
     _choice(cfg, "trainer.accelerator", ACCELERATORS)
     devices = cfg.trainer.get("devices")
     if devices != "auto" and not (_is_int(devices) and devices >= 1):
-        raise ConfigError("trainer.devices", f"{devices!r} is not allowed; use a count >= 1 or auto")
+        raise ConfigError(
+            "trainer.devices", f"{devices!r} is not allowed; use a count >= 1 or auto"
+        )
     _choice(cfg, "trainer.precision", PRECISIONS)
     if cfg.trainer.get("threads") is not None:
         _int(cfg, "trainer.threads", low=1)
@@ -318,7 +338,7 @@ def locate(path: str, *, key: str) -> Any:
 
     try:
         return get_object(path)
-    except Exception as exc:  # noqa: BLE001 - any import failure is the user's to fix
+    except Exception as exc:
         cause = exc.__cause__ or exc
         raise ConfigError(key, f"cannot import {path!r}: {_first_line(cause)}") from None
 

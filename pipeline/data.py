@@ -133,9 +133,7 @@ def split(x: np.ndarray, y: np.ndarray, *, val_fraction: float, seed: int) -> Ar
 
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
-    xt, xv, yt, yv = train_test_split(
-        x, y, test_size=val_fraction, random_state=seed, stratify=y
-    )
+    xt, xv, yt, yv = train_test_split(x, y, test_size=val_fraction, random_state=seed, stratify=y)
     return (
         torch.as_tensor(xt, dtype=torch.float32),
         torch.as_tensor(yt, dtype=torch.long),

@@ -1,6 +1,6 @@
 """Ctrl-C and SIGTERM: record what finished, stop the running trial at the next batch, exit.
 
-    install() once per process; the training loop calls requested() between batches.
+install() once per process; the training loop calls requested() between batches.
 """
 
 from __future__ import annotations

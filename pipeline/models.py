@@ -1,10 +1,11 @@
 """Models for the embedded tasks (conf/task/*.yaml). Your own nn.Module plugs in the same way.
 
-    task.model._target_=pipeline.models.MLP task.model.sizes=[64,128,10]
+task.model._target_=pipeline.models.MLP task.model.sizes=[64,128,10]
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 from torch import nn
@@ -18,7 +19,7 @@ class MLP(nn.Sequential):
         if len(sizes) < 2:
             raise ValueError(f"MLP needs at least an input and an output size, got {sizes}")
         layers: list[nn.Module] = []
-        for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
             layers.append(nn.Linear(n_in, n_out))
             if i < len(sizes) - 2:
                 layers.append(nn.ReLU())

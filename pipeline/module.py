@@ -62,7 +62,9 @@ class TrainModule(pl.LightningModule):
         # the bare optimizer, which is cheaper per step.
         self._scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
 
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
         if isinstance(batch, EpochBatches):
             return batch  # already on the device since setup()
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
@@ -82,7 +84,7 @@ class TrainModule(pl.LightningModule):
                 loss.backward()
             optimizer.step()
             if self.optimizer_steps == 0:
-                self.first_loss = float(loss)  # one sync per trial
+                self.first_loss = float(loss.detach())  # one sync per trial
             self.optimizer_steps += 1
             if self._interval == "step":
                 self._scheduler.step()
@@ -117,7 +119,9 @@ class TrainModule(pl.LightningModule):
 
 
 def _mse(out: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
-    return F.mse_loss(out.squeeze(-1) if out.dim() > y.dim() else out, y.to(out.dtype), reduction=reduction)
+    return F.mse_loss(
+        out.squeeze(-1) if out.dim() > y.dim() else out, y.to(out.dtype), reduction=reduction
+    )
 
 
 def attach(module: pl.LightningModule, configure: Configure) -> pl.LightningModule:
@@ -125,7 +129,10 @@ def attach(module: pl.LightningModule, configure: Configure) -> pl.LightningModu
 
     def configure_optimizers(self: pl.LightningModule) -> dict[str, Any]:
         optimizer, scheduler, interval = configure(self.parameters(), steps_per_epoch(self.trainer))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": interval},
+        }
 
     module.configure_optimizers = types.MethodType(configure_optimizers, module)  # type: ignore[method-assign]
     return module

@@ -1,6 +1,6 @@
 """The report's figures, drawn with seaborn from the tidy tables in pipeline.results.
 
-    pipeline.report embeds each as a base64 PNG, so the HTML needs no other file.
+pipeline.report embeds each as a base64 PNG, so the HTML needs no other file.
 """
 
 from __future__ import annotations
@@ -10,14 +10,15 @@ import io
 import math
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # no display: figures only ever go to files
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
 
-from pipeline.results import Results, best_so_far, family_label  # noqa: E402
+from pipeline.results import Results, best_so_far, family_label
 
 LABELS = {
     "val_loss": "validation loss",
@@ -60,13 +61,22 @@ def convergence(results: Results, *, y: str, x: str) -> str | None:
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(7, 4.2))
     sns.lineplot(
-        data=data, x=x, y=y, hue="family", palette=_palette(list(data.family.unique())),
-        marker="o", markersize=4, ax=ax, estimator=None, units="trial",
-    )  # fmt: skip
+        data=data,
+        x=x,
+        y=y,
+        hue="family",
+        palette=_palette(list(data.family.unique())),
+        marker="o",
+        markersize=4,
+        ax=ax,
+        estimator=None,
+        units="trial",
+    )
     if results.target is not None and y == results.metric:
         ax.axhline(results.target.value, color="black", linestyle="--", linewidth=1)
-        ax.annotate("target", (ax.get_xlim()[1], results.target.value), fontsize=8,
-                    ha="right", va="bottom")  # fmt: skip
+        ax.annotate(
+            "target", (ax.get_xlim()[1], results.target.value), fontsize=8, ha="right", va="bottom"
+        )
     if y.endswith("loss") and (data[y] > 0).all() and data[y].max() / data[y].min() > 20:
         ax.set_yscale("log")
     ax.set_xlabel(LABELS[x])
@@ -103,15 +113,24 @@ def lr_sensitivity(results: Results) -> str | None:
     cols = min(3, len(families))
     rows = math.ceil(len(families) / cols)
     sns.set_theme(style="whitegrid")
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False,
-                             sharey=True)  # fmt: skip
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False, sharey=True
+    )
     log_y = (data["value"] > 0).all() and data["value"].max() / data["value"].min() > 20
     for ax, family in zip(axes.flat, families, strict=False):
         part = data[data.family == family]
-        sns.scatterplot(data=part, x="lr", y="value", hue="state", s=22, ax=ax, legend=False,
-                        palette={"complete": "tab:blue", "pruned": "tab:orange",
-                                 "diverged": "tab:red"})  # fmt: skip
+        sns.scatterplot(
+            data=part,
+            x="lr",
+            y="value",
+            hue="state",
+            s=22,
+            ax=ax,
+            legend=False,
+            palette={"complete": "tab:blue", "pruned": "tab:orange", "diverged": "tab:red"},
+        )
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # narrow ranges clutter
         if log_y:
             ax.set_yscale("log")
         ax.set_title(f"{family} ({len(part)} trials)", fontsize=9)
@@ -119,8 +138,9 @@ def lr_sensitivity(results: Results) -> str | None:
         ax.set_ylabel(f"final {LABELS.get(results.metric, results.metric)}")
     for ax in list(axes.flat)[len(families) :]:
         ax.set_visible(False)
-    fig.suptitle("Learning rate against the final metric (blue complete, orange pruned)",
-                 fontsize=10)  # fmt: skip
+    fig.suptitle(
+        "Learning rate against the final metric (blue complete, orange pruned)", fontsize=10
+    )
     fig.tight_layout()
     return png(fig)
 
@@ -133,15 +153,31 @@ def batch_size_speed(results: Results) -> str | None:
     reached = data.dropna(subset=["seconds_to_target"])
     if reached.empty:
         return None
-    counts = data.groupby("batch_size").agg(n=("number", "size"),
-                                            hit=("seconds_to_target", "count"))  # fmt: skip
+    counts = data.groupby("batch_size").agg(
+        n=("number", "size"), hit=("seconds_to_target", "count")
+    )
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(7, 4))
     order = sorted(data.batch_size.unique())
-    sns.boxplot(data=reached, x="batch_size", y="seconds_to_target", order=order, ax=ax,
-                color="#dde6f3", showfliers=False)  # fmt: skip
-    sns.stripplot(data=reached, x="batch_size", y="seconds_to_target", order=order, ax=ax,
-                  size=4, color="tab:blue", alpha=0.7)  # fmt: skip
+    sns.boxplot(
+        data=reached,
+        x="batch_size",
+        y="seconds_to_target",
+        order=order,
+        ax=ax,
+        color="#dde6f3",
+        showfliers=False,
+    )
+    sns.stripplot(
+        data=reached,
+        x="batch_size",
+        y="seconds_to_target",
+        order=order,
+        ax=ax,
+        size=4,
+        color="tab:blue",
+        alpha=0.7,
+    )
     ax.set_xticks(range(len(order)))
     ax.set_xticklabels([f"{b}\n{counts.loc[b, 'hit']}/{counts.loc[b, 'n']} reach" for b in order])
     ax.set_xlabel("batch size (trials reaching the target / trials)")
@@ -154,7 +190,9 @@ def importance(results: Results) -> str | None:
     if not results.importance:
         return None
     frames = [
-        pd.DataFrame({"parameter": list(scores), "importance": list(scores.values()), "over": label})
+        pd.DataFrame(
+            {"parameter": list(scores), "importance": list(scores.values()), "over": label}
+        )
         for label, scores in results.importance.items()
     ]
     data = pd.concat(frames, ignore_index=True)

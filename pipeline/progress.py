@@ -1,6 +1,6 @@
 """What a person watching a study sees: trials done / total, the best value so far, elapsed time.
 
-    pipeline.study updates it after every trial (or every half second with several workers).
+pipeline.study updates it after every trial (or every half second with several workers).
 """
 
 from __future__ import annotations

@@ -72,7 +72,9 @@ def facts(results: Results) -> dict[str, Any]:
         "counts": {s: int(states.get(s, 0)) for s in STATES if states.get(s, 0) or s in MAIN},
         "total": len(trials),
         "compute_seconds": float(trials.seconds.fillna(0).sum()),
-        "best": None if best.empty else float(best.min() if results.direction == "minimize" else best.max()),
+        "best": None
+        if best.empty
+        else float(best.min() if results.direction == "minimize" else best.max()),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "versions": versions(),
     }
@@ -85,22 +87,40 @@ MAIN = ("complete", "pruned", "failed")
 def figures(results: Results) -> list[dict[str, str | None]]:
     metric = results.metric
     loss_y = metric if metric.startswith("val") else "val_loss"
+    conv, search = plots.convergence, "search"
     items = [
-        ("convergence", f"{plots.LABELS[loss_y]} against epoch", plots.convergence(results, y=loss_y, x="epoch")),
-        ("convergence", f"{plots.LABELS[loss_y]} against wall-clock seconds", plots.convergence(results, y=loss_y, x="seconds")),
-        ("convergence", "training loss against epoch", plots.convergence(results, y="train_loss", x="epoch")),
-        ("convergence", "training loss against wall-clock seconds", plots.convergence(results, y="train_loss", x="seconds")),
-        ("search", "best value so far over the trials", plots.search_progress(results)),
-        ("search", "learning rate against the final metric, per family", plots.lr_sensitivity(results)),
-        ("search", "time to target by batch size", plots.batch_size_speed(results)),
-        ("search", "hyperparameter importance", plots.importance(results)),
-    ]  # fmt: skip
-    return [{"section": s, "title": t, "png": p} for s, t, p in items]
+        (
+            "convergence",
+            f"{plots.LABELS[loss_y]} against epoch",
+            conv(results, y=loss_y, x="epoch"),
+        ),
+        (
+            "convergence",
+            f"{plots.LABELS[loss_y]} against wall-clock seconds",
+            conv(results, y=loss_y, x="seconds"),
+        ),
+        ("convergence", "training loss against epoch", conv(results, y="train_loss", x="epoch")),
+        (
+            "convergence",
+            "training loss against wall-clock seconds",
+            conv(results, y="train_loss", x="seconds"),
+        ),
+        (search, "best value so far over the trials", plots.search_progress(results)),
+        (
+            search,
+            "learning rate against the final metric, per family",
+            plots.lr_sensitivity(results),
+        ),
+        (search, "time to target by batch size", plots.batch_size_speed(results)),
+        (search, "hyperparameter importance", plots.importance(results)),
+    ]
+    wide = {"learning rate against the final metric, per family"}
+    return [{"section": s, "title": t, "png": p, "wide": t in wide} for s, t, p in items]
 
 
 def _cell(value: Any, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
+        return "\u2013"  # an en dash: no value
     if isinstance(value, float):
         return f"{value:.{digits}g}"
     return str(value)

@@ -23,13 +23,33 @@ from optuna.trial import FrozenTrial, TrialState
 from pipeline.callbacks import COLUMNS
 
 NAMES = {
-    "sgd": "SGD", "momentum": "Momentum", "nesterov": "Nesterov", "adagrad": "AdaGrad",
-    "rmsprop": "RMSProp", "adam": "Adam", "nadam": "Nadam", "adamax": "Adamax", "adamw": "AdamW",
-}  # fmt: skip
+    "sgd": "SGD",
+    "momentum": "Momentum",
+    "nesterov": "Nesterov",
+    "adagrad": "AdaGrad",
+    "rmsprop": "RMSProp",
+    "adam": "Adam",
+    "nadam": "Nadam",
+    "adamax": "Adamax",
+    "adamw": "AdamW",
+}
 TRIAL_COLUMNS = [
-    "number", "state", "family", "schedule", "batch_size", "lr", "value", "final_train_loss",
-    "final_val_loss", "final_val_acc", "epochs", "seconds", "device", "note", "params",
-]  # fmt: skip
+    "number",
+    "state",
+    "family",
+    "schedule",
+    "batch_size",
+    "lr",
+    "value",
+    "final_train_loss",
+    "final_val_loss",
+    "final_val_acc",
+    "epochs",
+    "seconds",
+    "device",
+    "note",
+    "params",
+]
 
 
 def family_label(name: str) -> str:
@@ -143,7 +163,8 @@ def derive_target(
         value = best - tolerance * abs(best)
     how = (
         f"{metric} {_cmp(direction)} {value:.4g}: the best final {metric} ({best:.4g}) relaxed "
-        f"by {tolerance:.0%}" + (" of its error rate" if metric == "val_acc" else "")
+        f"by {tolerance:.0%}"
+        + (" of its error rate" if metric == "val_acc" else "")
         + " (set report.target to choose it)"
     )
     return Target(value, how)
@@ -164,7 +185,11 @@ def time_to_target(
     hit = curves[(values <= target) if direction == "minimize" else (values >= target)]
     first = hit.sort_values(["trial", "epoch"]).groupby("trial", as_index=False).first()
     first = first.rename(
-        columns={"epoch": "epochs_to_target", "step": "steps_to_target", "seconds": "seconds_to_target"}
+        columns={
+            "epoch": "epochs_to_target",
+            "step": "steps_to_target",
+            "seconds": "seconds_to_target",
+        }
     )[columns]
     trials = pd.DataFrame({"trial": curves["trial"].unique()})
     return trials.merge(first, on="trial", how="left")
@@ -233,7 +258,8 @@ def sentence(table: pd.DataFrame, *, metric: str, target: Target | None, max_epo
     if not top["reached"]:
         return (
             f"No trial reaches {target.how.split(':')[0]}; the closest is "
-            f"{family_label(top['family'])} (trial {top['trial']}) with {metric} {top['value']:.4g}."
+            f"{family_label(top['family'])} (trial {top['trial']}) "
+            f"with {metric} {top['value']:.4g}."
         )
     lead = (
         f"{family_label(top['family'])} (lr {_num(float(top['lr']))}, {top['schedule']}, batch "
@@ -299,21 +325,25 @@ class Results:
     importance_note: str = ""
 
 
-def collect(
-    study: optuna.Study, *, target: float | None = None, tolerance: float = 0.1
-) -> Results:
+def collect(study: optuna.Study, *, target: float | None = None, tolerance: float = 0.1) -> Results:
     config = study.user_attrs.get("config", {})
     search = config.get("search", {})
     metric = study.user_attrs.get("metric", search.get("metric", "val_loss"))
-    direction = "minimize" if study.direction == optuna.study.StudyDirection.MINIMIZE else "maximize"
+    direction = (
+        "minimize" if study.direction == optuna.study.StudyDirection.MINIMIZE else "maximize"
+    )
     visible = visible_trials(study)
     trials = trials_frame(visible)
     curves = curves_frame(visible)
-    goal = derive_target(trials, metric=metric, direction=direction, target=target, tolerance=tolerance)
+    goal = derive_target(
+        trials, metric=metric, direction=direction, target=target, tolerance=tolerance
+    )
     ttt = (
         time_to_target(curves, metric=metric, direction=direction, target=goal.value)
         if goal
-        else pd.DataFrame(columns=["trial", "epochs_to_target", "steps_to_target", "seconds_to_target"])
+        else pd.DataFrame(
+            columns=["trial", "epochs_to_target", "steps_to_target", "seconds_to_target"]
+        )
     )
     table = recommend(trials, ttt, direction=direction) if not trials.empty else pd.DataFrame()
     max_epochs = int(config.get("trainer", {}).get("max_epochs", 0) or 0)
@@ -348,7 +378,8 @@ def importance(
     if not table.empty:
         winner = table.iloc[0]["family"]
         own = [t for t in complete if t.params.get("optimizer") == winner]
-        names = sorted({k for t in own for k in t.params if k != "optimizer"})
+        names = sorted({k for t in own for k in t.params if k.startswith(f"{winner}.")})
+        names += ["schedule", "batch_size"]
         groups.append((f"{family_label(winner)} trials", own, names))
     evaluator = optuna.importance.PedAnovaImportanceEvaluator()
     for label, group, names in groups:

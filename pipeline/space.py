@@ -63,7 +63,7 @@ class Dim:
         if self.kind == "categorical":
             return self.choices
         mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
-        return (int(round(mid)) if self.kind == "int" else mid,)
+        return (round(mid) if self.kind == "int" else mid,)
 
 
 @dataclass(frozen=True)
@@ -188,14 +188,18 @@ def load_component(group: str, name: str, config_dirs: Sequence[str | Path] = ()
     except (OmegaConfBaseException, ValueError) as exc:
         raise ConfigError(where, f"cannot read {path}: {exc}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("_target_"), str):
-        raise ConfigError(f"{where}: _target_", "missing; name the torch class, e.g. torch.optim.Adam")
+        raise ConfigError(
+            f"{where}: _target_", "missing; name the torch class, e.g. torch.optim.Adam"
+        )
     locate(raw["_target_"], key=f"{where}: _target_")
     raw.setdefault("_partial_", True)
     interval, runtime = "epoch", {}
     if group == "scheduler":
         interval = raw.pop("interval", "epoch")
         if interval not in ("epoch", "step"):
-            raise ConfigError(f"{where}: interval", f"{interval!r} is not allowed; use epoch or step")
+            raise ConfigError(
+                f"{where}: interval", f"{interval!r} is not allowed; use epoch or step"
+            )
         runtime = raw.pop("runtime", None) or {}
         for arg, quantity in runtime.items():
             if quantity not in RUNTIME:
@@ -248,7 +252,10 @@ def _dim(spec: dict[str, Any], path: tuple[str | int, ...], where: str) -> Dim:
     numeric = (int,) if kind == "int" else (int, float)
     for bound, value in (("low", low), ("high", high)):
         if not isinstance(value, numeric) or isinstance(value, bool) or not math.isfinite(value):
-            raise ConfigError(f"{key}.{bound}", f"{value!r} is not allowed; use a{'n int' if kind == 'int' else ' number'}")
+            raise ConfigError(
+                f"{key}.{bound}",
+                f"{value!r} is not allowed; use a{'n int' if kind == 'int' else ' number'}",
+            )
     if low >= high:
         raise ConfigError(f"{key}.low", f"low ({low:g}) must be below high ({high:g})")
     if log and low <= 0:

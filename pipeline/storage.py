@@ -61,7 +61,7 @@ def open_storage(url: str, *, must_exist: bool = False) -> BaseStorage:
             "search.storage",
             f"cannot open {_safe(url)}: {exc}; install it, e.g. pip install -e '.[postgres]'",
         ) from None
-    except Exception as exc:  # noqa: BLE001 - any failure to open is reported the same way
+    except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         if "DB access module" in first:
             first += " (for PostgreSQL: pip install -e '.[postgres]')"
@@ -74,7 +74,7 @@ def _safe(url: str) -> str:
         from sqlalchemy.engine import make_url
 
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - journal URLs and odd strings are shown as they are
+    except Exception:
         return url
 
 

@@ -36,8 +36,14 @@ from pipeline.trial import run_trial
 
 HOST = socket.gethostname()
 # Config keys a resumed study may change without becoming a different study.
-RESUMABLE = ("search.n_trials", "search.timeout", "search.n_workers", "trainer.verbose",
-             "trainer.threads", "report")  # fmt: skip
+RESUMABLE = (
+    "search.n_trials",
+    "search.timeout",
+    "search.n_workers",
+    "trainer.verbose",
+    "trainer.threads",
+    "report",
+)
 
 
 class TrialError(Exception):
@@ -114,14 +120,14 @@ def make_sampler(cfg: DictConfig, *, worker: int = 0) -> tuple[optuna.samplers.B
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return instantiate(spec), grid
-    except Exception as exc:  # noqa: BLE001 - a bad sampler argument is a config error
+    except Exception as exc:
         raise ConfigError("sampler", _cause(exc)) from None
 
 
 def make_pruner(cfg: DictConfig) -> optuna.pruners.BasePruner:
     try:
         return instantiate(cfg.pruner)
-    except Exception as exc:  # noqa: BLE001 - a bad pruner argument is a config error
+    except Exception as exc:
         raise ConfigError("pruner", _cause(exc)) from None
 
 
@@ -155,7 +161,9 @@ def prepare(cfg: DictConfig, space: SearchSpace) -> tuple[optuna.Study, Budget]:
     else:
         _check_resumable(study, stored, config)
     fail_stale_trials(study)
-    budget = Budget(min(int(cfg.search.n_trials), len(points)) if grid else int(cfg.search.n_trials), grid)
+    budget = Budget(
+        min(int(cfg.search.n_trials), len(points)) if grid else int(cfg.search.n_trials), grid
+    )
     return study, budget
 
 
@@ -378,7 +386,9 @@ def search(cfg: DictConfig, *, config_dirs: Sequence[str | Path] = ()) -> Outcom
         progress.close()
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    return Outcome(study, trials, time.perf_counter() - started, interrupt.requested(), failed_workers)
+    return Outcome(
+        study, trials, time.perf_counter() - started, interrupt.requested(), failed_workers
+    )
 
 
 def _set_threads(n: int) -> None:
@@ -456,5 +466,5 @@ def _visible_gpus() -> list[str]:
         import torch
 
         return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception:  # noqa: BLE001 - no CUDA at all
+    except Exception:
         return []

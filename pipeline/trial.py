@@ -54,9 +54,7 @@ def run_trial(trial: optuna.Trial, cfg: DictConfig, space: SearchSpace, *, prune
     net = instantiate(cfg.task.model)
     datamodule = instantiate(cfg.task.data, batch_size=choice.batch_size)
     if not isinstance(datamodule, pl.LightningDataModule):
-        raise TypeError(
-            f"task.data built a {type(datamodule).__name__}, not a LightningDataModule"
-        )
+        raise TypeError(f"task.data built a {type(datamodule).__name__}, not a LightningDataModule")
     epochs = int(cfg.trainer.max_epochs)
 
     def configure(parameters: Any, steps_per_epoch: int) -> tuple[Any, Any, str]:
@@ -87,9 +85,7 @@ def run_trial(trial: optuna.Trial, cfg: DictConfig, space: SearchSpace, *, prune
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             first = str(exc).strip().splitlines()[0]
-            raise OutOfMemory(
-                f"out of memory at batch size {choice.batch_size}: {first}"
-            ) from exc
+            raise OutOfMemory(f"out of memory at batch size {choice.batch_size}: {first}") from exc
         raise
     finally:
         trial.set_user_attr("curve", recorder.stored())

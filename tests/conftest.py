@@ -1,6 +1,6 @@
 """Shared helpers: compose configs into tmp_path, run the CLI in a real subprocess.
 
-    python -m pytest
+python -m pytest
 """
 
 from __future__ import annotations

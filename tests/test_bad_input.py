@@ -1,4 +1,4 @@
-"""Bad input: one line naming the key and what is allowed, exit code 2, nothing created or changed."""
+"""Bad input: one line naming the key and what is allowed, exit 2, nothing created or changed."""
 
 from __future__ import annotations
 
@@ -50,8 +50,11 @@ CASES = [
     (["report.target=high"], "report.target", "number"),
     (["task.model._target_=nowhere.Model"], "task.model._target_", "cannot import"),
     (["task.loss=hinge"], "task.loss", "cross_entropy, mse"),
-    (["task.loss=mse", "search.metric=val_acc", "search.direction=maximize"],
-     "search.metric", "cross_entropy"),  # fmt: skip
+    (
+        ["task.loss=mse", "search.metric=val_acc", "search.direction=maximize"],
+        "search.metric",
+        "cross_entropy",
+    ),
     (["seed=-1"], "seed", "integer >= 0"),
 ]
 
@@ -66,7 +69,9 @@ def _run(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) ->
     return code, err
 
 
-@pytest.mark.parametrize(("overrides", "key", "hint"), CASES, ids=[c[1] + ":" + c[0][0] for c in CASES])
+@pytest.mark.parametrize(
+    ("overrides", "key", "hint"), CASES, ids=[c[1] + ":" + c[0][0] for c in CASES]
+)
 def test_bad_value_is_one_line_and_exit_2(tmp_path, capsys, overrides, key, hint):
     storage = tmp_path / "study.db"
     argv = [*TINY, f"search.storage=sqlite:///{storage}", *overrides]
@@ -84,7 +89,9 @@ def test_bad_value_is_one_line_and_exit_2(tmp_path, capsys, overrides, key, hint
 def _family_file(tmp_path: Path, body: str) -> Path:
     conf = tmp_path / "conf"
     (conf / "optimizer").mkdir(parents=True)
-    (conf / "optimizer" / "bad.yaml").write_text("_target_: torch.optim.SGD\n_partial_: true\n" + body)
+    (conf / "optimizer" / "bad.yaml").write_text(
+        "_target_: torch.optim.SGD\n_partial_: true\n" + body
+    )
     return conf
 
 
@@ -92,12 +99,28 @@ def _family_file(tmp_path: Path, body: str) -> Path:
     ("body", "key", "hint"),
     [
         ("lr: {type: float, low: 0.1, high: 0.01}", "optimizer/bad.yaml: lr.low", "below high"),
-        ("lr: {type: float, low: 0.0, high: 0.1, log: true}", "optimizer/bad.yaml: lr.low", "low > 0"),
+        (
+            "lr: {type: float, low: 0.0, high: 0.1, log: true}",
+            "optimizer/bad.yaml: lr.low",
+            "low > 0",
+        ),
         ("lr: {type: floaty, low: 0.0, high: 0.1}", "optimizer/bad.yaml: lr.type", "float, int"),
         ("lr: {type: categorical, choices: []}", "optimizer/bad.yaml: lr.choices", "non-empty"),
-        ("lr: {type: float, low: 0.01, high: 0.1, default: 3}", "optimizer/bad.yaml: lr", "outside"),
-        ("lr: {type: float, low: 0.01, high: 0.1, lo: 3}", "optimizer/bad.yaml: lr.lo", "unknown field"),
-        ("momentum: {type: float, low: 0.0, high: 0.9}", "optimizer/bad.yaml: lr", "must search lr"),
+        (
+            "lr: {type: float, low: 0.01, high: 0.1, default: 3}",
+            "optimizer/bad.yaml: lr",
+            "outside",
+        ),
+        (
+            "lr: {type: float, low: 0.01, high: 0.1, lo: 3}",
+            "optimizer/bad.yaml: lr.lo",
+            "unknown field",
+        ),
+        (
+            "momentum: {type: float, low: 0.0, high: 0.9}",
+            "optimizer/bad.yaml: lr",
+            "must search lr",
+        ),
     ],
 )
 def test_bad_family_file(tmp_path, capsys, body, key, hint):
@@ -106,8 +129,13 @@ def test_bad_family_file(tmp_path, capsys, body, key, hint):
     code, err = _run(
         tmp_path,
         capsys,
-        ["--config-dir", str(conf), *TINY, "search.optimizers=[bad]",
-         f"search.storage=sqlite:///{storage}"],  # fmt: skip
+        [
+            "--config-dir",
+            str(conf),
+            *TINY,
+            "search.optimizers=[bad]",
+            f"search.storage=sqlite:///{storage}",
+        ],
     )
     assert code == 2, err
     assert err.strip().splitlines() == [err.strip()]
@@ -127,7 +155,12 @@ def test_params_file_errors(tmp_path, capsys):
 
 def test_bad_input_leaves_an_existing_study_unchanged(tmp_path, capsys):
     storage = tmp_path / "study.db"
-    good = [*TINY, "trainer.max_epochs=1", "search.n_trials=2", f"search.storage=sqlite:///{storage}"]
+    good = [
+        *TINY,
+        "trainer.max_epochs=1",
+        "search.n_trials=2",
+        f"search.storage=sqlite:///{storage}",
+    ]
     assert search_main(good) == 0
     capsys.readouterr()
     before = _digest(storage)

@@ -20,8 +20,15 @@ def _trials(tmp_path, name):
 
 def test_diverging_sgd_is_stopped_recorded_and_reported(tmp_path):
     """SGD at lr 10 diverges; the study completes its budget; the report counts it."""
-    args = ("--config-dir", str(USER_CONF), *TINY, "trainer.max_epochs=5",
-            "search.optimizers=[sgd_hot,adam]", "search.n_trials=6", "pruner=none")  # fmt: skip
+    args = (
+        "--config-dir",
+        str(USER_CONF),
+        *TINY,
+        "trainer.max_epochs=5",
+        "search.optimizers=[sgd_hot,adam]",
+        "search.n_trials=6",
+        "pruner=none",
+    )
     result = run_cli("pipeline", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     trials = _trials(tmp_path, "moons")
@@ -43,9 +50,13 @@ def test_diverging_sgd_is_stopped_recorded_and_reported(tmp_path):
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path):
     """An out-of-memory batch size fails with its size named; the other trials complete."""
     result = run_cli(
-        "pipeline.search", *USER, "+task.model.fail_above_batch=64",
-        "search.batch_sizes=[32,128]", "search.n_trials=6", cwd=tmp_path,
-    )  # fmt: skip
+        "pipeline.search",
+        *USER,
+        "+task.model.fail_above_batch=64",
+        "search.batch_sizes=[32,128]",
+        "search.n_trials=6",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     trials = _trials(tmp_path, "user")
     failed = [t for t in trials if t.state == TrialState.FAIL]
@@ -59,9 +70,12 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path):
 
 def test_when_every_trial_fails_the_command_says_so_and_exits_1(tmp_path):
     result = run_cli(
-        "pipeline", *USER, "task.model._target_=user_task.BrokenNet", "search.n_trials=3",
+        "pipeline",
+        *USER,
+        "task.model._target_=user_task.BrokenNet",
+        "search.n_trials=3",
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: all 3 trials failed; first error (trial 0): ")

@@ -27,7 +27,7 @@ def _postgres() -> str:
 
         with sqlalchemy.create_engine(PG_URL, connect_args={"connect_timeout": 3}).connect():
             return PG_URL
-    except Exception as exc:  # noqa: BLE001 - any failure means no server here
+    except Exception as exc:
         require_service(f"no PostgreSQL server at {PG_URL}: {type(exc).__name__}")
     raise AssertionError("unreachable")
 
@@ -48,11 +48,16 @@ def test_n_workers_in_one_command_share_the_study(tmp_path, backend):
     name = f"parallel-{uuid.uuid4().hex[:8]}"
     storage = f"journal:///{tmp_path}/study.journal" if backend == "journal" else _postgres()
     result = run_cli(
-        "pipeline.search", *FAST, "search.n_workers=4", "search.n_trials=16",
-        f"search.storage={storage}", f"search.study_name={name}", cwd=tmp_path,
-    )  # fmt: skip
+        "pipeline.search",
+        *FAST,
+        "search.n_workers=4",
+        "search.n_trials=16",
+        f"search.storage={storage}",
+        f"search.study_name={name}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
-    assert f"16/16 trials" in result.stdout
+    assert "16/16 trials" in result.stdout
     if backend == "journal":
         storage = optuna.storages.JournalStorage(
             optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.journal"))
@@ -62,12 +67,19 @@ def test_n_workers_in_one_command_share_the_study(tmp_path, backend):
 
 def test_separate_commands_share_the_study(tmp_path):
     journal = tmp_path / "study.journal"
-    args = [sys.executable, "-m", "pipeline.search", *FAST, "search.n_trials=12",
-            f"search.storage=journal:///{journal}"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "pipeline.search",
+        *FAST,
+        "search.n_trials=12",
+        f"search.storage=journal:///{journal}",
+    ]
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
     procs = [
-        subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)  # fmt: skip
+        subprocess.Popen(
+            args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for _ in range(2)
     ]
     errors = ""
@@ -75,5 +87,7 @@ def test_separate_commands_share_the_study(tmp_path):
         _, err = proc.communicate(timeout=300)
         errors += err
         assert proc.returncode == 0, err
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))
+    )
     _check_shared(storage, "moons", 12, errors, workers=2)

@@ -51,7 +51,9 @@ def test_same_config_and_seed_give_the_same_study(tmp_path):
         seed = "seed=0" if name != "c" else "seed=1"
         cfg = tiny_config(tmp_path / name, "search.n_trials=6", "pruner=none", seed)
         outcome = search(cfg)
-        runs.append([(t.params, t.value, t.user_attrs["curve"]["val_loss"]) for t in outcome.trials])
+        runs.append(
+            [(t.params, t.value, t.user_attrs["curve"]["val_loss"]) for t in outcome.trials]
+        )
     assert runs[0] == runs[1]
     assert [p for p, _, _ in runs[0]] != [p for p, _, _ in runs[2]]
 
@@ -76,9 +78,13 @@ def test_rerun_treats_n_trials_as_the_total(tmp_path):
 @pytest.mark.parametrize("sampler", ["random", "cmaes", "qmc", "grid"])
 def test_other_samplers(tmp_path, sampler):
     cfg = tiny_config(
-        tmp_path, f"sampler={sampler}", "search.n_trials=4", "trainer.max_epochs=1",
-        "search.optimizers=[sgd,adam]", "search.schedulers=[constant]",
-    )  # fmt: skip
+        tmp_path,
+        f"sampler={sampler}",
+        "search.n_trials=4",
+        "trainer.max_epochs=1",
+        "search.optimizers=[sgd,adam]",
+        "search.schedulers=[constant]",
+    )
     outcome = search(cfg)
     done = [t for t in outcome.trials if counts(t)]
     assert len(done) == 4 and outcome.exit_code == 0
@@ -90,9 +96,13 @@ def test_other_samplers(tmp_path, sampler):
 @pytest.mark.parametrize("pruner", ["median", "hyperband", "successive_halving"])
 def test_pruners_stop_trials_and_keep_their_partial_curves(tmp_path, pruner):
     cfg = tiny_config(
-        tmp_path, f"pruner={pruner}", "search.n_trials=14", "trainer.max_epochs=6",
-        "search.min_trials_per_family=0", "sampler=random",
-    )  # fmt: skip
+        tmp_path,
+        f"pruner={pruner}",
+        "search.n_trials=14",
+        "trainer.max_epochs=6",
+        "search.min_trials_per_family=0",
+        "sampler=random",
+    )
     outcome = search(cfg)
     pruned = [t for t in outcome.trials if t.state == TrialState.PRUNED]
     assert pruned, "nothing was pruned"
@@ -107,10 +117,15 @@ def test_user_model_and_data_plugged_in_by_config(tmp_path):
     """A nn.Module and a LightningDataModule from tests/user_task.py, and a LightningModule."""
     for task in ("user", "user_lightning"):
         result = run_cli(
-            "pipeline.search", "--config-dir", str(USER_CONF), f"task={task}",
-            "search.n_trials=3", "trainer.max_epochs=2", "search.batch_sizes=[32]",
+            "pipeline.search",
+            "--config-dir",
+            str(USER_CONF),
+            f"task={task}",
+            "search.n_trials=3",
+            "trainer.max_epochs=2",
+            "search.batch_sizes=[32]",
             cwd=tmp_path,
-        )  # fmt: skip
+        )
         assert result.returncode == 0, result.stderr
         trials = [t for t in _trials(f"sqlite:///{tmp_path}/studies/study.db", task) if counts(t)]
         assert len(trials) == 3
@@ -127,7 +142,7 @@ def _wait_for(predicate, timeout: float = 120.0) -> None:
         try:
             if predicate():
                 return
-        except Exception:  # noqa: BLE001 - the storage may not exist yet
+        except Exception:
             pass
         time.sleep(0.2)
     raise AssertionError("timed out waiting for the study")
@@ -136,8 +151,11 @@ def _wait_for(predicate, timeout: float = 120.0) -> None:
 def _start(tmp_path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "pipeline.search", *args],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 SLOW_TRIALS = (*TINY, "trainer.max_epochs=40", "pruner=none", "search.batch_sizes=[16]")
@@ -146,10 +164,14 @@ SLOW_TRIALS = (*TINY, "trainer.max_epochs=40", "pruner=none", "search.batch_size
 def test_ctrl_c_records_what_finished_and_a_rerun_completes(tmp_path):
     storage = f"sqlite:///{tmp_path}/studies/study.db"
     proc = _start(tmp_path, *SLOW_TRIALS, "search.n_trials=6")
-    _wait_for(lambda: sum(t.state == TrialState.COMPLETE for t in _trials(storage)) >= 1
-              and any(t.state == TrialState.RUNNING for t in _trials(storage)))  # fmt: skip
+    _wait_for(
+        lambda: (
+            sum(t.state == TrialState.COMPLETE for t in _trials(storage)) >= 1
+            and any(t.state == TrialState.RUNNING for t in _trials(storage))
+        )
+    )
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "rerun the same command" in err
     before = _trials(storage)
@@ -171,8 +193,12 @@ def test_kill_9_loses_only_the_running_trial(tmp_path):
     kills = 3
     for cycle in range(kills):
         proc = _start(tmp_path, *args)
-        _wait_for(lambda c=cycle: sum(t.state == TrialState.COMPLETE for t in _trials(storage)) > c
-                  and any(t.state == TrialState.RUNNING for t in _trials(storage)))  # fmt: skip
+        _wait_for(
+            lambda c=cycle: (
+                sum(t.state == TrialState.COMPLETE for t in _trials(storage)) > c
+                and any(t.state == TrialState.RUNNING for t in _trials(storage))
+            )
+        )
         complete = {t.number for t in _trials(storage) if t.state == TrialState.COMPLETE}
         proc.kill()
         proc.communicate()

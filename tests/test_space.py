@@ -16,12 +16,29 @@ SCHEDULERS = group_options("scheduler")
 
 def test_every_family_and_schedule_named_in_the_issue_ships():
     assert set(OPTIMIZERS) >= {
-        "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "nadam", "adamax", "adamw",
-    }  # fmt: skip
-    assert set(SCHEDULERS) >= {"constant", "inverse_time", "exponential", "step", "cosine", "onecycle"}
+        "sgd",
+        "momentum",
+        "nesterov",
+        "adagrad",
+        "rmsprop",
+        "adam",
+        "nadam",
+        "adamax",
+        "adamw",
+    }
+    assert set(SCHEDULERS) >= {
+        "constant",
+        "inverse_time",
+        "exponential",
+        "step",
+        "cosine",
+        "onecycle",
+    }
 
 
-def _train_a_few_steps(optimizer_name: str, scheduler_name: str, trial: optuna.Trial) -> list[float]:
+def _train_a_few_steps(
+    optimizer_name: str, scheduler_name: str, trial: optuna.Trial
+) -> list[float]:
     fam = load_component("optimizer", optimizer_name)
     sched = load_component("scheduler", scheduler_name)
     space = SearchSpace({optimizer_name: fam}, {scheduler_name: sched}, (8,))
@@ -134,6 +151,8 @@ def test_adding_a_family_is_one_yaml_file(tmp_path):
     study.enqueue_trial({"optimizer": "radam"})
     trial = study.ask()
     choice = space.sample(trial)
-    opt, _, _ = space.configure(choice, torch.nn.Linear(2, 2).parameters(), epochs=2, steps_per_epoch=2)
+    opt, _, _ = space.configure(
+        choice, torch.nn.Linear(2, 2).parameters(), epochs=2, steps_per_epoch=2
+    )
     assert isinstance(opt, torch.optim.RAdam)
     assert {"radam.lr", "radam.beta1", "radam.beta2"} <= set(trial.params)

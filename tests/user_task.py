@@ -1,6 +1,6 @@
 """A user's own model and data, living outside the package, plugged in by config only.
 
-    python -m pipeline.search --config-dir tests/conf task=user     (with tests/ on PYTHONPATH)
+python -m pipeline.search --config-dir tests/conf task=user     (with tests/ on PYTHONPATH)
 """
 
 from __future__ import annotations

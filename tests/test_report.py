@@ -1,0 +1,291 @@
+"""The report: one self-contained HTML file plus summary.json, recommendation.csv, curves.csv."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState, create_trial
+
+from benchmarks.synthetic import write_study
+from pipeline.report import main as report_main
+from pipeline.results import collect, recommend, time_to_target
+from pipeline.study import search
+from tests.conftest import ROOT, TINY, require_service, tiny_config
+
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+
+def _report(tmp_path: Path, capsys, *overrides: str) -> tuple[int, str, str]:
+    code = report_main(
+        [
+            *TINY,
+            f"search.storage=sqlite:///{tmp_path}/study.db",
+            f"report.dir={tmp_path}/reports",
+            *overrides,
+        ]
+    )
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _assert_self_contained(html: str) -> None:
+    assert "<script" not in html.lower()
+    assert "<link" not in html.lower()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html), (
+        "fetches from the network"
+    )
+    assert "url(" not in html
+
+
+def test_report_from_a_real_study(tmp_path, capsys):
+    cfg = tiny_config(tmp_path, "search.n_trials=10", "search.optimizers=[sgd,adam,momentum]")
+    search(cfg)
+    capsys.readouterr()
+    code, _, err = _report(tmp_path, capsys, "search.optimizers=[sgd,adam,momentum]")
+    assert code == 0, err
+    reports = tmp_path / "reports"
+    assert out.strip().splitlines()[-1] == str(reports / "index.html")  # the last line: its path
+    html = (reports / "index.html").read_text()
+    _assert_self_contained(html)
+    for heading in (
+        "Recommendation",
+        "Summary",
+        "Convergence",
+        "The search",
+        "Trials",
+        "Reproduce",
+    ):
+        assert f">{heading}</h2>" in html
+    for fact in ("moons", "pipeline.models.MLP", "cpu", "10 trials x up to 3 epochs", "optuna "):
+        assert fact in html
+    assert html.count("data:image/png;base64,") >= 6
+
+    summary = json.loads((reports / "summary.json").read_text())
+    assert summary["trials"] == 10 and summary["metric"] == "val_loss"
+    assert summary["winner"]["family"] in ("sgd", "adam", "momentum")
+    assert summary["best_value"] == pytest.approx(
+        min(
+            t.value
+            for t in optuna.load_study(
+                study_name="moons", storage=f"sqlite:///{tmp_path}/study.db"
+            ).get_trials()
+            if t.state == TrialState.COMPLETE
+        )
+    )
+
+    table = pd.read_csv(reports / "recommendation.csv")
+    assert set(table.family) == {"sgd", "adam", "momentum"} and list(table["rank"]) == [1, 2, 3]
+    reached = table[table.reached]
+    assert list(reached.seconds_to_target) == sorted(reached.seconds_to_target)
+
+    curves = pd.read_csv(reports / "curves.csv")
+    assert {
+        "trial",
+        "family",
+        "epoch",
+        "seconds",
+        "val_loss",
+        "train_loss",
+        "lr",
+        "family_best",
+    } <= set(curves.columns)
+    assert set(curves[curves.family_best == 1].trial) == set(table.trial)
+
+
+def _trial(family: str, seconds: list[float], losses: list[float], number_lr: float = 0.01):
+    epochs = list(range(1, len(losses) + 1))
+    curve = {
+        "epoch": epochs,
+        "step": [e * 10 for e in epochs],
+        "seconds": seconds,
+        "train_loss": losses,
+        "val_loss": losses,
+        "val_acc": [0.5] * len(losses),
+        "lr": [number_lr] * len(losses),
+    }
+    return create_trial(
+        state=TrialState.COMPLETE,
+        value=losses[-1],
+        params={
+            "optimizer": family,
+            f"{family}.lr": number_lr,
+            "schedule": "constant",
+            "batch_size": 32,
+        },
+        distributions={
+            "optimizer": optuna.distributions.CategoricalDistribution(["sgd", "adam", "momentum"]),
+            f"{family}.lr": optuna.distributions.FloatDistribution(1e-4, 1, log=True),
+            "schedule": optuna.distributions.CategoricalDistribution(["constant"]),
+            "batch_size": optuna.distributions.CategoricalDistribution([32]),
+        },
+        user_attrs={"curve": curve, "run": {"device": "cpu", "seconds": seconds[-1]}},
+    )
+
+
+def _hand_made_study() -> optuna.Study:
+    study = optuna.create_study(direction="minimize")
+    study.set_user_attr("config", {"trainer": {"max_epochs": 3}, "search": {"metric": "val_loss"}})
+    study.add_trials(
+        [
+            _trial("adam", [1.0, 2.0, 3.0], [0.5, 0.2, 0.10]),  # reaches 0.2 at 2.0 s
+            _trial("adam", [0.5, 1.5, 2.5], [0.9, 0.5, 0.30]),  # never reaches 0.2
+            _trial("momentum", [2.0, 5.0, 8.0], [0.6, 0.18, 0.15]),  # reaches 0.2 at 5.0 s
+            _trial("sgd", [1.0, 2.0, 3.0], [1.0, 0.9, 0.8]),  # never
+        ]
+    )
+    return study
+
+
+def test_time_to_target_and_ranking_by_hand():
+    results = collect(_hand_made_study(), target=0.2)
+    ttt = results.ttt.set_index("trial")
+    assert ttt.loc[0, "seconds_to_target"] == 2.0 and ttt.loc[0, "epochs_to_target"] == 2
+    assert math.isnan(ttt.loc[1, "seconds_to_target"])
+    assert ttt.loc[2, "seconds_to_target"] == 5.0
+    table = results.recommendation
+    assert list(table.family) == ["adam", "momentum", "sgd"]
+    assert list(table.reached) == [True, True, False]
+    assert results.sentence == (
+        "Adam (lr 0.01, constant, batch 32) reaches val_loss ≤ 0.2 in 2.00 s (2 epochs); "
+        "2.5x faster than the best Momentum run and the best SGD run does not reach it "
+        "within 3 epochs."
+    )
+
+
+def test_derived_target_is_the_best_relaxed_by_the_tolerance():
+    results = collect(_hand_made_study(), tolerance=0.5)
+    assert results.target.value == pytest.approx(0.15)  # best final 0.10 relaxed by 50%
+    assert "relaxed by 50%" in results.target.how
+    assert list(results.recommendation.family[:1]) == ["adam"]
+
+
+def test_recommend_prefers_the_fastest_trial_of_a_family():
+    trials = pd.DataFrame(
+        {
+            "number": [0, 1],
+            "state": ["complete"] * 2,
+            "family": ["adam"] * 2,
+            "schedule": ["c"] * 2,
+            "batch_size": [32, 64],
+            "lr": [0.1, 0.2],
+            "value": [0.1, 0.15],
+            "final_val_loss": [0.1, 0.15],
+            "final_val_acc": [0.9, 0.9],
+            "params": [{}, {}],
+        }
+    )
+    ttt = pd.DataFrame(
+        {
+            "trial": [0, 1],
+            "epochs_to_target": [5, 2],
+            "steps_to_target": [50, 20],
+            "seconds_to_target": [5.0, 2.0],
+        }
+    )
+    table = recommend(trials, ttt, direction="minimize")
+    assert table.loc[0, "trial"] == 1  # not the best final value, the fastest to the target
+    assert time_to_target(pd.DataFrame(), metric="val_loss", direction="minimize", target=1.0).empty
+
+
+def test_partial_studies_still_render(tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path}/study.db"
+    # Only failed trials:
+    study = optuna.create_study(storage=storage, study_name="moons")
+    study.set_user_attr("config", {"task": {"name": "moons"}})
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"error": "ValueError: boom"}))
+    code, _, err = _report(tmp_path, capsys)
+    assert code == 0, err
+    html = (tmp_path / "reports" / "index.html").read_text()
+    assert "No trial has finished yet" in html or "nothing to recommend" in html
+    assert "ValueError: boom" in html and "No plot of" in html
+    summary = json.loads((tmp_path / "reports" / "summary.json").read_text())
+    assert summary["failed"] == 1 and summary["winner"] is None and summary["best_value"] is None
+
+    # One family only, with pruned trials:
+    write_study(f"sqlite:///{tmp_path}/one.db", 12, study_name="one", families=["adam"])
+    code, _out, err = _report(
+        tmp_path, capsys, f"search.storage=sqlite:///{tmp_path}/one.db", "search.study_name=one"
+    )
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "reports" / "recommendation.csv")
+    assert list(table.family) == ["adam"]
+
+
+def test_missing_study_is_a_clear_error(tmp_path, capsys):
+    code, _, err = _report(tmp_path, capsys)
+    assert code == 2 and err.startswith("error: search.storage: no study file at"), err
+    write_study(f"sqlite:///{tmp_path}/study.db", 2, study_name="other")
+    code, _out, err = _report(tmp_path, capsys)
+    assert code == 2 and "no study 'moons'" in err and "it holds: other" in err
+
+
+def test_user_strings_are_escaped(tmp_path, capsys):
+    evil = "<script>alert(1)</script>"
+    storage = f"sqlite:///{tmp_path}/study.db"
+    write_study(storage, 8, study_name="moons", overrides=[f"task.name='{evil}'"])
+    study = optuna.load_study(study_name="moons", storage=storage)
+    trial = study.ask()
+    study.tell(trial, state=TrialState.FAIL)
+    code, _out, err = _report(tmp_path, capsys)
+    assert code == 0, err
+    html = (tmp_path / "reports" / "index.html").read_text()
+    assert evil not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    _assert_self_contained(html)
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        require_service("Debian's chromium is not installed (apt-get install chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        require_service("playwright is not installed (pip install -e '.[dev]')")
+    return path
+
+
+def test_report_renders_in_a_real_browser(tmp_path, capsys):
+    chromium = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    write_study(f"sqlite:///{tmp_path}/study.db", 60, study_name="moons")
+    code, _out, err = _report(tmp_path, capsys)
+    assert code == 0, err
+    page_url = (tmp_path / "reports" / "index.html").as_uri()
+    errors: list[str] = []
+    requests: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(page_url, wait_until="load")
+        images = page.eval_on_selector_all(
+            "img", "imgs => imgs.map(i => [i.alt, i.complete, i.naturalWidth])"
+        )
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+        browser.close()
+    assert len(images) >= 7, images
+    assert all(complete and width > 0 for _, complete, width in images), images
+    assert errors == []
+    assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
+    assert (ARTIFACTS / "report.png").stat().st_size > 10_000
