@@ -48,7 +48,7 @@ def test_report_from_a_real_study(tmp_path, capsys):
     cfg = tiny_config(tmp_path, "search.n_trials=10", "search.optimizers=[sgd,adam,momentum]")
     search(cfg)
     capsys.readouterr()
-    code, _, err = _report(tmp_path, capsys, "search.optimizers=[sgd,adam,momentum]")
+    code, out, err = _report(tmp_path, capsys, "search.optimizers=[sgd,adam,momentum]")
     assert code == 0, err
     reports = tmp_path / "reports"
     assert out.strip().splitlines()[-1] == str(reports / "index.html")  # the last line: its path
