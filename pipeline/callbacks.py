@@ -57,7 +57,8 @@ class CurveRecorder(pl.Callback):
         self.device = describe_device(trainer.strategy.root_device)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        metrics = trainer.callback_metrics
+        # Our TrainModule keeps its metrics itself; a user's LightningModule logs them.
+        metrics = getattr(pl_module, "epoch_metrics", None) or trainer.callback_metrics
         row = {
             "epoch": trainer.current_epoch + 1,
             "step": int(getattr(pl_module, "optimizer_steps", trainer.global_step)),

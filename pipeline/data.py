@@ -108,6 +108,11 @@ class TensorDataModule(pl.LightningDataModule):
         data = _Epochs(x, y, self.batch_size, shuffle=True, whole=self.whole_epochs)
         return DataLoader(data, batch_size=None)
 
+    def val_epoch(self) -> EpochBatches:
+        """The validation set in chunks, for a module that validates inside its epoch step."""
+        x, y = self.arrays[2:]
+        return EpochBatches(x, y, EVAL_CHUNK, order=None)
+
     def val_dataloader(self) -> DataLoader:
         x, y = self.arrays[2:]
         data = _Epochs(x, y, EVAL_CHUNK, shuffle=False, whole=self.whole_epochs)

@@ -2,15 +2,18 @@
 
     pipeline.trial builds it; the optimizer and schedule come from the trial's sampled choice.
 
-For in-memory data (TensorDataModule) one training step consumes a whole epoch of
-mini-batches: Lightning's per-batch hooks cost more than a small model's step, and the
-trial only needs per-epoch curves. Metrics are summed on the device and logged once per epoch.
+For in-memory data (a TensorDataModule) one Lightning training step runs a whole epoch of
+mini-batches and then the validation pass. Measured on 2 CPU cores with the digits MLP,
+Lightning's per-batch hooks and its per-epoch validation loop cost more than the model's own
+work (about 0.2 ms a batch and 3 ms an epoch), and a trial only needs per-epoch curves.
+Metrics are summed on the device and read once per epoch, without Lightning's self.log.
+Any other DataModule goes through Lightning's ordinary per-batch training and validation.
 """
 
 from __future__ import annotations
 
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytorch_lightning as pl
@@ -19,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline import interrupt
-from pipeline.data import EpochBatches
+from pipeline.data import EpochBatches, TensorDataModule
 
 # (parameters, steps_per_epoch) -> (optimizer, scheduler, interval)
 Configure = Callable[[Any, int], tuple[torch.optim.Optimizer, Any, str]]
@@ -47,6 +50,9 @@ class TrainModule(pl.LightningModule):
         self._scheduler: Any = None
         self._interval = "epoch"
         self._scaled = False
+        self._val: EpochBatches | None = None
+        # This epoch's metrics as device tensors, read once per epoch by the CurveRecorder.
+        self.epoch_metrics: dict[str, Tensor] = {}
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -61,6 +67,9 @@ class TrainModule(pl.LightningModule):
         # 16-bit mixed precision needs Lightning's gradient scaler; everything else can use
         # the bare optimizer, which is cheaper per step.
         self._scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        datamodule = self.trainer.datamodule
+        if isinstance(datamodule, TensorDataModule) and datamodule.whole_epochs:
+            self._val = datamodule.val_epoch()
 
     def transfer_batch_to_device(
         self, batch: Any, device: torch.device, dataloader_idx: int
@@ -69,12 +78,22 @@ class TrainModule(pl.LightningModule):
             return batch  # already on the device since setup()
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
+    def on_train_epoch_start(self) -> None:
+        self._train_sum = torch.zeros((), device=self.device)
+        self._train_count = 0
+
     def training_step(self, batch: Any, batch_idx: int) -> None:
+        if isinstance(batch, EpochBatches):
+            self._train(batch)
+            if self._val is not None:
+                self._validate(self._val)
+        else:
+            self._train((batch,))
+
+    def _train(self, batches: Iterable[tuple[Tensor, Tensor]]) -> None:
         optimizer = self.optimizers(use_pl_optimizer=self._scaled)
-        whole = isinstance(batch, EpochBatches)
-        total = torch.zeros((), device=self.device)
-        count = 0
-        for x, y in batch if whole else (batch,):
+        total, count = self._train_sum, 0
+        for x, y in batches:
             interrupt.check()
             loss = self.loss_fn(self.net(x), y)
             optimizer.zero_grad(set_to_none=True)
@@ -90,13 +109,23 @@ class TrainModule(pl.LightningModule):
                 self._scheduler.step()
             total += loss.detach() * len(y)
             count += len(y)
-        # Lightning averages epoch-level values weighted by batch_size.
-        self.log("train_loss", total / count, on_step=False, on_epoch=True, batch_size=count)
+        self._train_count += count
+        self.epoch_metrics["train_loss"] = total / self._train_count
 
     def on_train_epoch_end(self) -> None:
         # Runs after the callbacks' on_train_epoch_end, so the curve shows this epoch's lr.
         if self._interval == "epoch":
             self._scheduler.step()
+
+    def _validate(self, batches: Iterable[tuple[Tensor, Tensor]]) -> None:
+        """The validation pass inside the whole-epoch step, as Lightning's loop would run it."""
+        self.on_validation_epoch_start()
+        was_training = self.net.training
+        self.net.eval()
+        with torch.no_grad():
+            self._val_sums(batches)
+        self.net.train(was_training)
+        self._val_publish()
 
     def on_validation_epoch_start(self) -> None:
         self._val_sum = torch.zeros((), device=self.device)
@@ -104,24 +133,29 @@ class TrainModule(pl.LightningModule):
         self._val_count = 0
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        for x, y in batch if isinstance(batch, EpochBatches) else (batch,):
+        self._val_sums((batch,))
+
+    def on_validation_epoch_end(self) -> None:
+        self._val_publish()
+
+    def _val_sums(self, batches: Iterable[tuple[Tensor, Tensor]]) -> None:
+        for x, y in batches:
             out = self.net(x)
             self._val_sum += self.loss_fn(out, y, reduction="sum")
             if self.classify:
                 self._val_correct += (out.argmax(dim=1) == y).sum()
             self._val_count += len(y)
 
-    def on_validation_epoch_end(self) -> None:
+    def _val_publish(self) -> None:
         n = max(1, self._val_count)
-        self.log("val_loss", self._val_sum / n)
+        self.epoch_metrics["val_loss"] = self._val_sum / n
         if self.classify:
-            self.log("val_acc", self._val_correct / n)
+            self.epoch_metrics["val_acc"] = self._val_correct / n
 
 
 def _mse(out: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
-    return F.mse_loss(
-        out.squeeze(-1) if out.dim() > y.dim() else out, y.to(out.dtype), reduction=reduction
-    )
+    out = out.squeeze(-1) if out.dim() > y.dim() else out
+    return F.mse_loss(out, y.to(out.dtype), reduction=reduction)
 
 
 def attach(module: pl.LightningModule, configure: Configure) -> pl.LightningModule:

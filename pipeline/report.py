@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline import plots
 from pipeline.cli import run
 from pipeline.results import Results, collect, family_label
-from pipeline.storage import load_study
+from pipeline.storage import close, load_study
 
 PACKAGES = ("torch", "pytorch-lightning", "optuna", "hydra-core", "pandas", "seaborn", "optim-race")
 
@@ -203,7 +203,12 @@ def build(cfg: DictConfig, *, command: str = "python -m pipeline.report") -> Pat
     """Read the study named in the config and write the report files; returns index.html."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = load_study(cfg.search.storage, cfg.search.study_name)
-    results = collect(study, target=cfg.report.target, tolerance=float(cfg.report.target_tolerance))
+    try:
+        results = collect(
+            study, target=cfg.report.target, tolerance=float(cfg.report.target_tolerance)
+        )
+    finally:
+        close(study)
     out = Path(cfg.report.dir)
     out.mkdir(parents=True, exist_ok=True)
     html = render(results, command=command)

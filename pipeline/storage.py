@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
+from sqlalchemy import event
 
 from pipeline.config import ConfigError, check_storage_url
 
@@ -47,15 +49,15 @@ def open_storage(url: str, *, must_exist: bool = False) -> BaseStorage:
     try:
         if url.startswith("journal:///"):
             return JournalStorage(JournalFileBackend(str(path)))
-        engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+        if url.startswith("sqlite"):
+            # One machine only, where a dead worker's pid is checked directly: no heartbeat.
+            storage = RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+            event.listen(storage.engine, "connect", _sqlite_pragmas)
+            storage.engine.dispose()  # the connection made while creating tables predates it
+            return storage
         with warnings.catch_warnings():  # heartbeat_interval is "experimental" since Optuna 2.9
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=HEARTBEAT_SECONDS,
-                grace_period=GRACE_SECONDS,
-            )
+            return RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
     except ModuleNotFoundError as exc:
         raise ConfigError(
             "search.storage",
@@ -66,6 +68,27 @@ def open_storage(url: str, *, must_exist: bool = False) -> BaseStorage:
         if "DB access module" in first:
             first += " (for PostgreSQL: pip install -e '.[postgres]')"
         raise ConfigError("search.storage", f"cannot open {_safe(url)}: {first}") from None
+
+
+def _sqlite_pragmas(connection: Any, record: Any) -> None:
+    """Write-ahead logging: a trial's dozen small writes cost about half as much.
+
+    With synchronous=NORMAL a killed process loses nothing that was committed; only a power
+    cut can lose the last transactions. close() folds the log back into the .db file.
+    """
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def close(study: optuna.Study) -> None:
+    """Release the study's connections (SQLite then folds its write-ahead log into the file)."""
+    storage = study._storage  # Optuna has no public close; the engine is the RDB storage's
+    inner = getattr(storage, "_backend", storage)  # RDBStorage sits inside Optuna's cache
+    engine = getattr(inner, "engine", None)
+    if engine is not None:
+        engine.dispose()
 
 
 def _safe(url: str) -> str:

@@ -31,8 +31,8 @@ from pipeline.callbacks import Diverged
 from pipeline.config import ConfigError
 from pipeline.progress import Progress, best_value
 from pipeline.space import SearchSpace
-from pipeline.storage import open_storage
-from pipeline.trial import run_trial
+from pipeline.storage import close, open_storage
+from pipeline.trial import TrialRunner
 
 HOST = socket.gethostname()
 # Config keys a resumed study may change without becoming a different study.
@@ -254,8 +254,9 @@ class Objective:
         *,
         note: Callable[[str], None],
     ) -> None:
-        self.cfg, self.space, self.budget, self.note = cfg, space, budget, note
-        self.prune = not isinstance(make_pruner(cfg), optuna.pruners.NopPruner)
+        self.budget, self.note = budget, note
+        prune = not isinstance(make_pruner(cfg), optuna.pruners.NopPruner)
+        self.runner = TrialRunner(cfg, space, prune=prune)
 
     def __call__(self, trial: optuna.Trial) -> float:
         if self.budget.surplus(trial, trial.study.get_trials(deepcopy=False)):
@@ -263,7 +264,7 @@ class Objective:
             raise Surplus
         trial.set_user_attr("worker", worker_id())
         try:
-            return run_trial(trial, self.cfg, self.space, prune=self.prune)
+            return self.runner.run(trial)
         except optuna.TrialPruned as exc:
             trial.set_user_attr("stopped", str(exc))
             raise
@@ -304,6 +305,7 @@ def work(
         pruner=make_pruner(cfg),
     )
     if budget.missing(study.get_trials(deepcopy=False)) <= 0:
+        close(study)
         return
     note = progress.note if progress else _print_err
     objective = Objective(cfg, space, budget, note=note)
@@ -315,13 +317,16 @@ def work(
         if interrupt.requested() or budget.missing(trials) <= 0:
             study.stop()
 
-    study.optimize(
-        objective,
-        timeout=cfg.search.timeout,
-        catch=(Exception,),
-        callbacks=[after_trial],
-        gc_after_trial=False,
-    )
+    try:
+        study.optimize(
+            objective,
+            timeout=cfg.search.timeout,
+            catch=(Exception,),
+            callbacks=[after_trial],
+            gc_after_trial=False,
+        )
+    finally:
+        close(study)
 
 
 def _show(progress: Progress, trials: Sequence[FrozenTrial]) -> None:
@@ -384,6 +389,7 @@ def search(cfg: DictConfig, *, config_dirs: Sequence[str | Path] = ()) -> Outcom
         trials = study.get_trials(deepcopy=False)
         _show(progress, trials)
         progress.close()
+        close(study)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return Outcome(

@@ -1,6 +1,6 @@
 """One trial: sample a choice from the space, train it with a Lightning Trainer, store its curve.
 
-    pipeline.study calls run_trial() as the Optuna objective's body.
+    pipeline.study makes one TrialRunner per worker and calls run() as the objective's body.
 
 What a trial stores on itself (so a report needs nothing but the study):
   params              optimizer, <family>.<hp>, schedule, <schedule>.<hp>, batch_size
@@ -10,19 +10,21 @@ What a trial stores on itself (so a report needs nothing but the study):
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import optuna
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pipeline.callbacks import CurveRecorder, TrialGuard
 from pipeline.data import TensorDataModule
 from pipeline.module import TrainModule, attach
-from pipeline.space import Choice, SearchSpace
+from pipeline.space import SearchSpace
 
 
 class OutOfMemory(Exception):
@@ -45,52 +47,92 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def run_trial(trial: optuna.Trial, cfg: DictConfig, space: SearchSpace, *, prune: bool) -> float:
-    started = time.perf_counter()
-    choice = space.sample(trial)
-    seed = int(cfg.seed) + trial.number
-    pl.seed_everything(seed, verbose=False)
+def factory(node: DictConfig) -> Callable[..., Any]:
+    """Build `node` (a `_target_` config) again and again, cheaply.
 
-    net = instantiate(cfg.task.model)
-    datamodule = instantiate(cfg.task.data, batch_size=choice.batch_size)
-    if not isinstance(datamodule, pl.LightningDataModule):
-        raise TypeError(f"task.data built a {type(datamodule).__name__}, not a LightningDataModule")
-    epochs = int(cfg.trainer.max_epochs)
+    Hydra's instantiate costs a few milliseconds a call (it rebuilds an OmegaConf tree); a
+    flat config becomes a functools.partial once, and each trial only calls it. A config
+    with nested `_target_`s is instantiated afresh each time, so no trial shares an object.
+    """
+    plain = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(plain, dict)
+    if any(_has_target(v) for v in plain.values()):
+        return functools.partial(instantiate, node)
+    return instantiate(node, _partial_=True)
 
-    def configure(parameters: Any, steps_per_epoch: int) -> tuple[Any, Any, str]:
-        return space.configure(choice, parameters, epochs=epochs, steps_per_epoch=steps_per_epoch)
 
-    if isinstance(net, pl.LightningModule):
-        module = attach(net, configure)
-    elif isinstance(net, torch.nn.Module):
-        module = TrainModule(net, loss=cfg.task.loss, configure=configure)
-        if isinstance(datamodule, TensorDataModule):
-            datamodule.whole_epochs = True
-    else:
-        raise TypeError(f"task.model built a {type(net).__name__}, not an nn.Module")
+def _has_target(value: Any) -> bool:
+    if isinstance(value, dict):
+        return "_target_" in value or any(_has_target(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_target(v) for v in value)
+    return False
 
-    recorder = CurveRecorder(started=started)
-    guard = TrialGuard(
-        trial,
-        recorder,
-        metric=cfg.search.metric,
-        divergence_factor=float(cfg.search.divergence_factor),
-        prune=prune,
-    )
-    trainer = pl.Trainer(**trainer_kwargs(cfg), callbacks=[recorder, guard])
-    try:
-        trainer.fit(module, datamodule=datamodule)
-    except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
-        if "out of memory" in str(exc).lower() or "can't allocate memory" in str(exc).lower():
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            first = str(exc).strip().splitlines()[0]
-            raise OutOfMemory(f"out of memory at batch size {choice.batch_size}: {first}") from exc
-        raise
-    finally:
-        trial.set_user_attr("curve", recorder.stored())
-        trial.set_user_attr("run", _run_info(recorder, datamodule, module, seed, started))
-    return float(recorder.last[cfg.search.metric])
+
+class TrialRunner:
+    """Trains trials for one worker; data and builders are set up once, not once per trial."""
+
+    def __init__(self, cfg: DictConfig, space: SearchSpace, *, prune: bool) -> None:
+        self.cfg, self.space, self.prune = cfg, space, prune
+        self.make_model = factory(cfg.task.model)
+        self.make_data = factory(cfg.task.data)
+        self.epochs = int(cfg.trainer.max_epochs)
+        self.trainer_kwargs = trainer_kwargs(cfg)
+
+    def run(self, trial: optuna.Trial) -> float:
+        started = time.perf_counter()
+        choice = self.space.sample(trial)
+        seed = int(self.cfg.seed) + trial.number
+        pl.seed_everything(seed, verbose=False)
+
+        net = self.make_model()
+        datamodule = self.make_data(batch_size=choice.batch_size)
+        if not isinstance(datamodule, pl.LightningDataModule):
+            raise TypeError(
+                f"task.data built a {type(datamodule).__name__}, not a LightningDataModule"
+            )
+
+        def configure(parameters: Any, steps_per_epoch: int) -> tuple[Any, Any, str]:
+            return self.space.configure(
+                choice, parameters, epochs=self.epochs, steps_per_epoch=steps_per_epoch
+            )
+
+        extra: dict[str, Any] = {}
+        if isinstance(net, pl.LightningModule):
+            module = attach(net, configure)
+        elif isinstance(net, torch.nn.Module):
+            module = TrainModule(net, loss=self.cfg.task.loss, configure=configure)
+            if isinstance(datamodule, TensorDataModule):
+                datamodule.whole_epochs = True
+                extra["limit_val_batches"] = 0  # validated inside the whole-epoch step
+        else:
+            raise TypeError(f"task.model built a {type(net).__name__}, not an nn.Module")
+
+        recorder = CurveRecorder(started=started)
+        guard = TrialGuard(
+            trial,
+            recorder,
+            metric=self.cfg.search.metric,
+            divergence_factor=float(self.cfg.search.divergence_factor),
+            prune=self.prune,
+        )
+        trainer = pl.Trainer(**self.trainer_kwargs, **extra, callbacks=[recorder, guard])
+        try:
+            trainer.fit(module, datamodule=datamodule)
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+            text = str(exc).lower()
+            if "out of memory" in text or "can't allocate memory" in text:
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                first = str(exc).strip().splitlines()[0]
+                raise OutOfMemory(
+                    f"out of memory at batch size {choice.batch_size}: {first}"
+                ) from exc
+            raise
+        finally:
+            trial.set_user_attr("curve", recorder.stored())
+            trial.set_user_attr("run", _run_info(recorder, datamodule, module, seed, started))
+        return float(recorder.last[self.cfg.search.metric])
 
 
 def _run_info(
@@ -109,8 +151,3 @@ def _run_info(
     if isinstance(datamodule, TensorDataModule):
         info["n_train"], info["n_val"] = datamodule.n_train, datamodule.n_val
     return info
-
-
-def describe(choice: Choice) -> str:
-    """e.g. 'adam lr=0.003 cosine batch=64' for progress lines."""
-    return f"{choice.optimizer} lr={choice.lr:.3g} {choice.schedule} batch={choice.batch_size}"

@@ -1,0 +1,318 @@
+"""What the pipeline costs per trial, measured in one run and printed as ratios.
+
+    python benchmarks/bench_pipeline.py [--quick] [--only overhead,workers,bookkeeping,memory]
+
+overhead     the pipeline's trial (through Optuna, callbacks, recording) against a plain
+             PyTorch loop doing the same work: same model and init, same data order, same
+             optimizer (Adam, lr 1e-3), 20 epochs at batch 64 with validation every epoch.
+             Both reach the same final validation loss, which the benchmark checks.
+workers      trials per minute with 2 worker processes against 1 (journal storage).
+bookkeeping  the pipeline's own cost per trial when training is trivial (1 epoch of 8 rows),
+             at 100 and at 1000 trials in one study.
+memory       resident memory of a worker after trials 10, 50 and 100 of one study.
+
+Run it by hand on an idle machine; it is not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import itertools
+
+import optuna
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.config import compose
+from pipeline.data import digits_arrays
+from pipeline.models import MLP
+from pipeline.space import SearchSpace
+from pipeline.study import Budget, prepare, quiet, work
+
+OUT = Path(__file__).resolve().parent / "out"
+ADAM = {"adam.lr": 1e-3, "adam.beta1": 0.9, "adam.beta2": 0.999, "adam.eps": 1e-8}
+
+
+class ConvNet(nn.Sequential):
+    """A small CNN on the 8x8 digits: a step costs milliseconds on a CPU core."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            nn.Unflatten(1, (1, 8, 8)),
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * 4 * 4, 128),
+            nn.ReLU(),
+            nn.Linear(128, 10),
+        )
+
+
+MODELS = {
+    "digits MLP 64-128-10": ("pipeline.models.MLP", {"sizes": [64, 128, 10]}),
+    "digits CNN (2 conv layers)": ("benchmarks.bench_pipeline.ConvNet", {}),
+}
+
+
+def _config(tmp: str, name: str, *overrides: str) -> Any:
+    return compose(
+        [
+            "task=digits",
+            "search.optimizers=[adam]",
+            "search.schedulers=[constant]",
+            "search.batch_sizes=[64]",
+            "search.min_trials_per_family=0",
+            "pruner=none",
+            "sampler=random",
+            f"search.storage=sqlite:///{tmp}/{name}.db",
+            *overrides,
+        ]
+    )
+
+
+def pipeline_trials(cfg: Any, n: int, fixed: dict[str, Any] | None) -> list[float]:
+    """Seconds per trial through the whole pipeline (Optuna + Lightning + recording).
+
+    Each trial's time is the gap between its completion and the previous one's, so it holds
+    everything a worker does per trial: ask, sampling, training, recording, tell.
+    """
+    space = SearchSpace.from_config(cfg)
+    study, _ = prepare(cfg, space)
+    done = len(study.get_trials())
+    for _ in range(n + 1):
+        if fixed is not None:
+            study.enqueue_trial(fixed)
+    work(cfg, space, Budget(done + n + 1))
+    ends = [t.datetime_complete for t in study.get_trials()][done:]
+    return [(b - a).total_seconds() for a, b in itertools.pairwise(ends)]
+
+
+def plain_loop(model: nn.Module, seed: int, epochs: int, batch: int) -> tuple[float, float]:
+    """The same training, hand-written: returns (seconds, final validation loss)."""
+    t0 = time.perf_counter()
+    xt, yt, xv, yv = digits_arrays(0.2, 0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(xt), generator=generator)
+        total = torch.zeros(())
+        for i in range(0, len(xt), batch):
+            index = order[i : i + batch]
+            loss = F.cross_entropy(model(xt[index]), yt[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach() * len(index)
+        model.eval()
+        with torch.no_grad():
+            out = model(xv)
+            val_loss = F.cross_entropy(out, yv)
+            _acc = (out.argmax(1) == yv).float().mean()
+        _ = float(total), float(val_loss), float(_acc)  # read once per epoch, as a logger does
+    return time.perf_counter() - t0, float(val_loss)
+
+
+def bench_overhead(tmp: str, trials: int) -> list[dict[str, Any]]:
+    """Blocks of pipeline trials and plain loops in turn, so drift hits both alike."""
+    rows = []
+    fixed = ADAM | {"optimizer": "adam", "schedule": "constant", "batch_size": 64}
+    for label, (target, kwargs) in MODELS.items():
+        extra = [f"task.model._target_={target}"] + (
+            ["task.model.sizes=[64,128,10]"] if "sizes" in kwargs else ["~task.model.sizes"]
+        )
+        cfg = _config(tmp, f"overhead{len(rows)}", "trainer.max_epochs=20", *extra)
+        pipeline_trials(cfg, 1, fixed)  # warm-up: imports, first-call costs
+        pipeline, plain = [], []
+        for _ in range(3):
+            pipeline += pipeline_trials(cfg, trials, fixed)
+            for _ in range(trials):
+                torch.manual_seed(int(cfg.seed))  # what pl.seed_everything does for init
+                model = MLP([64, 128, 10]) if "sizes" in kwargs else ConvNet()
+                seconds, plain_loss = plain_loop(model, int(cfg.seed), 20, 64)
+                plain.append(seconds)
+        study = optuna.load_study(study_name="digits", storage=cfg.search.storage)
+        first = study.get_trials()[0]  # trial 0 trained with seed 0, as the plain loops did
+        same = abs(plain_loss - first.user_attrs["curve"]["val_loss"][-1]) < 1e-4
+        assert same, (plain_loss, first.user_attrs["curve"]["val_loss"][-1])
+        per_trial, base = statistics.median(pipeline), statistics.median(plain)
+        rows.append(
+            {
+                "model": label,
+                "pipeline s/trial": round(per_trial, 4),
+                "plain loop s/trial": round(base, 4),
+                "ratio": round(per_trial / base, 3),
+                "same final val loss": True,
+            }
+        )
+    return rows
+
+
+def _trials_per_minute(trials: list[optuna.trial.FrozenTrial]) -> float:
+    start = min(t.datetime_start for t in trials)
+    end = max(t.datetime_complete for t in trials)
+    return len(trials) / (end - start).total_seconds() * 60
+
+
+def bench_workers(tmp: str, trials: int) -> list[dict[str, Any]]:
+    import subprocess
+
+    rows = []
+    for workers in (1, 2):
+        journal = f"{tmp}/workers{workers}.journal"
+        args = [
+            sys.executable,
+            "-m",
+            "pipeline.search",
+            "task=digits",
+            "trainer.max_epochs=20",
+            "search.batch_sizes=[32]",
+            "pruner=none",
+            "sampler=random",
+            f"search.n_trials={trials}",
+            f"search.n_workers={workers}",
+            f"search.storage=journal:///{journal}",
+        ]
+        t0 = time.perf_counter()
+        subprocess.run(args, check=True, capture_output=True, cwd=tmp)
+        wall = time.perf_counter() - t0
+        storage = optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(journal)
+        )
+        done = optuna.load_study(study_name="digits", storage=storage).get_trials()
+        rows.append(
+            {
+                "workers": workers,
+                "trials": len(done),
+                "trials/min (steady)": round(_trials_per_minute(done), 1),
+                "trials/min (whole command)": round(len(done) / wall * 60, 1),
+            }
+        )
+    for key in ("trials/min (steady)", "trials/min (whole command)"):
+        rows.append({"workers": "2 vs 1", key: round(rows[1][key] / rows[0][key], 2)})
+    return rows
+
+
+def bench_bookkeeping(tmp: str, trials: int) -> list[dict[str, Any]]:
+    """A trivial step: 8 rows, 1 epoch. Per-trial time is then the pipeline's own cost."""
+    rows = []
+    for sampler in ("random", "tpe"):
+        cfg = _config(
+            tmp,
+            f"book-{sampler}",
+            "task=moons",
+            "task.data.n_samples=10",
+            "trainer.max_epochs=1",
+            "search.batch_sizes=[8]",
+            f"sampler={sampler}",
+            "search.optimizers=[adam,sgd]",
+            "search.schedulers=[constant,cosine]",
+        )
+        space = SearchSpace.from_config(cfg)
+        study, _ = prepare(cfg, space)
+        marks = {}
+        done = 0
+        for target in (100, trials):
+            t0 = time.perf_counter()
+            work(cfg, space, Budget(target))
+            marks[target] = (time.perf_counter() - t0) / (target - done)
+            done = target
+        fit = [t.user_attrs["run"]["seconds"] for t in study.get_trials()]
+        rows.append(
+            {
+                "sampler": sampler,
+                "ms/trial, trials 1-100": round(marks[100] * 1000, 1),
+                f"ms/trial, trials 101-{trials}": round(marks[trials] * 1000, 1),
+                "of which inside the trial function": round(statistics.median(fit) * 1000, 1),
+            }
+        )
+    return rows
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def bench_memory(tmp: str, trials: int) -> list[dict[str, Any]]:
+    cfg = _config(
+        tmp,
+        "memory",
+        "trainer.max_epochs=3",
+        "sampler=random",
+        "search.optimizers=[adam,sgd,rmsprop]",
+        "search.batch_sizes=[32,64]",
+    )
+    space = SearchSpace.from_config(cfg)
+    prepare(cfg, space)
+    rss = {}
+    done = 0
+    for mark in (10, 50, trials):
+        work(cfg, space, Budget(mark))
+        done = mark
+        rss[mark] = _rss_mb()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row = {f"RSS after trial {k} (MB)": round(v, 1) for k, v in rss.items()}
+    row["growth 10->last (MB)"] = round(rss[done] - rss[10], 1)
+    row["peak RSS (MB)"] = round(peak, 1)
+    return [row]
+
+
+def _table(title: str, rows: list[dict[str, Any]]) -> str:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    lines = [f"### {title}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer trials, for a smoke run")
+    parser.add_argument("--only", default="overhead,workers,bookkeeping,memory")
+    args = parser.parse_args()
+    quiet(False)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    threads = max(1, len(os.sched_getaffinity(0)))
+    torch.set_num_threads(threads)
+    n = {
+        "overhead": 3 if args.quick else 5,
+        "workers": 12 if args.quick else 40,
+        "bookkeeping": 200 if args.quick else 1000,
+        "memory": 30 if args.quick else 100,
+    }
+    benches = {
+        "overhead": (bench_overhead, "Trial overhead: pipeline vs plain PyTorch loop"),
+        "workers": (bench_workers, "Worker scaling on this machine"),
+        "bookkeeping": (bench_bookkeeping, "Bookkeeping per trial (trivial training)"),
+        "memory": (bench_memory, "Worker memory over one study"),
+    }
+    results = {}
+    print(f"# torch {torch.__version__}, {threads} cores, {threads} intra-op threads\n")
+    for name in args.only.split(","):
+        fn, title = benches[name]
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = fn(tmp, n[name])
+        results[name] = rows
+        print(_table(title, rows), flush=True)
+    OUT.mkdir(exist_ok=True)
+    (OUT / "bench_pipeline.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
