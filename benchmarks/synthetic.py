@@ -101,8 +101,8 @@ def write_study(
             attrs |= {"stopped": "diverged at epoch 1: train loss is nan", "diverged": True}
         curve = _curve(choice.optimizer, choice.lr, choice.batch_size, length, rng)
         attrs |= {
-            "curve": curve,
             "run": {
+                "curve": curve,
                 "device": "cpu",
                 "seed": seed,
                 "n_params": 9610,

@@ -71,12 +71,8 @@ def _state(t: FrozenTrial) -> str:
 
 
 def visible_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Trials a report shows: not the queued ones, not a worker's surplus ask."""
-    return [
-        t
-        for t in study.get_trials(deepcopy=False)
-        if t.state != TrialState.WAITING and not t.user_attrs.get("surplus")
-    ]
+    """Trials a report shows: not the ones still queued."""
+    return [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
 
 
 def _final(curve: dict[str, list[Any]], column: str) -> float:
@@ -88,8 +84,8 @@ def trials_frame(trials: list[FrozenTrial]) -> pd.DataFrame:
     rows = []
     for t in trials:
         family = t.params.get("optimizer")
-        curve = t.user_attrs.get("curve", {})
         run = t.user_attrs.get("run", {})
+        curve = run.get("curve", {})
         own = {
             k.split(".", 1)[1]: v
             for k, v in t.params.items()
@@ -124,7 +120,7 @@ def curves_frame(trials: list[FrozenTrial]) -> pd.DataFrame:
     """One row per trial per epoch."""
     frames = []
     for t in trials:
-        curve = t.user_attrs.get("curve")
+        curve = t.user_attrs.get("run", {}).get("curve")
         if not curve or not curve.get("epoch"):
             continue
         frame = pd.DataFrame({c: curve.get(c, [None] * len(curve["epoch"])) for c in COLUMNS})

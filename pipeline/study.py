@@ -4,7 +4,10 @@
 
 search.n_trials is the total the study should hold. A trial counts once it is complete, pruned
 or failed with an error of its own; trials cut short by Ctrl-C or by a killed worker do not,
-so a rerun of the same command runs exactly what is missing.
+so a rerun of the same command runs exactly what is missing. Each worker checks the budget
+before it asks for a trial; parallel workers that finish at the same moment can race for the
+last places, so such a study may end with up to n_workers - 1 trials more (as with Optuna's
+MaxTrialsCallback). Nothing is ever run twice or lost.
 """
 
 from __future__ import annotations
@@ -50,10 +53,6 @@ class TrialError(Exception):
     """A trial's own failure (the user's model or data, out of memory): recorded, study goes on."""
 
 
-class Surplus(Exception):
-    """A worker asked for a trial after the budget was met (a race between workers)."""
-
-
 def worker_id() -> str:
     return f"{HOST}:{os.getpid()}"
 
@@ -77,17 +76,6 @@ class Budget:
         if self.grid:
             left = min(left, sum(t.state == TrialState.WAITING for t in trials))
         return left
-
-    def surplus(self, trial: optuna.Trial, trials: Sequence[FrozenTrial]) -> bool:
-        """Trial numbers are handed out in order, so the first n_trials that count win."""
-        if self.grid and "grid_point" not in trial.user_attrs:
-            return True
-        ahead = sum(
-            1
-            for t in trials
-            if t.number < trial.number and (counts(t) or t.state == TrialState.RUNNING)
-        )
-        return ahead >= self.n_trials
 
 
 @dataclass
@@ -244,24 +232,20 @@ def _alive(pid: int) -> bool:
 
 
 class Objective:
-    """Optuna's objective: budget check, then one trial, with every way it can end recorded."""
+    """Optuna's objective: one trial, with every way it can end recorded."""
 
     def __init__(
         self,
         cfg: DictConfig,
         space: SearchSpace,
-        budget: Budget,
         *,
         note: Callable[[str], None],
     ) -> None:
-        self.budget, self.note = budget, note
+        self.note = note
         prune = not isinstance(make_pruner(cfg), optuna.pruners.NopPruner)
         self.runner = TrialRunner(cfg, space, prune=prune)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        if self.budget.surplus(trial, trial.study.get_trials(deepcopy=False)):
-            trial.set_user_attr("surplus", True)
-            raise Surplus
         trial.set_user_attr("worker", worker_id())
         try:
             return self.runner.run(trial)
@@ -308,7 +292,7 @@ def work(
         close(study)
         return
     note = progress.note if progress else _print_err
-    objective = Objective(cfg, space, budget, note=note)
+    objective = Objective(cfg, space, note=note)
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         trials = study.get_trials(deepcopy=False)
@@ -384,7 +368,7 @@ def search(cfg: DictConfig, *, config_dirs: Sequence[str | Path] = ()) -> Outcom
                 interrupt.install()
                 work(cfg, space, budget, progress=progress)
             else:
-                failed_workers = _run_workers(cfg, config_dirs, progress, study)
+                failed_workers = _run_workers(cfg, config_dirs, space, budget, progress, study)
     finally:
         trials = study.get_trials(deepcopy=False)
         _show(progress, trials)
@@ -404,9 +388,17 @@ def _set_threads(n: int) -> None:
 
 
 def _run_workers(
-    cfg: DictConfig, config_dirs: Sequence[str | Path], progress: Progress, study: optuna.Study
+    cfg: DictConfig,
+    config_dirs: Sequence[str | Path],
+    space: SearchSpace,
+    budget: Budget,
+    progress: Progress,
+    study: optuna.Study,
 ) -> int:
-    """n_workers processes on the shared storage; this one shows progress and relays signals."""
+    """Worker 0 runs here (its imports are done); workers 1..n-1 are spawned processes.
+
+    This process also shows progress and relays Ctrl-C / SIGTERM to the others.
+    """
     context = multiprocessing.get_context("spawn")  # fork after torch/threads is unsafe
     config = OmegaConf.to_container(cfg, resolve=True)
     threads = threads_per_worker(cfg)
@@ -416,7 +408,7 @@ def _run_workers(
             args=(config, [str(d) for d in config_dirs], i, threads),
             name=f"pipeline-worker-{i}",
         )
-        for i in range(int(cfg.search.n_workers))
+        for i in range(1, int(cfg.search.n_workers))
     ]
 
     def relay(signum: int, frame: object) -> None:
@@ -428,7 +420,7 @@ def _run_workers(
     signal.signal(signal.SIGINT, relay)
     signal.signal(signal.SIGTERM, relay)
     gpus = _visible_gpus()
-    for i, w in enumerate(workers):
+    for i, w in enumerate(workers, start=1):
         # One GPU per worker when there are several: worker i sees only GPU i mod count.
         # Set before the spawn so the child's CUDA never sees the others.
         saved = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -441,6 +433,8 @@ def _run_workers(
                 os.environ.pop("CUDA_VISIBLE_DEVICES", None)
             else:
                 os.environ["CUDA_VISIBLE_DEVICES"] = saved
+    _set_threads(threads)
+    work(cfg, space, budget, worker=0, progress=progress)  # uses GPU 0, the first visible
     while any(w.is_alive() for w in workers):
         for w in workers:
             w.join(timeout=0.5)

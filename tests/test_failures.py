@@ -38,7 +38,7 @@ def test_diverging_sgd_is_stopped_recorded_and_reported(tmp_path):
     for t in diverged:
         assert t.state == TrialState.PRUNED
         assert t.user_attrs["stopped"].startswith("diverged at epoch ")
-        assert len(t.user_attrs["curve"]["epoch"]) < 5  # stopped early, curve kept
+        assert len(t.user_attrs["run"]["curve"]["epoch"]) < 5  # stopped early, curve kept
     assert any(t.state == TrialState.COMPLETE for t in trials)
     summary = json.loads((tmp_path / "reports" / "summary.json").read_text())
     assert summary["diverged"] == len(diverged)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -19,6 +20,8 @@ PG_URL = os.environ.get(
     "PIPELINE_TEST_POSTGRES_URL", "postgresql://pipeline:pipeline@127.0.0.1:5432/pipeline"
 )
 FAST = (*TINY, "trainer.max_epochs=2")
+# Long enough (about half a second a trial) that spawned workers join before the end.
+SLOWER = ("task=moons", "trainer.max_epochs=30", "search.batch_sizes=[16]", "pruner=none")
 
 
 def _postgres() -> str:
@@ -35,11 +38,12 @@ def _postgres() -> str:
 def _check_shared(storage: str, name: str, n_trials: int, stderr: str, workers: int) -> None:
     trials = optuna.load_study(study_name=name, storage=storage).get_trials()
     done = [t for t in trials if counts(t)]
-    assert len(done) == n_trials, [(t.number, t.state) for t in trials]
+    # Workers finishing at the same moment may race for the last places (documented).
+    assert n_trials <= len(done) <= n_trials + workers - 1, [(t.number, t.state) for t in trials]
     assert not [t for t in trials if t.state in (TrialState.FAIL, TrialState.RUNNING)]
-    assert len({t.number for t in done}) == n_trials  # none recorded twice
+    assert len({t.number for t in done}) == len(done) == len(trials)  # none recorded twice
     by_worker = collections.Counter(t.user_attrs["worker"] for t in done)
-    assert len(by_worker) == workers, by_worker
+    assert 2 <= len(by_worker) <= workers, by_worker
     assert "database is locked" not in stderr
 
 
@@ -49,20 +53,21 @@ def test_n_workers_in_one_command_share_the_study(tmp_path, backend):
     storage = f"journal:///{tmp_path}/study.journal" if backend == "journal" else _postgres()
     result = run_cli(
         "pipeline.search",
-        *FAST,
+        *SLOWER,
         "search.n_workers=4",
-        "search.n_trials=16",
+        "search.n_trials=12",
         f"search.storage={storage}",
         f"search.study_name={name}",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    assert "16/16 trials" in result.stdout
+    ran = re.search(r"study '[^']+': (\d+)/12 trials", result.stdout)
+    assert ran and 12 <= int(ran.group(1)) <= 15, result.stdout
     if backend == "journal":
         storage = optuna.storages.JournalStorage(
             optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.journal"))
         )
-    _check_shared(storage, name, 16, result.stderr, workers=4)
+    _check_shared(storage, name, 12, result.stderr, workers=4)
 
 
 def test_separate_commands_share_the_study(tmp_path):

@@ -125,7 +125,7 @@ def _trial(family: str, seconds: list[float], losses: list[float], number_lr: fl
             "schedule": optuna.distributions.CategoricalDistribution(["constant"]),
             "batch_size": optuna.distributions.CategoricalDistribution([32]),
         },
-        user_attrs={"curve": curve, "run": {"device": "cpu", "seconds": seconds[-1]}},
+        user_attrs={"run": {"curve": curve, "device": "cpu", "seconds": seconds[-1]}},
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -31,7 +32,7 @@ def test_cli_runs_a_study_and_stores_each_trials_curve(tmp_path):
     trials = [t for t in _trials(storage) if counts(t)]
     assert len(trials) == 4
     for t in trials:
-        curve = t.user_attrs["curve"]
+        curve = t.user_attrs["run"]["curve"]
         assert set(curve) == set(COLUMNS)
         n = len(curve["epoch"])
         assert n >= 1 and curve["epoch"] == list(range(1, n + 1))
@@ -52,7 +53,7 @@ def test_same_config_and_seed_give_the_same_study(tmp_path):
         cfg = tiny_config(tmp_path / name, "search.n_trials=6", "pruner=none", seed)
         outcome = search(cfg)
         runs.append(
-            [(t.params, t.value, t.user_attrs["curve"]["val_loss"]) for t in outcome.trials]
+            [(t.params, t.value, t.user_attrs["run"]["curve"]["val_loss"]) for t in outcome.trials]
         )
     assert runs[0] == runs[1]
     assert [p for p, _, _ in runs[0]] != [p for p, _, _ in runs[2]]
@@ -107,7 +108,7 @@ def test_pruners_stop_trials_and_keep_their_partial_curves(tmp_path, pruner):
     pruned = [t for t in outcome.trials if t.state == TrialState.PRUNED]
     assert pruned, "nothing was pruned"
     for t in pruned:
-        epochs = t.user_attrs["curve"]["epoch"]
+        epochs = t.user_attrs["run"]["curve"]["epoch"]
         assert 1 <= len(epochs) < 6
         if t.user_attrs.get("diverged"):
             assert t.user_attrs["stopped"].startswith("diverged at epoch")
@@ -134,9 +135,20 @@ def test_user_model_and_data_plugged_in_by_config(tmp_path):
         assert len(trials) == 3
         for t in trials:
             assert t.state in (TrialState.COMPLETE, TrialState.PRUNED), t.user_attrs
-            curve = t.user_attrs["curve"]
+            curve = t.user_attrs["run"]["curve"]
             assert curve["val_acc"][0] is not None and curve["step"][0] == 8  # 240 rows / 32
     assert TESTS.name == "tests"  # the model lives outside the package
+
+
+def _states(db) -> list[str]:
+    """Trial states straight from the SQLite file, read-only (no Optuna storage set-up)."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
+        return [row[0] for row in conn.execute("SELECT state FROM trials ORDER BY number")]
+
+
+def _started(db, complete: int) -> bool:
+    states = _states(db)
+    return states.count("COMPLETE") >= complete and "RUNNING" in states
 
 
 def _wait_for(predicate, timeout: float = 120.0) -> None:
@@ -161,18 +173,13 @@ def _start(tmp_path, *args: str) -> subprocess.Popen[str]:
     )
 
 
-SLOW_TRIALS = (*TINY, "trainer.max_epochs=40", "pruner=none", "search.batch_sizes=[16]")
+SLOW_TRIALS = (*TINY, "trainer.max_epochs=20", "pruner=none", "search.batch_sizes=[16]")
 
 
 def test_ctrl_c_records_what_finished_and_a_rerun_completes(tmp_path):
     storage = f"sqlite:///{tmp_path}/studies/study.db"
     proc = _start(tmp_path, *SLOW_TRIALS, "search.n_trials=6")
-    _wait_for(
-        lambda: (
-            sum(t.state == TrialState.COMPLETE for t in _trials(storage)) >= 1
-            and any(t.state == TrialState.RUNNING for t in _trials(storage))
-        )
-    )
+    _wait_for(lambda: _started(tmp_path / "studies" / "study.db", complete=1))
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -180,7 +187,7 @@ def test_ctrl_c_records_what_finished_and_a_rerun_completes(tmp_path):
     before = _trials(storage)
     interrupted = [t for t in before if t.user_attrs.get("interrupted")]
     assert len(interrupted) == 1 and interrupted[0].state == TrialState.FAIL
-    assert interrupted[0].user_attrs["curve"]["epoch"], "the partial curve was not kept"
+    assert interrupted[0].user_attrs["run"]["curve"]["epoch"], "the partial curve was not kept"
     complete_before = {t.number for t in before if t.state == TrialState.COMPLETE}
 
     result = run_cli("pipeline.search", *SLOW_TRIALS, "search.n_trials=6", cwd=tmp_path)
@@ -196,12 +203,8 @@ def test_kill_9_loses_only_the_running_trial(tmp_path):
     kills = 3
     for cycle in range(kills):
         proc = _start(tmp_path, *args)
-        _wait_for(
-            lambda c=cycle: (
-                sum(t.state == TrialState.COMPLETE for t in _trials(storage)) > c
-                and any(t.state == TrialState.RUNNING for t in _trials(storage))
-            )
-        )
+        db = tmp_path / "studies" / "study.db"
+        _wait_for(lambda c=cycle, db=db: _started(db, complete=c + 1))
         complete = {t.number for t in _trials(storage) if t.state == TrialState.COMPLETE}
         proc.kill()
         proc.communicate()
