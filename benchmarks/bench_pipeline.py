@@ -165,9 +165,14 @@ def bench_overhead(tmp: str, trials: int) -> list[dict[str, Any]]:
 
 
 def _trials_per_minute(trials: list[optuna.trial.FrozenTrial]) -> float:
-    start = min(t.datetime_start for t in trials)
-    end = max(t.datetime_complete for t in trials)
-    return len(trials) / (end - start).total_seconds() * 60
+    """Steady state: over the window in which every worker was running trials."""
+    by_worker: dict[str, list[optuna.trial.FrozenTrial]] = {}
+    for t in trials:
+        by_worker.setdefault(t.user_attrs["worker"], []).append(t)
+    start = max(min(t.datetime_start for t in ts) for ts in by_worker.values())
+    end = min(max(t.datetime_complete for t in ts) for ts in by_worker.values())
+    inside = [t for t in trials if t.datetime_start >= start and t.datetime_complete <= end]
+    return len(inside) / (end - start).total_seconds() * 60
 
 
 def bench_workers(tmp: str, trials: int) -> list[dict[str, Any]]:
@@ -181,7 +186,7 @@ def bench_workers(tmp: str, trials: int) -> list[dict[str, Any]]:
             "-m",
             "pipeline.search",
             "task=digits",
-            "trainer.max_epochs=20",
+            "trainer.max_epochs=60",
             "search.batch_sizes=[32]",
             "pruner=none",
             "sampler=random",

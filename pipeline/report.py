@@ -229,8 +229,8 @@ def curves_csv(results: Results) -> str:
 
 
 def command(args: argparse.Namespace, cfg: DictConfig) -> int:
-    argv = " ".join(args.overrides)
-    path = build(cfg, command=f"python -m pipeline {argv}".strip())
+    given = f"--params {args.params}" if args.params else " ".join(args.overrides)
+    path = build(cfg, command=f"python -m pipeline {given}".strip())
     print(path)
     return 0
 

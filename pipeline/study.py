@@ -38,13 +38,20 @@ from pipeline.storage import close, open_storage
 from pipeline.trial import TrialRunner
 
 HOST = socket.gethostname()
-# Config keys a resumed study may change without becoming a different study.
+# Config keys a resumed study may change without becoming a different study: the budget,
+# where the storage is reached from, how trials are run and picked, the report.
 RESUMABLE = (
     "search.n_trials",
     "search.timeout",
     "search.n_workers",
+    "search.storage",
+    "search.min_trials_per_family",
+    "search.divergence_factor",
     "trainer.verbose",
     "trainer.threads",
+    "sampler",
+    "pruner",
+    "seed",
     "report",
 )
 
