@@ -53,10 +53,17 @@ def facts(results: Results) -> dict[str, Any]:
     best = trials[trials.state == "complete"]["value"]
     task = config.get("task", {})
     search = config.get("search", {})
+    sizes = results.data_sizes
     return {
         "task": task.get("name", "?"),
         "model": (task.get("model") or {}).get("_target_", "?"),
+        "n_params": sizes.get("n_params"),
         "data": (task.get("data") or {}).get("_target_", "?"),
+        "data_size": (
+            f"{sizes['n_train']} training / {sizes['n_val']} validation examples"
+            if "n_train" in sizes
+            else "not recorded (a DataModule other than TensorDataModule)"
+        ),
         "devices": ", ".join(sorted(runs.device.unique())) or "none recorded",
         "budget": (
             f"{search.get('n_trials', '?')} trials x up to "

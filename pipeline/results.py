@@ -247,7 +247,7 @@ def _num(value: Any) -> str:
 def sentence(table: pd.DataFrame, *, metric: str, target: Target | None, max_epochs: int) -> str:
     """One sentence naming the winner and how much faster it is than the others."""
     if table.empty:
-        return "No trial finished, so there is nothing to recommend yet."
+        return "No trial completed yet, so there is nothing to recommend."
     if target is None:
         return "No trial completed, so no target could be set; see the trials below."
     top = table.iloc[0]
@@ -317,6 +317,7 @@ class Results:
     ttt: pd.DataFrame
     recommendation: pd.DataFrame
     sentence: str
+    data_sizes: dict[str, int] = field(default_factory=dict)  # n_train, n_val, n_params
     importance: dict[str, dict[str, float]] = field(default_factory=dict)
     importance_note: str = ""
 
@@ -356,6 +357,11 @@ def collect(study: optuna.Study, *, target: float | None = None, tolerance: floa
         sentence=sentence(table, metric=metric, target=goal, max_epochs=max_epochs),
     )
     results.importance, results.importance_note = importance(study, visible, table)
+    runs = [t.user_attrs["run"] for t in visible if "run" in t.user_attrs]
+    if runs:
+        results.data_sizes = {
+            k: int(runs[-1][k]) for k in ("n_train", "n_val", "n_params") if k in runs[-1]
+        }
     return results
 
 

