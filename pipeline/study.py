@@ -156,10 +156,14 @@ def prepare(cfg: DictConfig, space: SearchSpace) -> tuple[optuna.Study, Budget]:
     else:
         _check_resumable(study, stored, config)
     fail_stale_trials(study)
-    budget = Budget(
-        min(int(cfg.search.n_trials), len(points)) if grid else int(cfg.search.n_trials), grid
-    )
-    return study, budget
+    return study, make_budget(cfg, grid_points=len(points) if grid else None)
+
+
+def make_budget(cfg: DictConfig, *, grid_points: int | None) -> Budget:
+    """search.n_trials, or the grid's size when that is smaller."""
+    if grid_points is None:
+        return Budget(int(cfg.search.n_trials))
+    return Budget(min(int(cfg.search.n_trials), grid_points), grid=True)
 
 
 def _seed_trials(
@@ -295,9 +299,6 @@ def work(
         sampler=sampler,
         pruner=make_pruner(cfg),
     )
-    if budget.missing(study.get_trials(deepcopy=False)) <= 0:
-        close(study)
-        return
     note = progress.note if progress else _print_err
     objective = Objective(cfg, space, note=note)
 
@@ -309,13 +310,14 @@ def work(
             study.stop()
 
     try:
-        study.optimize(
-            objective,
-            timeout=cfg.search.timeout,
-            catch=(Exception,),
-            callbacks=[after_trial],
-            gc_after_trial=False,
-        )
+        if budget.missing(study.get_trials(deepcopy=False)) > 0:
+            study.optimize(
+                objective,
+                timeout=cfg.search.timeout,
+                catch=(Exception,),
+                callbacks=[after_trial],
+                gc_after_trial=False,
+            )
     finally:
         close(study)
 
@@ -457,10 +459,8 @@ def _worker_main(config: dict[str, Any], config_dirs: list[str], index: int, thr
     interrupt.install()
     space = SearchSpace.from_config(cfg, config_dirs=config_dirs)
     _, grid = make_sampler(cfg)
-    budget = Budget(int(cfg.search.n_trials), grid)
-    if grid:
-        budget = Budget(min(budget.n_trials, len(space.grid(seed=int(cfg.seed)))), grid)
-    work(cfg, space, budget, worker=index)
+    points = len(space.grid(seed=int(cfg.seed))) if grid else None
+    work(cfg, space, make_budget(cfg, grid_points=points), worker=index)
     if interrupt.requested():
         sys.exit(interrupt.exit_code())
 
