@@ -15,7 +15,6 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
@@ -289,18 +288,6 @@ def best_so_far(trials: pd.DataFrame, *, direction: str) -> pd.DataFrame:
     done = trials.dropna(subset=["value"]).sort_values("number")
     best = done["value"].cummin() if direction == "minimize" else done["value"].cummax()
     return done.assign(best=best)
-
-
-def expected_best_of_k(values: np.ndarray, k: int, *, direction: str) -> float:
-    """Dodge et al. 2019: expected best of k draws from these trial results."""
-    v = np.sort(values if direction == "maximize" else -values)
-    n = len(v)
-    if n == 0:
-        return math.nan
-    i = np.arange(1, n + 1)
-    weights = (i / n) ** k - ((i - 1) / n) ** k
-    best = float(np.sum(v * weights))
-    return best if direction == "maximize" else -best
 
 
 @dataclass

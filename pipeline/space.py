@@ -27,8 +27,6 @@ from pipeline.config import ConfigError, find_group_file, locate
 
 KINDS = ("float", "int", "categorical")
 SPEC_KEYS = {"type", "low", "high", "log", "step", "choices", "default", "grid", "name"}
-# Keys of a schedule file that are ours, not the scheduler's constructor arguments.
-SCHEDULE_KEYS = ("interval", "runtime")
 RUNTIME = ("epochs", "steps_per_epoch", "total_steps", "lr")
 
 
@@ -174,9 +172,6 @@ class SearchSpace:
                     )
         random.Random(seed).shuffle(points)
         return points
-
-    def component(self, group: str, name: str) -> Component:
-        return (self.optimizers if group == "optimizer" else self.schedulers)[name]
 
 
 def _product(component: Component) -> Iterator[dict[str, Any]]:
