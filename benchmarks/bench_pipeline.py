@@ -98,7 +98,7 @@ def pipeline_trials(cfg: Any, n: int, fixed: dict[str, Any] | None) -> list[floa
     for _ in range(n + 1):
         if fixed is not None:
             study.enqueue_trial(fixed)
-    work(cfg, space, Budget(done + n + 1))
+    work(cfg, space, Budget(done + n + 1), study)
     ends = [t.datetime_complete for t in study.get_trials()][done:]
     return [(b - a).total_seconds() for a, b in itertools.pairwise(ends)]
 
@@ -246,7 +246,7 @@ def bench_bookkeeping(tmp: str, trials: int) -> list[dict[str, Any]]:
         done = 0
         for target in (100, trials):
             t0 = time.perf_counter()
-            work(cfg, space, Budget(target))
+            work(cfg, space, Budget(target), study)
             marks[target] = (time.perf_counter() - t0) / (target - done)
             done = target
         inside = [t.user_attrs["run"]["seconds"] for t in study.get_trials()]
@@ -279,11 +279,11 @@ def bench_memory(tmp: str, trials: int) -> list[dict[str, Any]]:
         "search.batch_sizes=[32,64]",
     )
     space = SearchSpace.from_config(cfg)
-    prepare(cfg, space)
+    study, _ = prepare(cfg, space)
     rss = {}
     done = 0
-    for mark in (10, 50, trials):
-        work(cfg, space, Budget(mark))
+    for mark in sorted({m for m in (10, 50, trials) if m <= trials}):
+        work(cfg, space, Budget(mark), study)
         done = mark
         rss[mark] = _rss_mb()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # KiB on Linux

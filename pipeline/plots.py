@@ -159,25 +159,9 @@ def batch_size_speed(results: Results) -> str | None:
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(7, 4))
     order = sorted(data.batch_size.unique())
-    sns.boxplot(
-        data=reached,
-        x="batch_size",
-        y="seconds_to_target",
-        order=order,
-        ax=ax,
-        color="#dde6f3",
-        showfliers=False,
-    )
-    sns.stripplot(
-        data=reached,
-        x="batch_size",
-        y="seconds_to_target",
-        order=order,
-        ax=ax,
-        size=4,
-        color="tab:blue",
-        alpha=0.7,
-    )
+    where = {"data": reached, "x": "batch_size", "y": "seconds_to_target", "order": order, "ax": ax}
+    sns.boxplot(**where, color="#dde6f3", showfliers=False)
+    sns.stripplot(**where, size=4, color="tab:blue", alpha=0.7)
     ax.set_xticks(range(len(order)))
     ax.set_xticklabels([f"{b}\n{counts.loc[b, 'hit']}/{counts.loc[b, 'n']} reach" for b in order])
     ax.set_xlabel("batch size (trials reaching the target / trials)")

@@ -133,7 +133,7 @@ def _cell(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def render(results: Results, *, command: str) -> str:
+def render(results: Results, info: dict[str, Any], *, command: str) -> str:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("pipeline", "templates"),
         autoescape=True,  # model names, config strings and errors are the user's text
@@ -144,7 +144,7 @@ def render(results: Results, *, command: str) -> str:
     table = results.recommendation
     return env.get_template("report.html.j2").render(
         r=results,
-        facts=facts(results),
+        facts=info,
         figures=figures(results),
         recommendation=table.to_dict("records") if not table.empty else [],
         trials=results.trials.sort_values("number").to_dict("records"),
@@ -154,8 +154,7 @@ def render(results: Results, *, command: str) -> str:
     )
 
 
-def summary(results: Results) -> dict[str, Any]:
-    info = facts(results)
+def summary(results: Results, info: dict[str, Any]) -> dict[str, Any]:
     table = results.recommendation
     winner = None
     if not table.empty:
@@ -218,9 +217,12 @@ def build(cfg: DictConfig, *, command: str = "python -m pipeline.report") -> Pat
         close(study)
     out = Path(cfg.report.dir)
     out.mkdir(parents=True, exist_ok=True)
-    html = render(results, command=command)
+    info = facts(results)  # once: versions and the date must agree between the files
+    html = render(results, info, command=command)
     table = results.recommendation
-    _write(out / "summary.json", json.dumps(summary(results), indent=2, allow_nan=False) + "\n")
+    _write(
+        out / "summary.json", json.dumps(summary(results, info), indent=2, allow_nan=False) + "\n"
+    )
     _write(out / "recommendation.csv", table.to_csv(index=False))
     _write(out / "curves.csv", curves_csv(results))
     _write(out / "index.html", html)

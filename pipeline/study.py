@@ -156,14 +156,8 @@ def prepare(cfg: DictConfig, space: SearchSpace) -> tuple[optuna.Study, Budget]:
     else:
         _check_resumable(study, stored, config)
     fail_stale_trials(study)
-    return study, make_budget(cfg, grid_points=len(points) if grid else None)
-
-
-def make_budget(cfg: DictConfig, *, grid_points: int | None) -> Budget:
-    """search.n_trials, or the grid's size when that is smaller."""
-    if grid_points is None:
-        return Budget(int(cfg.search.n_trials))
-    return Budget(min(int(cfg.search.n_trials), grid_points), grid=True)
+    n_trials = int(cfg.search.n_trials)  # a grid smaller than that ends the study sooner
+    return study, Budget(min(n_trials, len(points)), grid=True) if grid else Budget(n_trials)
 
 
 def _seed_trials(
@@ -250,10 +244,10 @@ class Objective:
         cfg: DictConfig,
         space: SearchSpace,
         *,
+        prune: bool,
         note: Callable[[str], None],
     ) -> None:
         self.note = note
-        prune = not isinstance(make_pruner(cfg), optuna.pruners.NopPruner)
         self.runner = TrialRunner(cfg, space, prune=prune)
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -283,24 +277,29 @@ def _first(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [""])[0]
 
 
-def work(
-    cfg: DictConfig,
-    space: SearchSpace,
-    budget: Budget,
-    *,
-    worker: int = 0,
-    progress: Progress | None = None,
-) -> None:
-    """Run trials in this process until the budget is met, the timeout passes or a stop."""
+def load_for_worker(cfg: DictConfig, *, worker: int) -> optuna.Study:
+    """The study as a spawned worker sees it: its own sampler seed, the same pruner."""
     sampler, _ = make_sampler(cfg, worker=worker)
-    study = optuna.load_study(
+    return optuna.load_study(
         study_name=cfg.search.study_name,
         storage=open_storage(cfg.search.storage),
         sampler=sampler,
         pruner=make_pruner(cfg),
     )
+
+
+def work(
+    cfg: DictConfig,
+    space: SearchSpace,
+    budget: Budget,
+    study: optuna.Study,
+    *,
+    progress: Progress | None = None,
+) -> None:
+    """Run trials of `study` here until the budget is met, the timeout passes or a stop."""
     note = progress.note if progress else _print_err
-    objective = Objective(cfg, space, note=note)
+    prune = not isinstance(study.pruner, optuna.pruners.NopPruner)
+    objective = Objective(cfg, space, prune=prune, note=note)
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         trials = study.get_trials(deepcopy=False)
@@ -309,17 +308,14 @@ def work(
         if interrupt.requested() or budget.missing(trials) <= 0:
             study.stop()
 
-    try:
-        if budget.missing(study.get_trials(deepcopy=False)) > 0:
-            study.optimize(
-                objective,
-                timeout=cfg.search.timeout,
-                catch=(Exception,),
-                callbacks=[after_trial],
-                gc_after_trial=False,
-            )
-    finally:
-        close(study)
+    if budget.missing(study.get_trials(deepcopy=False)) > 0:
+        study.optimize(
+            objective,
+            timeout=cfg.search.timeout,
+            catch=(Exception,),
+            callbacks=[after_trial],
+            gc_after_trial=False,
+        )
 
 
 def _show(progress: Progress, trials: Sequence[FrozenTrial]) -> None:
@@ -371,11 +367,11 @@ def search(cfg: DictConfig, *, config_dirs: Sequence[str | Path] = ()) -> Outcom
     failed_workers = 0
     try:
         if budget.missing(trials) > 0:
-            n_workers = int(cfg.search.n_workers)
-            if n_workers == 1:
-                _set_threads(threads_per_worker(cfg))
+            # The study from prepare() is worker 0's: its sampler has the unshifted seed.
+            _set_threads(threads_per_worker(cfg))
+            if int(cfg.search.n_workers) == 1:
                 interrupt.install()
-                work(cfg, space, budget, progress=progress)
+                work(cfg, space, budget, study, progress=progress)
             else:
                 failed_workers = _run_workers(cfg, config_dirs, space, budget, progress, study)
     finally:
@@ -414,7 +410,7 @@ def _run_workers(
     workers = [
         context.Process(
             target=_worker_main,
-            args=(config, [str(d) for d in config_dirs], i, threads),
+            args=(config, [str(d) for d in config_dirs], i, threads, budget),
             name=f"pipeline-worker-{i}",
         )
         for i in range(1, int(cfg.search.n_workers))
@@ -442,8 +438,7 @@ def _run_workers(
                 os.environ.pop("CUDA_VISIBLE_DEVICES", None)
             else:
                 os.environ["CUDA_VISIBLE_DEVICES"] = saved
-    _set_threads(threads)
-    work(cfg, space, budget, worker=0, progress=progress)  # uses GPU 0, the first visible
+    work(cfg, space, budget, study, progress=progress)  # worker 0, on GPU 0 (the first visible)
     while any(w.is_alive() for w in workers):
         for w in workers:
             w.join(timeout=0.5)
@@ -451,16 +446,22 @@ def _run_workers(
     return sum(w.exitcode not in (0, 128 + signal.SIGINT, 128 + signal.SIGTERM) for w in workers)
 
 
-def _worker_main(config: dict[str, Any], config_dirs: list[str], index: int, threads: int) -> None:
-    """A worker process: the same config, its own sampler seed, one share of the cores."""
+def _worker_main(
+    config: dict[str, Any], config_dirs: list[str], index: int, threads: int, budget: Budget
+) -> None:
+    """A worker process: the same config and budget, its own sampler seed, a share of cores."""
     cfg = OmegaConf.create(config)
     quiet(bool(cfg.trainer.verbose))
     _set_threads(threads)
     interrupt.install()
     space = SearchSpace.from_config(cfg, config_dirs=config_dirs)
-    _, grid = make_sampler(cfg)
-    points = len(space.grid(seed=int(cfg.seed))) if grid else None
-    work(cfg, space, make_budget(cfg, grid_points=points), worker=index)
+    study = load_for_worker(cfg, worker=index)
+    try:
+        work(cfg, space, budget, study)
+    finally:
+        close(study)
+    if interrupt.requested():
+        sys.exit(interrupt.exit_code())
     if interrupt.requested():
         sys.exit(interrupt.exit_code())
 
