@@ -37,10 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import compose
-from pipeline.data import digits_arrays
-from pipeline.models import MLP
-from pipeline.space import SearchSpace
-from pipeline.study import Budget, prepare, quiet, work
+from pipeline.search.data import digits_arrays
+from pipeline.search.models import MLP
+from pipeline.search.space import SearchSpace
+from pipeline.search.progress import quiet
+from pipeline.search.study import Budget, prepare
+from pipeline.search.workers import work
 
 OUT = Path(__file__).resolve().parent / "out"
 ADAM = {"adam.lr": 1e-3, "adam.beta1": 0.9, "adam.beta2": 0.999, "adam.eps": 1e-8}
@@ -65,7 +67,7 @@ class ConvNet(nn.Sequential):
 
 
 MODELS = {
-    "digits MLP 64-128-10": ("pipeline.models.MLP", {"sizes": [64, 128, 10]}),
+    "digits MLP 64-128-10": ("pipeline.search.models.MLP", {"sizes": [64, 128, 10]}),
     "digits CNN (2 conv layers)": ("benchmarks.bench_pipeline.ConvNet", {}),
 }
 

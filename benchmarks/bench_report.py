@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.synthetic import write_study
 from pipeline.config import compose
-from pipeline.report import build
+from pipeline.report.html import build
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState, create_trial
 
 from pipeline.config import compose
-from pipeline.space import SearchSpace
+from pipeline.search.space import SearchSpace
 
 BEST_LR = {
     "sgd": 0.3,

@@ -11,15 +11,15 @@ from collections.abc import Sequence
 
 from omegaconf import DictConfig
 
-from pipeline.cli import run
-from pipeline.search import command as search_command
+from pipeline.config.cli import run
+from pipeline.search.__main__ import command as search_command
 
 
 def command(args: argparse.Namespace, cfg: DictConfig) -> int:
     code = search_command(args, cfg)
     if code != 0:
         return code
-    from pipeline.report import command as report_command
+    from pipeline.report.__main__ import command as report_command
 
     return report_command(args, cfg)
 

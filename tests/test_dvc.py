@@ -91,11 +91,21 @@ def test_dvc_repro_exp_run_metrics_and_plots(tmp_path):
     assert "Running stage" not in again and "Data and pipelines are up to date" in again
     assert (repo / "studies/study.db").stat().st_mtime_ns == study_mtime
 
-    changed = ["task=moons", "search.n_trials=4", "trainer.max_epochs=2", "search.batch_sizes=[64]"]
+    changed = [
+        "task=moons",
+        "search.n_trials=4",
+        "trainer.max_epochs=2",
+        "search.batch_sizes=[64]",
+        "optimizer.sgd.lr.high=0.05",  # a search space narrowed through DVC
+    ]
     exp = _sh(repo, dvc, "exp", "run", *[a for o in changed for a in ("-S", o)])
     assert "Running stage 'search'" in exp
     summary = json.loads((repo / "reports/summary.json").read_text())
     assert summary["trials"] == 4
+    assert OmegaConf.load(repo / "params.yaml").optimizer.sgd.lr.high == 0.05
+    study = optuna.load_study(study_name="moons", storage=f"sqlite:///{repo}/studies/study.db")
+    assert study.user_attrs["config"]["optimizer"]["sgd"]["lr"]["high"] == 0.05
+    assert all(t.params["sgd.lr"] <= 0.05 for t in study.trials if "sgd.lr" in t.params)
 
     metrics = _sh(repo, dvc, "metrics", "show")
     assert "best_value" in metrics and f"{summary['best_value']:.5f}"[:6] in metrics

@@ -7,7 +7,7 @@ import json
 import optuna
 from optuna.trial import TrialState
 
-from pipeline.study import counts
+from pipeline.core.record import counts
 from tests.conftest import TINY, USER_CONF, run_cli
 
 USER = ("--config-dir", str(USER_CONF), "task=user", "trainer.max_epochs=2")

@@ -13,7 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from pipeline.study import counts
+from pipeline.core.record import counts
 from tests.conftest import TESTS, TINY, require_service, run_cli
 
 PG_URL = os.environ.get(

@@ -14,9 +14,10 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from benchmarks.synthetic import write_study
-from pipeline.report import main as report_main
-from pipeline.results import collect, recommend, time_to_target
-from pipeline.study import search
+from pipeline.report.__main__ import main as report_main
+from pipeline.report.results import collect
+from pipeline.report.tables import recommend, time_to_target
+from pipeline.search.workers import search
 from tests.conftest import ROOT, TINY, require_service, tiny_config
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -65,7 +66,7 @@ def test_report_from_a_real_study(tmp_path, capsys):
         assert f">{heading}</h2>" in html
     for fact in (
         "moons",
-        "pipeline.models.MLP",
+        "pipeline.search.models.MLP",
         "cpu",
         "10 trials x up to 3 epochs",
         "optuna ",
@@ -170,7 +171,7 @@ def test_time_to_target_and_ranking_by_hand():
 def test_derived_target_is_the_best_relaxed_by_the_tolerance():
     results = collect(_hand_made_study(), tolerance=0.5)
     assert results.target.value == pytest.approx(0.15)  # best final 0.10 relaxed by 50%
-    assert "relaxed by 50%" in results.target.how
+    assert "relaxed by 50%" in results.target_how
     assert list(results.recommendation.family[:1]) == ["adam"]
 
 

@@ -13,10 +13,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from pipeline.callbacks import COLUMNS
-from pipeline.results import collect
-from pipeline.study import counts, search
-from tests.conftest import TESTS, TINY, USER_CONF, run_cli, tiny_config
+from pipeline.core.record import COLUMNS, counts
+from pipeline.report.results import collect
+from pipeline.search.workers import search
+from tests.conftest import TINY, USER_CONF, run_cli, tiny_config
 
 
 def _trials(storage: str, name: str = "moons") -> list[optuna.trial.FrozenTrial]:
@@ -79,7 +79,7 @@ def test_validation_accuracy_can_be_the_metric(tmp_path):
         assert 0 <= t.value <= 1 and t.value == t.user_attrs["run"]["curve"]["val_acc"][-1]
     results = collect(outcome.study)
     best = max(t.value for t in done)
-    assert results.target.value <= best and ">=" in results.target.how
+    assert results.target.value <= best and ">=" in results.target_how
 
 
 def test_rerun_treats_n_trials_as_the_total(tmp_path):
@@ -152,7 +152,6 @@ def test_user_model_and_data_plugged_in_by_config(tmp_path):
             assert t.state in (TrialState.COMPLETE, TrialState.PRUNED), t.user_attrs
             curve = t.user_attrs["run"]["curve"]
             assert curve["val_acc"][0] is not None and curve["step"][0] == 8  # 240 rows / 32
-    assert TESTS.name == "tests"  # the model lives outside the package
 
 
 def _states(db) -> list[str]:

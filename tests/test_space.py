@@ -6,12 +6,17 @@ import optuna
 import pytest
 import torch
 
-from pipeline.config import CONF_DIR, group_options
-from pipeline.space import SearchSpace, load_component
-from tests.conftest import USER_CONF, tiny_config
+from pipeline.config import CONF_DIR, compose, group_options
+from pipeline.search.space import SearchSpace, component
+from tests.conftest import USER_CONF, run_cli, tiny_config
 
 OPTIMIZERS = group_options("optimizer")
 SCHEDULERS = group_options("scheduler")
+DEFAULT = compose()
+
+
+def load_component(group: str, name: str):
+    return component(DEFAULT, group, name)
 
 
 def test_every_family_and_schedule_named_in_the_issue_ships():
@@ -144,7 +149,7 @@ def test_grid_enumerates_families_schedules_and_batches(tmp_path):
 def test_adding_a_family_is_one_yaml_file(tmp_path):
     """tests/conf/optimizer/radam.yaml is picked up with no Python change."""
     cfg = tiny_config(tmp_path, "search.optimizers=[radam,sgd]", config_dirs=[USER_CONF])
-    space = SearchSpace.from_config(cfg, config_dirs=[USER_CONF])
+    space = SearchSpace.from_config(cfg)
     assert space.optimizers["radam"].target == "torch.optim.RAdam"
     assert not (CONF_DIR / "optimizer" / "radam.yaml").exists()
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -156,3 +161,31 @@ def test_adding_a_family_is_one_yaml_file(tmp_path):
     )
     assert isinstance(opt, torch.optim.RAdam)
     assert {"radam.lr", "radam.beta1", "radam.beta2"} <= set(trial.params)
+
+
+def test_a_range_is_a_hydra_override_seen_in_the_composed_config(tmp_path):
+    cfg = tiny_config(tmp_path, "optimizer.adam.lr.low=0.05", "search.optimizers=[adam]")
+    space = SearchSpace.from_config(cfg)
+    (lr,) = [d for d in space.optimizers["adam"].dims if d.name == "lr"]
+    assert lr.low == 0.05
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(30):
+        trial = study.ask()
+        assert space.sample(trial).lr >= 0.05
+        study.tell(trial, 0.0)
+    # Its default (1e-3) and grid values now lie outside the range: grid search skips them.
+    (point,) = lr.grid_values()
+    assert 0.05 <= point <= 0.1
+    printed = run_cli("pipeline.config", "optimizer.adam.lr.low=0.05", cwd=tmp_path)
+    assert printed.returncode == 0 and "low: 0.05" in printed.stdout
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["+optimizer.adam.lr.low=0.05", "optimizer.adam.lr.lowest=0.05", "optimizers.adam.lr.low=1"],
+)
+def test_a_space_key_that_does_not_exist_is_refused(tmp_path, override):
+    result = run_cli("pipeline.search", override, "search.n_trials=2", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "studies").exists()

@@ -1,6 +1,6 @@
 """Write the study's report: reports/index.html (one self-contained file) and the data beside it.
 
-    python -m pipeline.report [KEY=VALUE ...]     # the same overrides as the search
+    build(cfg)     # python -m pipeline.report runs it
 
 Beside index.html: summary.json (DVC metrics), recommendation.csv and curves.csv (DVC plots).
 Every file is written to a temporary name first and renamed, so none is ever half-written.
@@ -8,15 +8,11 @@ Every file is written to a temporary name first and renamed, so none is ever hal
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
-import math
 import os
 import platform
-import sys
 import tempfile
-from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,10 +22,11 @@ import optuna
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import plots
-from pipeline.cli import run
-from pipeline.results import Results, collect, family_label
-from pipeline.storage import close, load_study
+from pipeline.core import record
+from pipeline.core.storage import close, load_study
+from pipeline.report import figures
+from pipeline.report.prose import describe, family_label, num
+from pipeline.report.results import Results, collect
 
 PACKAGES = ("torch", "pytorch-lightning", "optuna", "hydra-core", "pandas", "seaborn", "optim-race")
 
@@ -76,7 +73,9 @@ def facts(results: Results) -> dict[str, Any]:
         "sampler": (config.get("sampler") or {}).get("_target_", "?").rsplit(".", 1)[-1],
         "pruner": (config.get("pruner") or {}).get("_target_", "?").rsplit(".", 1)[-1],
         "seed": config.get("seed"),
-        "counts": {s: int(states.get(s, 0)) for s in STATES if states.get(s, 0) or s in MAIN},
+        "counts": {
+            s: int(states.get(s, 0)) for s in record.STATES if states.get(s, 0) or s in record.MAIN
+        },
         "total": len(trials),
         "compute_seconds": float(trials.seconds.fillna(0).sum()),
         "best": None
@@ -87,23 +86,19 @@ def facts(results: Results) -> dict[str, Any]:
     }
 
 
-STATES = ("complete", "pruned", "diverged", "failed", "interrupted", "lost", "running")
-MAIN = ("complete", "pruned", "failed")
-
-
-def figures(results: Results) -> list[dict[str, str | None]]:
+def figure_list(results: Results) -> list[dict[str, str | None]]:
     metric = results.metric
     loss_y = metric if metric.startswith("val") else "val_loss"
-    conv, search = plots.convergence, "search"
+    conv, search = figures.convergence, "search"
     items = [
         (
             "convergence",
-            f"{plots.LABELS[loss_y]} against epoch",
+            f"{figures.LABELS[loss_y]} against epoch",
             conv(results, y=loss_y, x="epoch"),
         ),
         (
             "convergence",
-            f"{plots.LABELS[loss_y]} against wall-clock seconds",
+            f"{figures.LABELS[loss_y]} against wall-clock seconds",
             conv(results, y=loss_y, x="seconds"),
         ),
         ("convergence", "training loss against epoch", conv(results, y="train_loss", x="epoch")),
@@ -112,43 +107,36 @@ def figures(results: Results) -> list[dict[str, str | None]]:
             "training loss against wall-clock seconds",
             conv(results, y="train_loss", x="seconds"),
         ),
-        (search, "best value so far over the trials", plots.search_progress(results)),
+        (search, "best value so far over the trials", figures.search_progress(results)),
         (
             search,
             "learning rate against the final metric, per family",
-            plots.lr_sensitivity(results),
+            figures.lr_sensitivity(results),
         ),
-        (search, "time to target by batch size", plots.batch_size_speed(results)),
-        (search, "hyperparameter importance", plots.importance(results)),
+        (search, "time to target by batch size", figures.batch_size_speed(results)),
+        (search, "hyperparameter importance", figures.importance(results)),
     ]
     wide = {"learning rate against the final metric, per family"}
     return [{"section": s, "title": t, "png": p, "wide": t in wide} for s, t, p in items]
 
 
-def _cell(value: Any, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "\u2013"  # an en dash: no value
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
 def render(results: Results, info: dict[str, Any], *, command: str) -> str:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("pipeline", "templates"),
+        loader=jinja2.PackageLoader("pipeline.report", "templates"),
         autoescape=True,  # model names, config strings and errors are the user's text
         undefined=jinja2.StrictUndefined,
     )
-    env.filters["cell"] = _cell
+    env.filters["cell"] = lambda value, digits=4: num(value, digits)
     env.filters["family"] = family_label
+    env.filters["describe"] = lambda params: describe(params, skip=("lr",))
     table = results.recommendation
     return env.get_template("report.html.j2").render(
         r=results,
         facts=info,
-        figures=figures(results),
+        figures=figure_list(results),
         recommendation=table.to_dict("records") if not table.empty else [],
         trials=results.trials.sort_values("number").to_dict("records"),
-        params_of=lambda p: ", ".join(f"{k} {_cell(v, 3)}" for k, v in p.items() if k != "lr"),
+        params_of=lambda p: ", ".join(f"{k} {num(v, 3)}" for k, v in p.items() if k != "lr"),
         config_yaml=OmegaConf.to_yaml(OmegaConf.create(results.config)) if results.config else "",
         command=command,
     )
@@ -235,18 +223,3 @@ def curves_csv(results: Results) -> str:
     picked = set(results.recommendation.trial) if not results.recommendation.empty else set()
     curves["family_best"] = curves.trial.isin(picked).astype(int)
     return curves.to_csv(index=False)
-
-
-def command(args: argparse.Namespace, cfg: DictConfig) -> int:
-    given = f"--params {args.params}" if args.params else " ".join(args.overrides)
-    path = build(cfg, command=f"python -m pipeline {given}".strip())
-    print(path)
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run(command, argv, prog="python -m pipeline.report", description=__doc__)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
-"""The report's figures, drawn with seaborn from the tidy tables in pipeline.results.
+"""The report's figures, drawn with seaborn from the tidy tables in pipeline.report.results.
 
-pipeline.report embeds each as a base64 PNG, so the HTML needs no other file.
+pipeline.report.html embeds each as a base64 PNG, so the HTML needs no other file.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from pipeline.results import Results, best_so_far, family_label
+from pipeline.report.prose import family_label
+from pipeline.report.results import Results
+from pipeline.report.tables import best_so_far
 
 LABELS = {
     "val_loss": "validation loss",
@@ -36,6 +38,11 @@ def png(fig: plt.Figure) -> str:
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def wide(values: pd.Series) -> bool:
+    """Whether positive values span more than 20x: then a log axis shows them better."""
+    return bool((values > 0).all() and values.max() / values.min() > 20)
 
 
 def _palette(families: list[str]) -> dict[str, tuple[float, float, float]]:
@@ -77,7 +84,7 @@ def convergence(results: Results, *, y: str, x: str) -> str | None:
         ax.annotate(
             "target", (ax.get_xlim()[1], results.target.value), fontsize=8, ha="right", va="bottom"
         )
-    if y.endswith("loss") and (data[y] > 0).all() and data[y].max() / data[y].min() > 20:
+    if y.endswith("loss") and wide(data[y]):
         ax.set_yscale("log")
     ax.set_xlabel(LABELS[x])
     ax.set_ylabel(LABELS[y])
@@ -96,7 +103,7 @@ def search_progress(results: Results) -> str | None:
     ax.step(data["number"], data["best"], where="post", color="black", label="best so far")
     ax.set_xlabel("trial number")
     ax.set_ylabel(f"final {LABELS.get(results.metric, results.metric)}")
-    if (data["value"] > 0).all() and data["value"].max() / data["value"].min() > 20:
+    if wide(data["value"]):
         ax.set_yscale("log")
     ax.set_title("Best value so far over the trials")
     ax.legend(fontsize=8)
@@ -116,7 +123,7 @@ def lr_sensitivity(results: Results) -> str | None:
     fig, axes = plt.subplots(
         rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False, sharey=True
     )
-    log_y = (data["value"] > 0).all() and data["value"].max() / data["value"].min() > 20
+    log_y = wide(data["value"])
     for ax, family in zip(axes.flat, families, strict=False):
         part = data[data.family == family]
         sns.scatterplot(

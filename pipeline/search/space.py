@@ -1,8 +1,9 @@
-"""The search space: optimizer/<name>.yaml and scheduler/<name>.yaml turned into Optuna suggestions.
+"""The search space: the composed optimizer.<name> and scheduler.<name> nodes as Optuna suggestions.
 
-    python -c "from pipeline.space import SearchSpace; ..."   # used by pipeline.trial
+    SearchSpace.from_config(cfg)      # pipeline.search.trial samples and builds from it
 
-A family or schedule file holds its `_target_` (a torch class) and its constructor arguments.
+A family or schedule (conf/optimizer/<name>.yaml, conf/scheduler/<name>.yaml, composed at
+optimizer.<name> / scheduler.<name>) holds its `_target_` (a torch class) and its arguments.
 An argument given as {type: float|int|categorical, ...} is searched; anything else is fixed.
 A trial first picks a family, then suggests only that family's hyperparameters, named
 "<family>.<name>" (so an Adam trial never carries a momentum parameter); likewise the schedule.
@@ -13,9 +14,8 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -23,7 +23,8 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.config import ConfigError, find_group_file, locate
+from pipeline.core.errors import ConfigError
+from pipeline.search.targets import locate
 
 KINDS = ("float", "int", "categorical")
 SPEC_KEYS = {"type", "low", "high", "log", "step", "choices", "default", "grid", "name"}
@@ -45,6 +46,11 @@ class Dim:
     default: Any = None
     grid: tuple[Any, ...] = ()
 
+    def contains(self, value: Any) -> bool:
+        if self.kind == "categorical":
+            return value in self.choices
+        return self.low <= value <= self.high  # type: ignore[operator]
+
     def suggest(self, trial: optuna.Trial, param: str) -> Any:
         if self.kind == "float":
             return trial.suggest_float(param, self.low, self.high, log=self.log, step=self.step)
@@ -54,9 +60,10 @@ class Dim:
         return trial.suggest_categorical(param, list(self.choices))
 
     def grid_values(self) -> tuple[Any, ...]:
-        if self.grid:
-            return self.grid
-        if self.default is not None:
+        inside = tuple(v for v in self.grid if self.contains(v))
+        if inside:
+            return inside
+        if self.default is not None and self.contains(self.default):
             return (self.default,)
         if self.kind == "categorical":
             return self.choices
@@ -70,7 +77,6 @@ class Component:
 
     group: str  # "optimizer" or "scheduler"
     name: str
-    source: Path
     spec: Mapping[str, Any]  # constructor arguments, searched ones still as spec dicts
     dims: tuple[Dim, ...]
     interval: str = "epoch"
@@ -124,14 +130,10 @@ class SearchSpace:
     batch_sizes: tuple[int, ...]
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, *, config_dirs: Sequence[str | Path] = ()) -> SearchSpace:
+    def from_config(cls, cfg: DictConfig) -> SearchSpace:
         return cls(
-            optimizers={
-                n: load_component("optimizer", n, config_dirs) for n in cfg.search.optimizers
-            },
-            schedulers={
-                n: load_component("scheduler", n, config_dirs) for n in cfg.search.schedulers
-            },
+            optimizers={n: component(cfg, "optimizer", n) for n in cfg.search.optimizers},
+            schedulers={n: component(cfg, "scheduler", n) for n in cfg.search.schedulers},
             batch_sizes=tuple(int(b) for b in cfg.search.batch_sizes),
         )
 
@@ -180,42 +182,44 @@ def _product(component: Component) -> Iterator[dict[str, Any]]:
         yield dict(zip(names, values, strict=True))
 
 
-def load_component(group: str, name: str, config_dirs: Sequence[str | Path] = ()) -> Component:
-    """Read and check optimizer/<name>.yaml or scheduler/<name>.yaml."""
-    path = find_group_file(group, name, config_dirs)
-    where = f"{group}/{name}.yaml"
+def component(cfg: DictConfig, group: str, name: str) -> Component:
+    """Check the composed `<group>.<name>` node and read it as a family or a schedule."""
+    where = f"{group}.{name}"
+    node = OmegaConf.select(cfg, where)
+    if node is None:
+        raise ConfigError(f"search.{group}s", f"unknown {group} {name!r}")
     try:
-        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        raw = OmegaConf.to_container(node, resolve=True)
     except (OmegaConfBaseException, ValueError) as exc:
-        raise ConfigError(where, f"cannot read {path}: {exc}") from None
+        raise ConfigError(where, f"cannot read it: {exc}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("_target_"), str):
         raise ConfigError(
-            f"{where}: _target_", "missing; name the torch class, e.g. torch.optim.Adam"
+            f"{where}._target_", "missing; name the torch class, e.g. torch.optim.Adam"
         )
-    locate(raw["_target_"], key=f"{where}: _target_")
+    locate(raw["_target_"], key=f"{where}._target_")
     raw.setdefault("_partial_", True)
     interval, runtime = "epoch", {}
     if group == "scheduler":
         interval = raw.pop("interval", "epoch")
         if interval not in ("epoch", "step"):
             raise ConfigError(
-                f"{where}: interval", f"{interval!r} is not allowed; use epoch or step"
+                f"{where}.interval", f"{interval!r} is not allowed; use epoch or step"
             )
         runtime = raw.pop("runtime", None) or {}
         for arg, quantity in runtime.items():
             if quantity not in RUNTIME:
                 raise ConfigError(
-                    f"{where}: runtime.{arg}",
+                    f"{where}.runtime.{arg}",
                     f"{quantity!r} is not allowed; use one of: {', '.join(RUNTIME)}",
                 )
     dims = tuple(_find_dims(raw, (), where))
     names = [d.name for d in dims]
     if group == "optimizer" and "lr" not in names:
-        raise ConfigError(f"{where}: lr", "every family must search lr, e.g. {type: float, ...}")
+        raise ConfigError(f"{where}.lr", "every family must search lr, e.g. {type: float, ...}")
     for n in names:
         if names.count(n) > 1:
-            raise ConfigError(f"{where}: {n}", "two hyperparameters share this name; set `name:`")
-    return Component(group, name, path, raw, dims, interval, runtime)
+            raise ConfigError(f"{where}.{n}", "two hyperparameters share this name; set `name:`")
+    return Component(group, name, raw, dims, interval, runtime)
 
 
 def _find_dims(node: Any, path: tuple[str | int, ...], where: str) -> Iterator[Dim]:
@@ -231,7 +235,7 @@ def _find_dims(node: Any, path: tuple[str | int, ...], where: str) -> Iterator[D
 
 def _dim(spec: dict[str, Any], path: tuple[str | int, ...], where: str) -> Dim:
     dotted = ".".join(str(p) for p in path)
-    key = f"{where}: {dotted}"
+    key = f"{where}.{dotted}"
     unknown = set(spec) - SPEC_KEYS
     if unknown:
         raise ConfigError(f"{key}.{sorted(unknown)[0]}", f"unknown field; use {sorted(SPEC_KEYS)}")
@@ -266,9 +270,8 @@ def _dim(spec: dict[str, Any], path: tuple[str | int, ...], where: str) -> Dim:
         raise ConfigError(f"{key}.step", f"{step!r} is not allowed; use a positive number")
     if step is not None and log:
         raise ConfigError(f"{key}.step", "step and log cannot be combined (Optuna)")
-    for value in (spec.get("default"), *grid):
-        if value is not None and not (low <= value <= high):
-            raise ConfigError(key, f"{value!r} lies outside [{low:g}, {high:g}]")
+    # A default or grid value outside [low, high] is skipped, not refused: narrowing a range
+    # from the command line (optimizer.adam.lr.low=0.05) should not need them changed too.
     return Dim(path, name, kind, float(low), float(high), log, step, (), spec.get("default"), grid)
 
 

@@ -1,6 +1,6 @@
 """Models for the embedded tasks (conf/task/*.yaml). Your own nn.Module plugs in the same way.
 
-task.model._target_=pipeline.models.MLP task.model.sizes=[64,128,10]
+task.model._target_=pipeline.search.models.MLP task.model.sizes=[64,128,10]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Lightning callbacks of a trial: record the curve, report to the pruner, stop a diverging run.
 
-    pipeline.trial adds them to every trial's Trainer.
+    pipeline.search.trial adds them to every trial's Trainer.
 
 Optuna's own PyTorchLightningPruningCallback (optuna-integration) imports the `lightning`
 package and fails beside `pytorch_lightning` objects ("Expected a parent"), so TrialGuard does
@@ -17,9 +17,8 @@ import optuna
 import pytorch_lightning as pl
 import torch
 
-from pipeline import interrupt
-
-COLUMNS = ("epoch", "step", "seconds", "train_loss", "val_loss", "val_acc", "lr")
+from pipeline.core.record import COLUMNS
+from pipeline.search import interrupt
 
 
 class Diverged(Exception):
@@ -72,13 +71,6 @@ class CurveRecorder(pl.Callback):
         }
         for column, value in row.items():
             self.curve[column].append(value)
-
-    def stored(self) -> dict[str, list[Any]]:
-        """The curve as JSON can hold it: no NaN or infinity (null instead)."""
-        return {
-            c: [None if isinstance(v, float) and not math.isfinite(v) else v for v in values]
-            for c, values in self.curve.items()
-        }
 
 
 def _first_loss(pl_module: pl.LightningModule, outputs: Any) -> float | None:

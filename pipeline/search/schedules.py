@@ -1,6 +1,6 @@
 """Schedules torch.optim.lr_scheduler has no class for.
 
-scheduler/inverse_time.yaml -> pipeline.schedules.inverse_time
+scheduler/inverse_time.yaml -> pipeline.search.schedules.inverse_time
 """
 
 from __future__ import annotations

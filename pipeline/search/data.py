@@ -1,6 +1,6 @@
 """Data held in memory as tensors and batched by indexing: the embedded tasks and their base class.
 
-    task.data._target_=pipeline.data.DigitsDataModule   (conf/task/digits.yaml)
+    task.data._target_=pipeline.search.data.DigitsDataModule   (conf/task/digits.yaml)
 
 A per-sample Dataset with a collate function costs more than the training step of a small
 model, so a TensorDataModule keeps (x, y) tensors, moves them to the trial's device once, and

@@ -10,6 +10,7 @@ Optuna's own answers for that, so parallel runs use them and nothing of ours.
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,20 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from sqlalchemy import event
 
-from pipeline.config import ConfigError, check_storage_url
+from pipeline.core.errors import ConfigError, first_line
+
+STORAGE_FORMS = "sqlite:///PATH.db, journal:///PATH.journal or postgresql://USER@HOST/DB"
+
+
+def check_storage_url(url: str) -> None:
+    if url.startswith(("sqlite:///", "journal:///")):
+        if not url.split(":///", 1)[1]:
+            raise ConfigError("search.storage", f"{url!r} names no file; use {STORAGE_FORMS}")
+        return
+    if re.match(r"^postgresql(\+\w+)?://", url) or re.match(r"^mysql(\+\w+)?://", url):
+        return
+    raise ConfigError("search.storage", f"{url!r} is not a storage URL; use {STORAGE_FORMS}")
+
 
 # RDB storages (SQLite, PostgreSQL) record a heartbeat so that a trial whose worker died on
 # another machine is marked failed; on this machine a dead worker's pid tells us sooner.
@@ -64,7 +78,7 @@ def open_storage(url: str, *, must_exist: bool = False) -> BaseStorage:
             f"cannot open {_safe(url)}: {exc}; install it, e.g. pip install -e '.[postgres]'",
         ) from None
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         if "DB access module" in first:
             first += " (for PostgreSQL: pip install -e '.[postgres]')"
         raise ConfigError("search.storage", f"cannot open {_safe(url)}: {first}") from None

@@ -1,12 +1,8 @@
-"""One trial: sample a choice from the space, train it with a Lightning Trainer, store its curve.
+"""One trial: sample a choice from the space, train it with a Lightning Trainer, record its run.
 
-    pipeline.study makes one TrialRunner per worker and calls run() as the objective's body.
+    pipeline.search.objective makes one TrialRunner per worker and calls run() for each trial.
 
-What a trial stores on itself (so a report needs nothing but the study):
-  params              optimizer, <family>.<hp>, schedule, <schedule>.<hp>, batch_size
-  user_attrs.run      curve (per epoch: epoch, step, seconds, train_loss, val_loss, val_acc,
-                      lr), device, seed, data sizes, parameter count, seconds
-  user_attrs.worker   host:pid of the process that ran it (to tell a dead worker's trials)
+What it records is pipeline.core.record's Run: the per-epoch curve and how it was trained.
 """
 
 from __future__ import annotations
@@ -22,10 +18,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.callbacks import CurveRecorder, TrialGuard
-from pipeline.data import TensorDataModule
-from pipeline.module import TrainModule, attach
-from pipeline.space import SearchSpace
+from pipeline.core.record import Run, write_run
+from pipeline.search.callbacks import CurveRecorder, TrialGuard
+from pipeline.search.data import TensorDataModule
+from pipeline.search.module import TrainModule, attach
+from pipeline.search.space import SearchSpace
 
 
 class OutOfMemory(Exception):
@@ -161,25 +158,26 @@ class TrialRunner:
                     f"out of memory at batch size {choice.batch_size}: {first}"
                 ) from exc
             raise
-        finally:  # one write: each storage write costs a millisecond or more
-            trial.set_user_attr("run", _run_info(recorder, datamodule, module, seed, started))
+        finally:
+            write_run(trial, _run(recorder, datamodule, module, seed, started))
         return float(recorder.last[self.cfg.search.metric])
 
 
-def _run_info(
+def _run(
     recorder: CurveRecorder,
     datamodule: pl.LightningDataModule,
     module: pl.LightningModule,
     seed: int,
     started: float,
-) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "curve": recorder.stored(),
-        "device": recorder.device,
-        "seed": seed,
-        "n_params": sum(p.numel() for p in module.parameters()),
-        "seconds": round(time.perf_counter() - started, 4),
-    }
+) -> Run:
+    sizes = {}
     if isinstance(datamodule, TensorDataModule):
-        info["n_train"], info["n_val"] = datamodule.n_train, datamodule.n_val
-    return info
+        sizes = {"n_train": datamodule.n_train, "n_val": datamodule.n_val}
+    return Run(
+        curve=recorder.curve,
+        device=recorder.device,
+        seed=seed,
+        n_params=sum(p.numel() for p in module.parameters()),
+        seconds=round(time.perf_counter() - started, 4),
+        **sizes,
+    )

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline import interrupt
-from pipeline.data import EpochBatches, TensorDataModule
+from pipeline.search import interrupt
+from pipeline.search.data import EpochBatches, TensorDataModule
 
 # (parameters, steps_per_epoch) -> (optimizer, scheduler, interval)
 Configure = Callable[[Any, int], tuple[torch.optim.Optimizer, Any, str]]

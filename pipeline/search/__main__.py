@@ -14,16 +14,17 @@ from collections.abc import Sequence
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
-from pipeline.cli import run
-from pipeline.progress import best_value
-from pipeline.study import Outcome, counts, search
+from pipeline.core import record
+from pipeline.config.cli import run
+from pipeline.search.progress import best_value
+from pipeline.search.workers import Outcome, search
 
 
 def summary(outcome: Outcome, cfg: DictConfig) -> list[str]:
     """The lines printed after a search: what ran, the best value, and what to do next."""
-    trials = [t for t in outcome.trials if counts(t)]
+    trials = [t for t in outcome.trials if record.counts(t)]
     by_state = {s: sum(t.state == s for t in trials) for s in TrialState}
-    diverged = sum(bool(t.user_attrs.get("diverged")) for t in trials)
+    diverged = sum(record.state(t) == "diverged" for t in trials)
     name = cfg.search.study_name
     lines = [
         f"study {name!r}: {len(trials)}/{cfg.search.n_trials} trials "
@@ -45,7 +46,8 @@ def summary(outcome: Outcome, cfg: DictConfig) -> list[str]:
         first = min(trials, key=lambda t: t.number)
         lines.append(
             f"error: all {len(trials)} trials failed; first error (trial {first.number}): "
-            f"{first.user_attrs.get('error')}  (rerun with -v for the traceback)"
+            f"{first.user_attrs.get(record.ERROR)}"
+            + ("" if cfg.trainer.verbose else "  (rerun with -v for the traceback)")
         )
     elif outcome.failed_workers:
         lines.append(f"error: {outcome.failed_workers} worker process(es) crashed")
@@ -53,7 +55,7 @@ def summary(outcome: Outcome, cfg: DictConfig) -> list[str]:
 
 
 def command(args: argparse.Namespace, cfg: DictConfig) -> int:
-    outcome = search(cfg, config_dirs=args.config_dir)
+    outcome = search(cfg)
     for line in summary(outcome, cfg):
         print(line, file=sys.stderr if line.startswith(("error", "interrupted")) else sys.stdout)
     return outcome.exit_code

@@ -1,13 +1,16 @@
 """What a person watching a study sees: trials done / total, the best value so far, elapsed time.
 
-pipeline.study updates it after every trial (or every half second with several workers).
+pipeline.search.workers updates it after every trial (or every half second with several workers).
 """
 
 from __future__ import annotations
 
+import logging
 import sys
+import warnings
 from collections.abc import Sequence
 
+import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
@@ -42,3 +45,22 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def quiet(verbose: bool) -> None:
+    """Lightning's and Optuna's per-trial chatter, off unless asked for."""
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.ERROR)
+    level = logging.INFO if verbose else logging.WARNING
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(level)
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    if not verbose:
+        for pattern in (
+            ".*does not have many workers.*",
+            ".*IterableDataset.*has `__len__` defined.*",
+            ".*isinstance\\(treespec, LeafSpec\\).*",
+            ".*smaller than the logging interval.*",
+            ".*`training_step` returned `None`.*",
+            ".*overridden `transfer_batch_to_device`.*",
+        ):
+            warnings.filterwarnings("ignore", message=pattern)

@@ -1,0 +1,134 @@
+"""The trial record: what a trial stores on itself in the study, and how it is read back.
+
+    pipeline.search writes it (trial.py, objective.py, stale.py); pipeline.report reads it.
+
+Everything a report needs lives on the Optuna trial, so a study file is the whole result:
+  params                 optimizer, <family>.<hp>, schedule, <schedule>.<hp>, batch_size
+  user_attrs["run"]      a Run: the per-epoch curve, device, seed, data sizes, parameter count
+  user_attrs["worker"]   host:pid of the process that ran it (to tell a dead worker's trials)
+  user_attrs[...]        how it ended when not complete: stopped, diverged, interrupted,
+                         error, stale; and, for confirmation replicates, role, of, replicate
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+# One row per epoch; seconds are wall-clock seconds since the trial started.
+COLUMNS = ("epoch", "step", "seconds", "train_loss", "val_loss", "val_acc", "lr")
+
+RUN = "run"
+WORKER = "worker"
+STOPPED = "stopped"  # why a pruned trial stopped: "pruned at epoch k" or "diverged at ..."
+DIVERGED = "diverged"
+INTERRUPTED = "interrupted"  # Ctrl-C / SIGTERM: kept as history, not counted
+ERROR = "error"  # the trial's own failure, one line
+STALE = "stale"  # its worker died (kill -9, crash): marked failed by a later run
+GRID_POINT = "grid_point"
+RETRIED = "retried"  # a failed trial whose config was queued again after the user's fix
+# Confirmation replicates (pipeline.search.confirm): which search trial they repeat.
+ROLE = "role"  # "search" (absent), "replicate" or "baseline"
+OF = "of"  # the search trial number a replicate repeats
+REPLICATE = "replicate"  # its index 0..R-1
+
+# State labels, in the order a report lists them; MAIN are shown even when zero.
+STATES = ("complete", "pruned", "diverged", "failed", "interrupted", "lost", "running", "waiting")
+MAIN = ("complete", "pruned", "failed")
+
+
+@dataclass(frozen=True)
+class Run:
+    """A trial's training run as stored in user_attrs["run"] (JSON: no NaN, None instead)."""
+
+    curve: dict[str, list[Any]] = field(default_factory=lambda: {c: [] for c in COLUMNS})
+    device: str = "unknown"
+    seed: int | None = None
+    n_params: int | None = None
+    seconds: float | None = None
+    n_train: int | None = None
+    n_val: int | None = None
+    group: int | None = None  # replicates trained together as one vectorized model
+
+    def to_attr(self) -> dict[str, Any]:
+        plain = {k: v for k, v in asdict(self).items() if v is not None}
+        plain["curve"] = {
+            c: [None if isinstance(v, float) and not math.isfinite(v) else v for v in values]
+            for c, values in self.curve.items()
+        }
+        return plain
+
+    @classmethod
+    def from_attr(cls, value: Any) -> Run | None:
+        if not isinstance(value, dict):
+            return None
+        known = {k: value[k] for k in cls.__dataclass_fields__ if k in value}
+        known["curve"] = dict(known.get("curve") or {})
+        return cls(**known)
+
+    @property
+    def epochs(self) -> int:
+        return len(self.curve.get("epoch") or [])
+
+    def final(self, column: str) -> float:
+        """The last recorded value of a curve column (NaN when it has none)."""
+        values = [v for v in self.curve.get(column) or [] if v is not None]
+        return float(values[-1]) if values else math.nan
+
+
+def run_of(trial: FrozenTrial) -> Run | None:
+    return Run.from_attr(trial.user_attrs.get(RUN))
+
+
+def write_run(trial: optuna.Trial, run: Run) -> None:
+    """One write: each storage write costs a millisecond or more."""
+    trial.set_user_attr(RUN, run.to_attr())
+
+
+def state(trial: FrozenTrial) -> str:
+    """The label a person reads: complete, pruned, diverged, failed, interrupted, lost, ..."""
+    if trial.state == TrialState.COMPLETE:
+        return "complete"
+    if trial.state == TrialState.PRUNED:
+        return "diverged" if trial.user_attrs.get(DIVERGED) else "pruned"
+    if trial.state == TrialState.FAIL:
+        if ERROR in trial.user_attrs:
+            return "failed"
+        if trial.user_attrs.get(INTERRUPTED):
+            return "interrupted"
+        return "lost"  # its worker was killed, or the heartbeat stopped
+    return trial.state.name.lower()
+
+
+def counts(trial: FrozenTrial) -> bool:
+    """Whether a trial uses up a place in its budget: it ended on its own.
+
+    A failed trial whose config was queued again (RETRIED) gave its place to the retry.
+    """
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return (
+        trial.state == TrialState.FAIL
+        and ERROR in trial.user_attrs
+        and not trial.user_attrs.get(RETRIED)
+    )
+
+
+def role(trial: FrozenTrial) -> str:
+    return str(trial.user_attrs.get(ROLE, "search"))
+
+
+def note(trial: FrozenTrial) -> str:
+    """Why a trial ended the way it did, in one line (empty for a complete trial)."""
+    attrs = trial.user_attrs
+    return str(attrs.get(ERROR) or attrs.get(STOPPED) or attrs.get(STALE) or "")
+
+
+def worker_of(trial: FrozenTrial) -> tuple[str, int | None]:
+    """(host, pid) of the process that ran the trial; ("", None) when none was recorded."""
+    host, _, pid = str(trial.user_attrs.get(WORKER, "")).rpartition(":")
+    return host, int(pid) if pid.isdigit() else None

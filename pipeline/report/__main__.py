@@ -1,0 +1,30 @@
+"""Write the report of a finished or running study: reports/index.html and the files beside it.
+
+python -m pipeline.report [KEY=VALUE ...]     # the same overrides as the search
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from omegaconf import DictConfig
+
+from pipeline.config.cli import run
+from pipeline.report.html import build
+
+
+def command(args: argparse.Namespace, cfg: DictConfig) -> int:
+    given = f"--params {args.params}" if args.params else " ".join(args.overrides)
+    path = build(cfg, command=f"python -m pipeline {given}".strip())
+    print(path)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(command, argv, prog="python -m pipeline.report", description=__doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

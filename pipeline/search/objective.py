@@ -1,0 +1,60 @@
+"""Optuna's objective: one trial run, with every way it can end written to its record.
+
+Objective(cfg, space, prune=True, note=print)(trial)   # pipeline.search.workers calls it
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import optuna
+from omegaconf import DictConfig
+
+from pipeline.core import record
+from pipeline.core.errors import first_line
+from pipeline.search import interrupt
+from pipeline.search.callbacks import Diverged
+from pipeline.search.space import SearchSpace
+from pipeline.search.stale import worker_id
+from pipeline.search.trial import TrialRunner
+
+
+class TrialError(Exception):
+    """A trial's own failure (the user's model or data, out of memory): recorded, study goes on."""
+
+
+class Objective:
+    """Optuna's objective: one trial, with every way it can end recorded."""
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        space: SearchSpace,
+        *,
+        prune: bool,
+        note: Callable[[str], None],
+    ) -> None:
+        self.note = note
+        self.runner = TrialRunner(cfg, space, prune=prune)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr(record.WORKER, worker_id())
+        try:
+            return self.runner.run(trial)
+        except optuna.TrialPruned as exc:
+            trial.set_user_attr(record.STOPPED, str(exc))
+            raise
+        except Diverged as exc:
+            trial.set_user_attr(record.STOPPED, str(exc))
+            trial.set_user_attr(record.DIVERGED, True)
+            raise optuna.TrialPruned(str(exc)) from None
+        except BaseException as exc:
+            if interrupt.requested() or isinstance(exc, interrupt.Interrupted | KeyboardInterrupt):
+                trial.set_user_attr(record.INTERRUPTED, True)
+                raise interrupt.Interrupted(f"trial {trial.number} interrupted") from None
+            if not isinstance(exc, Exception):
+                raise
+            message = f"{type(exc).__name__}: {first_line(exc)}"
+            trial.set_user_attr(record.ERROR, message)
+            self.note(f"trial {trial.number} failed: {message}")
+            raise TrialError(message) from exc

@@ -1,0 +1,153 @@
+"""Create or resume the study: check it matches the config, queue its first trials, reap stale ones.
+
+    study, budget = prepare(cfg, space)      # pipeline.search.workers then runs what is missing
+
+search.n_trials is the total the study should hold. A trial counts once it is complete, pruned
+or failed with an error of its own (pipeline.core.record.counts); trials cut short by Ctrl-C or
+by a killed worker do not, so a rerun of the same command runs exactly what is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+
+from pipeline import __version__
+from pipeline.core import record
+from pipeline.core.errors import ConfigError
+from pipeline.core.storage import open_storage
+from pipeline.search.samplers import make_pruner, make_sampler
+from pipeline.search.space import SearchSpace
+from pipeline.search.stale import fail_stale_trials
+
+# Config keys a resumed study may change without becoming a different study: the budget,
+# where the storage is reached from, how trials are run and picked, the report.
+RESUMABLE = (
+    "search.n_trials",
+    "search.timeout",
+    "search.n_workers",
+    "search.storage",
+    "search.min_trials_per_family",
+    "search.divergence_factor",
+    "trainer.verbose",
+    "trainer.threads",
+    "sampler",
+    "pruner",
+    "seed",
+    "report",
+)
+
+
+@dataclass(frozen=True)
+class Budget:
+    n_trials: int
+    grid: bool = False
+
+    def missing(self, trials: Sequence[FrozenTrial]) -> int:
+        done = sum(record.counts(t) for t in trials)
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        left = self.n_trials - done - running
+        if self.grid:
+            left = min(left, sum(t.state == TrialState.WAITING for t in trials))
+        return left
+
+
+def prepare(cfg: DictConfig, space: SearchSpace) -> tuple[optuna.Study, Budget]:
+    """Open or create the study, check it matches the config, and queue its first trials."""
+    sampler, grid = make_sampler(cfg)
+    pruner = make_pruner(cfg)
+    points = space.grid(seed=int(cfg.seed)) if grid else []
+    storage = open_storage(cfg.search.storage)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=cfg.search.study_name,
+        direction=cfg.search.direction,
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
+    )
+    config = fingerprint(cfg)
+    stored = study.user_attrs.get("config")
+    if stored is None:
+        study.set_user_attr("config", config)
+        study.set_user_attr("metric", cfg.search.metric)
+        study.set_user_attr("pipeline_version", __version__)
+        for i, params in enumerate(points):
+            study.enqueue_trial(params, user_attrs={record.GRID_POINT: i})
+    else:
+        _check_resumable(study, stored, config)
+    fail_stale_trials(study)
+    if not grid:
+        queue_first_looks(study, list(space.optimizers), cfg)
+    n_trials = int(cfg.search.n_trials)  # a grid smaller than that ends the study sooner
+    return study, Budget(min(n_trials, len(points)), grid=True) if grid else Budget(n_trials)
+
+
+def fingerprint(cfg: DictConfig) -> dict[str, Any]:
+    """The config a study is created with: only the searched families and schedules."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(config, dict)
+    for group, plural in (("optimizer", "optimizers"), ("scheduler", "schedulers")):
+        chosen = set(cfg.search[plural])
+        config[group] = {k: v for k, v in (config.get(group) or {}).items() if k in chosen}
+    return config
+
+
+def queue_first_looks(study: optuna.Study, families: Sequence[str], cfg: DictConfig) -> int:
+    """Queue trials until each family has search.min_trials_per_family of them.
+
+    Round-robin over the families first, so each gets a fair look before the sampler
+    concentrates (Choi et al. 2019: rankings depend on how much search each family gets).
+    Run on every start, so a look lost to a killed worker is queued again.
+    """
+    per, n_trials = int(cfg.search.min_trials_per_family), int(cfg.search.n_trials)
+    trials = [t for t in study.get_trials(deepcopy=False) if record.role(t) == "search"]
+    live = [
+        t for t in trials if record.counts(t) or t.state in (TrialState.RUNNING, TrialState.WAITING)
+    ]
+    have = {f: sum(_family(t) == f for t in live) for f in families}
+    room = n_trials - len(live)
+    queued = 0
+    for k in range(per):
+        for family in families:
+            if have[family] <= k and queued < room:
+                study.enqueue_trial({"optimizer": family})
+                have[family] += 1
+                queued += 1
+    return queued
+
+
+def _family(trial: FrozenTrial) -> str | None:
+    if trial.state == TrialState.WAITING:
+        return trial.system_attrs.get("fixed_params", {}).get("optimizer")
+    return trial.params.get("optimizer")
+
+
+def _check_resumable(study: optuna.Study, stored: dict[str, Any], config: dict[str, Any]) -> None:
+    changed = sorted(
+        key
+        for key in _flat(stored).keys() | _flat(config).keys()
+        if _flat(stored).get(key) != _flat(config).get(key)
+        and not any(key == r or key.startswith(r + ".") for r in RESUMABLE)
+    )
+    if changed:
+        shown = ", ".join(changed[:4]) + (" ..." if len(changed) > 4 else "")
+        raise ConfigError(
+            "search.study_name",
+            f"study {study.study_name!r} was created with a different {shown}; "
+            "pick a new search.study_name (or delete its storage) to start another study",
+        )
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out |= _flat(value, f"{prefix}{key}.")
+        return out
+    return {prefix[:-1]: tree}

@@ -1,0 +1,228 @@
+"""Run the study's missing trials: here, or in worker processes that share its storage.
+
+    python -m pipeline.search search.n_workers=2 search.storage=journal:///studies/s.journal
+
+Each worker checks the budget before it asks for a trial; parallel workers that finish at the
+same moment can race for the last places, so such a study may end with up to n_workers - 1
+trials more (as with Optuna's MaxTrialsCallback). Nothing is ever run twice or lost.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+
+from pipeline.core import record
+from pipeline.core.storage import close, open_storage
+from pipeline.search import interrupt
+from pipeline.search.objective import Objective
+from pipeline.search.preflight import preflight
+from pipeline.search.progress import Progress, best_value, quiet
+from pipeline.search.samplers import make_pruner, make_sampler
+from pipeline.search.space import SearchSpace
+from pipeline.search.study import Budget, prepare
+
+
+@dataclass
+class Outcome:
+    study: optuna.Study
+    trials: list[FrozenTrial]
+    seconds: float
+    interrupted: bool
+    failed_workers: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return interrupt.exit_code()
+        if self.failed_workers:
+            return 1
+        ended = [t for t in self.trials if record.counts(t)]
+        if ended and all(t.state == TrialState.FAIL for t in ended):
+            return 1
+        return 0
+
+
+def load_for_worker(cfg: DictConfig, *, worker: int) -> optuna.Study:
+    """The study as a spawned worker sees it: its own sampler seed, the same pruner."""
+    sampler, _ = make_sampler(cfg, worker=worker)
+    return optuna.load_study(
+        study_name=cfg.search.study_name,
+        storage=open_storage(cfg.search.storage),
+        sampler=sampler,
+        pruner=make_pruner(cfg),
+    )
+
+
+def work(
+    cfg: DictConfig,
+    space: SearchSpace,
+    budget: Budget,
+    study: optuna.Study,
+    *,
+    progress: Progress | None = None,
+) -> None:
+    """Run trials of `study` here until the budget is met, the timeout passes or a stop."""
+    note = progress.note if progress else _print_err
+    prune = not isinstance(study.pruner, optuna.pruners.NopPruner)
+    objective = Objective(cfg, space, prune=prune, note=note)
+
+    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        trials = study.get_trials(deepcopy=False)
+        if progress is not None:
+            _show(progress, trials)
+        if interrupt.requested() or budget.missing(trials) <= 0:
+            study.stop()
+
+    if budget.missing(study.get_trials(deepcopy=False)) > 0:
+        study.optimize(
+            objective,
+            timeout=cfg.search.timeout,
+            catch=(Exception,),
+            callbacks=[after_trial],
+            gc_after_trial=False,
+        )
+
+
+def _show(progress: Progress, trials: Sequence[FrozenTrial]) -> None:
+    progress.update(sum(record.counts(t) for t in trials), best_value(trials, progress.direction))
+
+
+def _print_err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def threads_per_worker(cfg: DictConfig) -> int:
+    if cfg.trainer.get("threads"):
+        return int(cfg.trainer.threads)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // int(cfg.search.n_workers))
+
+
+def search(cfg: DictConfig) -> Outcome:
+    """Prepare the study, run the missing trials (in-process or in worker processes)."""
+    started = time.perf_counter()
+    quiet(bool(cfg.trainer.verbose))
+    space = preflight(cfg)
+    study, budget = prepare(cfg, space)
+    trials = study.get_trials(deepcopy=False)
+    progress = Progress(budget.n_trials, metric=cfg.search.metric, direction=cfg.search.direction)
+    _show(progress, trials)
+    interrupt.reset()
+    failed_workers = 0
+    try:
+        if budget.missing(trials) > 0:
+            # The study from prepare() is worker 0's: its sampler has the unshifted seed.
+            _set_threads(threads_per_worker(cfg))
+            if int(cfg.search.n_workers) == 1:
+                interrupt.install()
+                work(cfg, space, budget, study, progress=progress)
+            else:
+                failed_workers = _run_workers(cfg, space, budget, progress, study)
+    finally:
+        trials = study.get_trials(deepcopy=False)
+        _show(progress, trials)
+        progress.close()
+        close(study)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return Outcome(
+        study, trials, time.perf_counter() - started, interrupt.requested(), failed_workers
+    )
+
+
+def _set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def _run_workers(
+    cfg: DictConfig,
+    space: SearchSpace,
+    budget: Budget,
+    progress: Progress,
+    study: optuna.Study,
+) -> int:
+    """Worker 0 runs here (its imports are done); workers 1..n-1 are spawned processes.
+
+    This process also shows progress and relays Ctrl-C / SIGTERM to the others.
+    """
+    context = multiprocessing.get_context("spawn")  # fork after torch/threads is unsafe
+    config = OmegaConf.to_container(cfg, resolve=True)
+    threads = threads_per_worker(cfg)
+    workers = [
+        context.Process(
+            target=_worker_main,
+            args=(config, i, threads, budget),
+            name=f"pipeline-worker-{i}",
+        )
+        for i in range(1, int(cfg.search.n_workers))
+    ]
+
+    def relay(signum: int, frame: object) -> None:
+        interrupt._handle(signum, frame)
+        for w in workers:
+            if w.pid is not None and w.is_alive():
+                os.kill(w.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, relay)
+    signal.signal(signal.SIGTERM, relay)
+    gpus = _visible_gpus()
+    for i, w in enumerate(workers, start=1):
+        # One GPU per worker when there are several: worker i sees only GPU i mod count.
+        # Set before the spawn so the child's CUDA never sees the others.
+        saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if len(gpus) > 1:
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+        try:
+            w.start()
+        finally:
+            if saved is None:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = saved
+    work(cfg, space, budget, study, progress=progress)  # worker 0, on GPU 0 (the first visible)
+    while any(w.is_alive() for w in workers):
+        for w in workers:
+            w.join(timeout=0.5)
+        _show(progress, study.get_trials(deepcopy=False))
+    return sum(w.exitcode not in (0, 128 + signal.SIGINT, 128 + signal.SIGTERM) for w in workers)
+
+
+def _worker_main(config: dict[str, Any], index: int, threads: int, budget: Budget) -> None:
+    """A worker process: the same config and budget, its own sampler seed, a share of cores."""
+    cfg = OmegaConf.create(config)
+    quiet(bool(cfg.trainer.verbose))
+    _set_threads(threads)
+    interrupt.install()
+    space = SearchSpace.from_config(cfg)
+    study = load_for_worker(cfg, worker=index)
+    try:
+        work(cfg, space, budget, study)
+    finally:
+        close(study)
+    if interrupt.requested():
+        sys.exit(interrupt.exit_code())
+
+
+def _visible_gpus() -> list[str]:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip()]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:
+        return []

@@ -1,0 +1,52 @@
+"""The stages stay apart: the report never loads torch, and DVC's dependencies cover the code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import yaml
+
+from tests.conftest import ROOT
+
+IMPORTED = """
+import json, sys
+import {module}
+print(json.dumps(sorted(
+    m.__file__ for m in list(sys.modules.values()) if getattr(m, "__file__", None)
+)))
+"""
+
+
+def _imported_files(module: str) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", IMPORTED.format(module=module)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out)
+
+
+def test_the_report_stage_imports_neither_torch_nor_lightning():
+    files = _imported_files("pipeline.report.__main__")
+    assert not [f for f in files if "/torch/" in f or "lightning" in f]
+    assert any(f.endswith("pipeline/report/html.py") for f in files)
+
+
+def test_each_dvc_stage_depends_on_every_module_it_imports():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for stage, module in (
+        ("search", "pipeline.search.__main__"),
+        ("report", "pipeline.report.__main__"),
+    ):
+        deps = [str(d) for d in stages[stage]["deps"]]
+        ours = [f for f in _imported_files(module) if f.startswith(str(ROOT / "pipeline"))]
+        assert ours
+        for path in ours:
+            relative = path[len(str(ROOT)) + 1 :]
+            assert any(relative == d or relative.startswith(d.rstrip("/") + "/") for d in deps), (
+                f"{stage} stage imports {relative} but dvc.yaml does not depend on it"
+            )
