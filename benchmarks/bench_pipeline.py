@@ -39,8 +39,8 @@ from torch import nn
 from pipeline.config import compose
 from pipeline.search.data import digits_arrays
 from pipeline.search.models import MLP
-from pipeline.search.space import SearchSpace
 from pipeline.search.progress import quiet
+from pipeline.search.space import SearchSpace
 from pipeline.search.study import Budget, prepare
 from pipeline.search.workers import work
 

@@ -30,7 +30,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         storage = f"sqlite:///{tmp}/study.db"
         t0 = time.perf_counter()
-        write_study(storage, args.trials)
+        write_study(storage, args.trials, replicates=5)
         made = time.perf_counter() - t0
         cfg = compose([f"search.storage={storage}", f"report.dir={tmp}/reports"])
         times = []

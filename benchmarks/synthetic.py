@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState, create_trial
 
 from pipeline.config import compose
+from pipeline.core import record
 from pipeline.search.space import SearchSpace
 
 BEST_LR = {
@@ -72,8 +73,14 @@ def write_study(
     epochs: int = 20,
     seed: int = 0,
     overrides: Sequence[str] = (),
+    replicates: int = 0,
+    top_k: int = 2,
 ) -> optuna.Study:
-    """Create a study in `storage` holding n_trials finished trials; returns it."""
+    """Create a study in `storage` holding n_trials finished trials; returns it.
+
+    With `replicates`, each family's top_k complete trials are repeated with that many seeds,
+    as the confirmation phase does (same settings, a new noise draw per seed).
+    """
     cfg = compose([f"search.storage={storage}", f"search.study_name={study_name}", *overrides])
     if families is not None:
         cfg.search.optimizers = list(families)
@@ -100,18 +107,7 @@ def write_study(
             state, length = TrialState.PRUNED, 1
             attrs |= {"stopped": "diverged at epoch 1: train loss is nan", "diverged": True}
         curve = _curve(choice.optimizer, choice.lr, choice.batch_size, length, rng)
-        attrs |= {
-            "run": {
-                "curve": curve,
-                "device": "cpu",
-                "seed": seed,
-                "n_params": 9610,
-                "n_train": 1437,
-                "n_val": 360,
-                "seconds": curve["seconds"][-1],
-            },
-            "worker": "synthetic:1",
-        }
+        attrs |= _attrs(curve, seed)
         value = curve["val_loss"][-1] if state != TrialState.FAIL else None
         trials.append(
             create_trial(
@@ -128,4 +124,53 @@ def write_study(
             )
         )
     study.add_trials(trials)
+    if replicates:
+        study.add_trials(_replicates(study, replicates, top_k, epochs, rng))
     return study
+
+
+def _attrs(curve: dict, seed: int) -> dict:
+    run = record.Run(
+        curve=curve,
+        device="cpu",
+        seed=seed,
+        n_params=9610,
+        n_train=1437,
+        n_val=360,
+        seconds=curve["seconds"][-1],
+    )
+    return {record.RUN: run.to_attr(), record.WORKER: "synthetic:1"}
+
+
+def _replicates(
+    study: optuna.Study, seeds: int, top_k: int, epochs: int, rng: random.Random
+) -> list[optuna.trial.FrozenTrial]:
+    done = sorted(
+        (t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value
+    )
+    picked: dict[str, list[optuna.trial.FrozenTrial]] = {}
+    for t in done:
+        picked.setdefault(t.params["optimizer"], [])
+        if len(picked[t.params["optimizer"]]) < top_k:
+            picked[t.params["optimizer"]].append(t)
+    out = []
+    for family, configs in picked.items():
+        for config in configs:
+            lr = config.params[f"{family}.lr"]
+            for index in range(seeds):
+                curve = _curve(family, lr, config.params["batch_size"], epochs, rng)
+                attrs = _attrs(curve, index) | {
+                    record.ROLE: "replicate",
+                    record.OF: config.number,
+                    record.REPLICATE: index,
+                }
+                out.append(
+                    create_trial(
+                        state=TrialState.COMPLETE,
+                        value=curve["val_loss"][-1],
+                        params=config.params,
+                        distributions=config.distributions,
+                        user_attrs=attrs,
+                    )
+                )
+    return out

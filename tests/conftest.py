@@ -19,8 +19,10 @@ from pipeline.config import check, compose
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 USER_CONF = TESTS / "conf"
-# Small enough to finish in seconds on 2 cores, big enough to exercise every stage.
-TINY = ("task=moons", "trainer.max_epochs=3", "search.batch_sizes=[64,128]")
+# Small enough to finish in seconds on 2 cores, big enough to exercise every stage. The
+# confirmation phase is off here; tests of it turn it on (CONFIRM).
+TINY = ("task=moons", "trainer.max_epochs=3", "search.batch_sizes=[64,128]", "confirm.seeds=0")
+CONFIRM = ("confirm.seeds=2", "confirm.top_k=1")
 # CI sets this so that a test needing a service fails instead of skipping.
 REQUIRE_SERVICES = os.environ.get("PIPELINE_REQUIRE_SERVICES") == "1"
 

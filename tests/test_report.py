@@ -6,6 +6,7 @@ import json
 import math
 import re
 import shutil
+from html import escape as html_escape
 from pathlib import Path
 
 import optuna
@@ -18,7 +19,7 @@ from pipeline.report.__main__ import main as report_main
 from pipeline.report.results import collect
 from pipeline.report.tables import recommend, time_to_target
 from pipeline.search.workers import search
-from tests.conftest import ROOT, TINY, require_service, tiny_config
+from tests.conftest import CONFIRM, ROOT, TINY, require_service, tiny_config
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
@@ -46,10 +47,11 @@ def _assert_self_contained(html: str) -> None:
 
 
 def test_report_from_a_real_study(tmp_path, capsys):
-    cfg = tiny_config(tmp_path, "search.n_trials=10", "search.optimizers=[sgd,adam,momentum]")
+    families = "search.optimizers=[sgd,adam,momentum]"
+    cfg = tiny_config(tmp_path, "search.n_trials=10", families, *CONFIRM)
     search(cfg)
     capsys.readouterr()
-    code, out, err = _report(tmp_path, capsys, "search.optimizers=[sgd,adam,momentum]")
+    code, out, err = _report(tmp_path, capsys, families, *CONFIRM)
     assert code == 0, err
     reports = tmp_path / "reports"
     assert out.strip().splitlines()[-1] == str(reports / "index.html")  # the last line: its path
@@ -57,6 +59,7 @@ def test_report_from_a_real_study(tmp_path, capsys):
     _assert_self_contained(html)
     for heading in (
         "Recommendation",
+        "How sure is this?",
         "Summary",
         "Convergence",
         "The search",
@@ -74,25 +77,33 @@ def test_report_from_a_real_study(tmp_path, capsys):
         "1,218 parameters",
     ):
         assert fact in html
-    assert html.count("data:image/png;base64,") >= 6
+    assert html.count("data:image/png;base64,") >= 7
 
     summary = json.loads((reports / "summary.json").read_text())
     assert summary["trials"] == 10 and summary["metric"] == "val_loss"
-    assert summary["winner"]["family"] in ("sgd", "adam", "momentum")
+    declared = summary["recommendation"]
+    assert declared["confirmed"] and declared["seeds"] == 2
+    # The page and summary.json say the same thing.
+    assert html_escape(declared["sentence"]) in html
+    assert summary["replicates"] == len(declared["families"]) * 2 + 2  # and the baseline
     assert summary["best_value"] == pytest.approx(
         min(
             t.value
             for t in optuna.load_study(
                 study_name="moons", storage=f"sqlite:///{tmp_path}/study.db"
             ).get_trials()
-            if t.state == TrialState.COMPLETE
+            if t.state == TrialState.COMPLETE and "role" not in t.user_attrs  # search trials
         )
     )
 
     table = pd.read_csv(reports / "recommendation.csv")
-    assert set(table.family) == {"sgd", "adam", "momentum"} and list(table["rank"]) == [1, 2, 3]
-    reached = table[table.reached]
-    assert list(reached.seconds_to_target) == sorted(reached.seconds_to_target)
+    assert list(table.family) == [f["family"] for f in declared["families"]]
+    assert list(table["rank"]) == list(range(1, len(table) + 1))
+    assert list(table.median_seconds) == sorted(table.median_seconds)  # inf (never) last
+    if declared["decided"]:
+        assert declared["group"] == [declared["winner"]] == [table.family[0]]
+    else:
+        assert declared["group"][0] == table.family[0] and len(declared["group"]) > 1
 
     curves = pd.read_csv(reports / "curves.csv")
     assert {
@@ -161,10 +172,12 @@ def test_time_to_target_and_ranking_by_hand():
     table = results.recommendation
     assert list(table.family) == ["adam", "momentum", "sgd"]
     assert list(table.reached) == [True, True, False]
+    # Single runs: no confirmation, so no ratio, and the sentence says a rerun may differ.
+    assert results.confidence is None
     assert results.sentence == (
-        "Adam (lr 0.01, constant, batch 32) reaches val_loss ≤ 0.2 in 2.00 s (2 epochs); "
-        "2.5x faster than the best Momentum run and the best SGD run does not reach it "
-        "within 3 epochs."
+        "The fastest single run was Adam (lr 0.01, constant, batch 32): val_loss ≤ 0.2 in "
+        "2.00 s (2 epochs). These are single runs, one seed each, so a rerun may name another "
+        "family; confirm them over seeds with confirm.seeds=5 (the default)."
     )
 
 
@@ -215,7 +228,8 @@ def test_partial_studies_still_render(tmp_path, capsys):
     assert "No trial completed yet" in html
     assert "ValueError: boom" in html and "No plot of" in html
     summary = json.loads((tmp_path / "reports" / "summary.json").read_text())
-    assert summary["failed"] == 1 and summary["winner"] is None and summary["best_value"] is None
+    assert summary["failed"] == 1 and summary["best_value"] is None
+    assert summary["recommendation"]["winner"] is None
 
     # Only pruned trials:
     pruned = optuna.create_study(storage=storage, study_name="pruned")
@@ -275,7 +289,7 @@ def test_report_renders_in_a_real_browser(tmp_path, capsys):
     chromium = _chromium()
     from playwright.sync_api import sync_playwright
 
-    write_study(f"sqlite:///{tmp_path}/study.db", 60, study_name="moons")
+    write_study(f"sqlite:///{tmp_path}/study.db", 60, study_name="moons", replicates=3)
     code, _out, err = _report(tmp_path, capsys)
     assert code == 0, err
     page_url = (tmp_path / "reports" / "index.html").as_uri()
@@ -304,8 +318,27 @@ def test_report_renders_in_a_real_browser(tmp_path, capsys):
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
         browser.close()
-    assert len(images) >= 7, images
+    assert len(images) >= 9, images  # the confidence figures too
     assert all(complete and width > 0 for _, complete, width in images), images
     assert errors == []
     assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000
+
+
+def test_generated_study_with_a_known_order_declares_it_in_every_file(tmp_path, capsys):
+    """Synthetic replicates: Adam and AdamW learn alike and fastest (benchmarks/synthetic.py)."""
+    storage = f"sqlite:///{tmp_path}/study.db"
+    write_study(storage, 120, study_name="moons", replicates=5, seed=3)
+    code, _out, err = _report(tmp_path, capsys)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "reports" / "summary.json").read_text())
+    declared = summary["recommendation"]
+    html = (tmp_path / "reports" / "index.html").read_text()
+    assert html_escape(declared["sentence"]) in html
+    assert declared["winner"] in ("adam", "adamw", "nadam")
+    assert "sgd" not in declared["group"]
+    table = pd.read_csv(tmp_path / "reports" / "recommendation.csv")
+    assert table.family[0] == declared["winner"]
+    for row, family in zip(table.itertuples(), declared["families"], strict=True):
+        assert row.family == family["family"]
+        assert family["success"] == f"{row.reached}/{row.replicates}"

@@ -38,12 +38,13 @@ PRECISIONS = (
 # Sections whose keys are ours: a key the shipped config lacks is a typo, never ignored.
 # task, sampler, pruner, optimizer.* and scheduler.* pass arguments through to user classes.
 STRICT = ("search", "trainer", "report", "confirm")
+BASELINE = ("optimizer", "lr", "schedule", "batch_size")
 
 
 def check(cfg: DictConfig, *, config_dirs: Sequence[str] = ()) -> None:
     """Raise ConfigError for the first bad value. Touches no storage and no file."""
     _known(cfg)
-    _section(cfg, "search", "trainer", "task", "sampler", "pruner", "report")
+    _section(cfg, "search", "trainer", "task", "sampler", "pruner", "confirm", "report")
     _int(cfg, "seed", low=0)
 
     task = cfg.task
@@ -104,12 +105,34 @@ def check(cfg: DictConfig, *, config_dirs: Sequence[str] = ()) -> None:
 
     for part in ("sampler", "pruner"):
         _has_target(cfg, part)
+    _confirm(cfg)
     if cfg.report.get("target") is not None:
         _number(cfg, "report.target")
     _number(cfg, "report.target_tolerance", low=0)
     if cfg.report.target_tolerance >= 1:
         raise ConfigError("report.target_tolerance", "must be below 1 (a fraction, e.g. 0.1)")
     _str(cfg, "report.dir")
+
+
+def _confirm(cfg: DictConfig) -> None:
+    _int(cfg, "confirm.seeds", low=0)
+    _int(cfg, "confirm.top_k", low=1)
+    _int(cfg, "confirm.resamples", low=100)
+    _number(cfg, "confirm.margin", low=0)
+    confidence = _number(cfg, "confirm.confidence", low=0.5, strict=True)
+    if confidence >= 1:
+        raise ConfigError("confirm.confidence", "must be below 1 (a probability, e.g. 0.9)")
+    base = cfg.confirm.get("baseline")
+    if base is None:
+        return
+    if not isinstance(base, DictConfig) or set(base) != set(BASELINE):
+        raise ConfigError(
+            "confirm.baseline", f"use null or a mapping with exactly: {', '.join(BASELINE)}"
+        )
+    _str(cfg, "confirm.baseline.optimizer")
+    _str(cfg, "confirm.baseline.schedule")
+    _number(cfg, "confirm.baseline.lr", low=0, strict=True)
+    _int(cfg, "confirm.baseline.batch_size", low=1)
 
 
 def _known(cfg: DictConfig) -> None:

@@ -35,6 +35,7 @@ RETRIED = "retried"  # a failed trial whose config was queued again after the us
 ROLE = "role"  # "search" (absent), "replicate" or "baseline"
 OF = "of"  # the search trial number a replicate repeats
 REPLICATE = "replicate"  # its index 0..R-1
+SEED = "seed"  # the seed it trains with, when not the search's seed + trial number
 
 # State labels, in the order a report lists them; MAIN are shown even when zero.
 STATES = ("complete", "pruned", "diverged", "failed", "interrupted", "lost", "running", "waiting")

@@ -94,7 +94,7 @@ def convergence(results: Results, *, y: str, x: str) -> str | None:
 
 
 def search_progress(results: Results) -> str | None:
-    data = best_so_far(results.trials, direction=results.direction)
+    data = best_so_far(results.trials[results.trials.role == "search"], direction=results.direction)
     if data.empty:
         return None
     sns.set_theme(style="whitegrid")
@@ -112,10 +112,11 @@ def search_progress(results: Results) -> str | None:
 
 def lr_sensitivity(results: Results) -> str | None:
     """Final metric against learning rate (log axis), one panel per family."""
-    data = results.trials.dropna(subset=["value", "lr"])
+    trials = results.trials
+    data = trials[trials.role == "search"].dropna(subset=["value", "lr"])
     if data.empty:
         return None
-    data = data.assign(family=data.family.map(family_label))
+    data = data.assign(family_name=data.family, family=data.family.map(family_label))
     families = sorted(data.family.unique())
     cols = min(3, len(families))
     rows = math.ceil(len(families) / cols)
@@ -140,7 +141,9 @@ def lr_sensitivity(results: Results) -> str | None:
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # narrow ranges clutter
         if log_y:
             ax.set_yscale("log")
-        ax.set_title(f"{family} ({len(part)} trials)", fontsize=9)
+        width = results.lr_band.get(part.family_name.iloc[0])
+        band = "" if width is None else f"; good lr band {width:.1f} decades"
+        ax.set_title(f"{family} ({len(part)} trials{band})", fontsize=9)
         ax.set_xlabel("learning rate (log)")
         ax.set_ylabel(f"final {LABELS.get(results.metric, results.metric)}")
     for ax in list(axes.flat)[len(families) :]:
@@ -156,7 +159,8 @@ def batch_size_speed(results: Results) -> str | None:
     """Seconds to the target by batch size, over every trial that reached it."""
     if results.ttt.empty or results.target is None:
         return None
-    data = results.trials.merge(results.ttt, left_on="number", right_on="trial")
+    searched = results.trials[results.trials.role == "search"]
+    data = searched.merge(results.ttt, left_on="number", right_on="trial")
     reached = data.dropna(subset=["seconds_to_target"])
     if reached.empty:
         return None
@@ -195,4 +199,66 @@ def importance(results: Results) -> str | None:
     ax.set_ylabel("")
     ax.set_title("Which hyperparameters matter")
     ax.legend(fontsize=8, title="")
+    return png(fig)
+
+
+def seed_times(results: Results) -> str | None:
+    """Each confirmed config's time to target over its seeds; misses drawn apart at the right."""
+    sure = results.confidence
+    if sure is None or sure.families.empty:
+        return None
+    order = list(sure.families.config)
+    labels = {
+        c: family_label(f) for c, f in zip(sure.families.config, sure.families.family, strict=True)
+    }
+    if sure.baseline is not None:
+        order.append("baseline")
+        labels["baseline"] = "your current setting"
+    data = sure.replicates[sure.replicates.config.isin(order)].copy()
+    finite = data.loc[data.reached, "time"]
+    edge = (finite.max() if not finite.empty else 1.0) * 1.15
+    data["x"] = data["time"].where(data.reached, edge)
+    data["y"] = data.config.map({c: i for i, c in enumerate(order)})
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.42 * len(order)))
+    hit, miss = data[data.reached], data[~data.reached]
+    ax.scatter(hit.x, hit.y, s=22, color="tab:blue", alpha=0.7, label="a seed")
+    ax.scatter(miss.x, miss.y, s=30, color="tab:red", marker="x", label="missed the target")
+    rows = sure.configs.set_index("config")
+    for i, config in enumerate(order):
+        row = rows.loc[config]
+        if math.isfinite(row["median_time"]):
+            high = min(row["high"], edge)
+            ax.plot([row["low"], high], [i, i], color="black", linewidth=1)
+            ax.plot([row["median_time"]] * 2, [i - 0.25, i + 0.25], color="black", linewidth=2)
+    ax.axvline(edge, color="tab:red", linewidth=0.6, linestyle=":")
+    ax.set_yticks(range(len(order)))
+    ax.set_yticklabels([labels[c] for c in order])
+    ax.invert_yaxis()
+    ax.set_xlabel("time to target (s): epochs x median seconds per epoch")
+    ax.set_title("Time to target over seeds: median (bar) and 95 % interval (line)")
+    ax.legend(fontsize=8, loc="lower right")
+    return png(fig)
+
+
+def budget(results: Results) -> str | None:
+    """Expected best final value after k search trials of each family (Dodge et al. 2019)."""
+    data = results.budget
+    if data.empty:
+        return None
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    families = list(data.family.unique())
+    sns.lineplot(
+        data=data, x="k", y="expected_best", hue="family", palette=_palette(families), ax=ax
+    )
+    common = int(data.groupby("family").k.max().min())
+    ax.axvline(common, color="black", linestyle="--", linewidth=1)
+    ax.annotate(f"every family: {common}", (common, ax.get_ylim()[1]), fontsize=8, va="top")
+    if wide(data["expected_best"]):
+        ax.set_yscale("log")
+    ax.set_xlabel("search trials of the family (k)")
+    ax.set_ylabel(f"expected best final {LABELS.get(results.metric, results.metric)}")
+    ax.set_title("If you can afford k trials: the expected best per family")
+    _legend_labels(ax)
     return png(fig)

@@ -19,14 +19,14 @@ from typing import Any
 
 import jinja2
 import optuna
-import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.core import record
 from pipeline.core.storage import close, load_study
-from pipeline.report import figures
+from pipeline.report import figures, prose
 from pipeline.report.prose import describe, family_label, num
 from pipeline.report.results import Results, collect
+from pipeline.report.summary import curves_csv, recommendation_csv, summary
 
 PACKAGES = ("torch", "pytorch-lightning", "optuna", "hydra-core", "pandas", "seaborn", "optim-race")
 
@@ -44,8 +44,9 @@ def versions() -> dict[str, str]:
 def facts(results: Results) -> dict[str, Any]:
     """The summary block: what ran, on what, with what budget, and the outcome."""
     config = results.config
-    trials = results.trials
-    runs = trials.dropna(subset=["device"])
+    every = results.trials
+    runs = every.dropna(subset=["device"])
+    trials = every[every.role == "search"]
     states = trials.state.value_counts().to_dict()
     best = trials[trials.state == "complete"]["value"]
     task = config.get("task", {})
@@ -77,7 +78,8 @@ def facts(results: Results) -> dict[str, Any]:
             s: int(states.get(s, 0)) for s in record.STATES if states.get(s, 0) or s in record.MAIN
         },
         "total": len(trials),
-        "compute_seconds": float(trials.seconds.fillna(0).sum()),
+        "replicates": int((every.role != "search").sum()),
+        "compute_seconds": float(every.seconds.fillna(0).sum()),
         "best": None
         if best.empty
         else float(best.min() if results.direction == "minimize" else best.max()),
@@ -115,6 +117,12 @@ def figure_list(results: Results) -> list[dict[str, str | None]]:
         ),
         (search, "time to target by batch size", figures.batch_size_speed(results)),
         (search, "hyperparameter importance", figures.importance(results)),
+        (
+            "sure",
+            "time to target over seeds, per family (misses at the right)",
+            figures.seed_times(results),
+        ),
+        ("sure", "expected best after k search trials, per family", figures.budget(results)),
     ]
     wide = {"learning rate against the final metric, per family"}
     return [{"section": s, "title": t, "png": p, "wide": t in wide} for s, t, p in items]
@@ -126,52 +134,23 @@ def render(results: Results, info: dict[str, Any], *, command: str) -> str:
         autoescape=True,  # model names, config strings and errors are the user's text
         undefined=jinja2.StrictUndefined,
     )
-    env.filters["cell"] = lambda value, digits=4: num(value, digits)
+    env.filters["cell"] = lambda v, digits=4: "never" if v == float("inf") else num(v, digits)
     env.filters["family"] = family_label
     env.filters["describe"] = lambda params: describe(params, skip=("lr",))
+    env.filters["seconds"] = lambda v: "never" if v == float("inf") else num(v, 3) + " s"
+    env.filters["times"] = lambda v: "never" if v == float("inf") else num(v, 3) + "x"
     table = results.recommendation
     return env.get_template("report.html.j2").render(
         r=results,
         facts=info,
         figures=figure_list(results),
+        baseline_line=prose.baseline(results),
         recommendation=table.to_dict("records") if not table.empty else [],
         trials=results.trials.sort_values("number").to_dict("records"),
         params_of=lambda p: ", ".join(f"{k} {num(v, 3)}" for k, v in p.items() if k != "lr"),
         config_yaml=OmegaConf.to_yaml(OmegaConf.create(results.config)) if results.config else "",
         command=command,
     )
-
-
-def summary(results: Results, info: dict[str, Any]) -> dict[str, Any]:
-    table = results.recommendation
-    winner = None
-    if not table.empty:
-        top = table.iloc[0]
-        winner = {
-            "family": top["family"],
-            "trial": int(top["trial"]),
-            "reached_target": bool(top["reached"]),
-            "seconds_to_target": _json_number(top["seconds_to_target"]),
-            "epochs_to_target": _json_number(top["epochs_to_target"]),
-            "lr": _json_number(top["lr"]),
-            "schedule": top["schedule"],
-            "batch_size": int(top["batch_size"]) if pd.notna(top["batch_size"]) else None,
-        }
-    return {
-        "study": results.study_name,
-        "metric": results.metric,
-        "direction": results.direction,
-        "best_value": info["best"],
-        "target": results.target.value if results.target else None,
-        "winner": winner,
-        "trials": info["total"],
-        **{f"{state}": n for state, n in info["counts"].items()},
-        "compute_seconds": round(info["compute_seconds"], 3),
-    }
-
-
-def _json_number(value: Any) -> float | None:
-    return None if value is None or pd.isna(value) else float(value)
 
 
 def _write(path: Path, text: str) -> None:
@@ -199,7 +178,12 @@ def build(cfg: DictConfig, *, command: str = "python -m pipeline.report") -> Pat
     study = load_study(cfg.search.storage, cfg.search.study_name)
     try:
         results = collect(
-            study, target=cfg.report.target, tolerance=float(cfg.report.target_tolerance)
+            study,
+            target=cfg.report.target,
+            tolerance=float(cfg.report.target_tolerance),
+            confidence=float(cfg.confirm.confidence),
+            margin=float(cfg.confirm.margin),
+            resamples=int(cfg.confirm.resamples),
         )
     finally:
         close(study)
@@ -207,19 +191,10 @@ def build(cfg: DictConfig, *, command: str = "python -m pipeline.report") -> Pat
     out.mkdir(parents=True, exist_ok=True)
     info = facts(results)  # once: versions and the date must agree between the files
     html = render(results, info, command=command)
-    table = results.recommendation
     _write(
         out / "summary.json", json.dumps(summary(results, info), indent=2, allow_nan=False) + "\n"
     )
-    _write(out / "recommendation.csv", table.to_csv(index=False))
+    _write(out / "recommendation.csv", recommendation_csv(results))
     _write(out / "curves.csv", curves_csv(results))
     _write(out / "index.html", html)
     return out / "index.html"
-
-
-def curves_csv(results: Results) -> str:
-    """One row per trial per epoch; family_best marks each family's recommended trial."""
-    curves = results.curves.copy()
-    picked = set(results.recommendation.trial) if not results.recommendation.empty else set()
-    curves["family_best"] = curves.trial.isin(picked).astype(int)
-    return curves.to_csv(index=False)

@@ -6,11 +6,12 @@ pipeline.report.html renders them; the numbers come from pipeline.report.tables.
 from __future__ import annotations
 
 import math
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from pipeline.report.tables import Target
+
+if TYPE_CHECKING:
+    from pipeline.report.results import Results
 
 NAMES = {
     "sgd": "SGD",
@@ -42,37 +43,163 @@ def num(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def sentence(table: pd.DataFrame, *, metric: str, target: Target | None, max_epochs: int) -> str:
-    """One sentence naming the winner and how much faster it is than the others."""
+def setting(row: Any) -> str:
+    """A family's setting as a person would type it."""
+    return (
+        f"{family_label(row['family'])} (lr {num(float(row['lr']))}, {row['schedule']}, "
+        f"batch {int(row['batch_size'])})"
+    )
+
+
+def seconds(value: float) -> str:
+    return "never" if math.isinf(value) else f"{value:.2f} s"
+
+
+def span(low: float, high: float, unit: str = "") -> str:
+    """An interval: "1.7-2.6x"; an unbounded end reads "or more"."""
+    if math.isnan(low):
+        return "\u2013"
+    if math.isinf(high):
+        return f"{low:.3g}{unit} or more"
+    return f"{low:.3g}\u2013{high:.3g}{unit}"
+
+
+def names(families: list[str]) -> str:
+    labels = [family_label(f) for f in families]
+    return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
+
+
+def sentence(r: Results) -> str:
+    """The recommendation in one or two sentences, as sure as the evidence allows."""
+    table, target = r.recommendation, r.target
     if table.empty:
         return "No trial completed yet, so there is nothing to recommend."
     if target is None:
         return "No trial completed, so no target could be set; see the trials below."
+    goal = f"{r.metric} {_cmp_word(target)} {target.value:.4g}"
+    sure = r.confidence
+    if sure is None:
+        return _single_runs(r, goal)
     top = table.iloc[0]
-    if not top["reached"]:
+    if sure.winner is None:
         return (
-            f"No trial reaches {target_how(target).split(':')[0]}; the closest is "
-            f"{family_label(top['family'])} (trial {top['trial']}) "
-            f"with {metric} {top['value']:.4g}."
+            f"No confirmed setting reaches {goal} in most of its {sure.seeds} seeds; the closest "
+            f"is {setting(top)}, with a median final {r.metric} of {top['median_final']:.4g}."
         )
     lead = (
-        f"{family_label(top['family'])} (lr {num(float(top['lr']))}, {top['schedule']}, batch "
-        f"{top['batch_size']}) reaches {metric} {_cmp_word(target)} {target.value:.4g} in "
-        f"{top['seconds_to_target']:.2f} s ({int(top['epochs_to_target'])} epochs)"
+        f"{setting(top)} reaches {goal} in {seconds(top['median_seconds'])} "
+        f"(median of {top['replicates']} seeds, 95 % interval "
+        f"{span(top['low_seconds'], top['high_seconds'], ' s')}; {top['reached']} of "
+        f"{top['replicates']} seeds reach it)"
     )
-    parts = []
-    others = table.iloc[1:]
-    runner = others.iloc[0] if not others.empty else None
-    if runner is not None:
-        parts.append(_versus(top, runner, max_epochs))
-    sgd = others[others.family == "sgd"]
-    if not sgd.empty and (runner is None or runner["family"] != "sgd"):
-        parts.append(_versus(top, sgd.iloc[0], max_epochs))
-    return lead + ("; " + " and ".join(parts) if parts else "") + "."
+    if sure.decided:
+        if len(table) == 1:
+            return lead + "; it is the only family searched."
+        runner = table.iloc[1]
+        return (
+            f"{lead}. It is the fastest: more than {sure.margin:.0%} faster than the runner-up, "
+            f"{family_label(runner['family'])}, with probability {runner['p_winner_faster']:.2f} "
+            f"({_times(runner)})."
+        )
+    tied = table[table.family.isin(sure.group)]
+    weakest = tied.iloc[1:]["p_winner_faster"].min()
+    return (
+        f"{names(sure.group)} cannot be separated on this evidence: {lead}, but the chance that "
+        f"it beats {family_label(tied.iloc[1]['family'])} by more than {sure.margin:.0%} is only "
+        f"{tied.iloc[1]['p_winner_faster']:.2f} (a single winner needs "
+        f"{sure.confidence:.2f} against each; the weakest is {weakest:.2f}). Any of them is a "
+        "good choice."
+    )
+
+
+def _times(row: Any) -> str:
+    if math.isinf(row["ratio"]):
+        return "it misses the target in most seeds"
+    return f"{row['ratio']:.3g}x, 95 % interval {span(row['ratio_low'], row['ratio_high'], 'x')}"
+
+
+def _single_runs(r: Results, goal: str) -> str:
+    top = r.recommendation.iloc[0]
+    if not top["reached"]:
+        return (
+            f"No trial reaches {goal}; the closest is {family_label(top['family'])} "
+            f"(trial {top['trial']}) with {r.metric} {top['value']:.4g}."
+        )
+    return (
+        f"The fastest single run was {setting(top)}: {goal} in "
+        f"{top['seconds_to_target']:.2f} s ({int(top['epochs_to_target'])} epochs). These are "
+        "single runs, one seed each, so a rerun may name another family; confirm them over "
+        "seeds with confirm.seeds=5 (the default)."
+    )
+
+
+def baseline(r: Results) -> str:
+    """The recommended setting against the one the user trains with today."""
+    sure = r.confidence
+    base = (r.config.get("confirm") or {}).get("baseline")
+    if sure is None or sure.winner is None or base is None:
+        return ""
+    current = (
+        f"your current setting ({family_label(base['optimizer'])}, lr {num(float(base['lr']))}, "
+        f"{base['schedule']}, batch {base['batch_size']})"
+    )
+    b = sure.baseline
+    if b is None:
+        return f"Against {current}: not run (it is not in the searched space)."
+    if b["reached"] * 2 <= b["replicates"]:
+        return (
+            f"Against {current}: it reaches the target in only {b['reached']} of "
+            f"{b['replicates']} seeds; the recommended setting does in most."
+        )
+    if b["p"] < sure.confidence:
+        return (
+            f"Against {current}: about as fast on this evidence ({b['ratio']:.3g}x, 95 % "
+            f"interval {span(b['low'], b['high'], 'x')}; probability {b['p']:.2f} that the "
+            "recommendation is faster)."
+        )
+    return (
+        f"Against {current}: {b['ratio']:.2g}x faster (95 % interval "
+        f"{span(b['low'], b['high'], 'x')}, probability {b['p']:.2f})."
+    )
+
+
+def how_sure(r: Results) -> str:
+    """One paragraph in plain words: what was repeated, what it shows, what it cannot."""
+    sure = r.confidence
+    if sure is None:
+        return (
+            "Every number above comes from single runs. Rerun with confirmation on "
+            "(confirm.seeds=5, the default) to repeat the leading settings over seeds."
+        )
+    top_k = (r.config.get("confirm") or {}).get("top_k", "?")
+    parts = [
+        f"Each family's {top_k} best search settings were trained again with {sure.seeds} "
+        "new seeds (new initial weights and data order) for the full "
+        f"{r.max_epochs} epochs. Times are the median over those seeds; the interval is the "
+        "range the median would likely fall in with other seeds, and a probability says how "
+        "often the winner stays faster when the seeds are drawn again."
+    ]
+    if sure.winner is not None and sure.decided:
+        parts.append(
+            f"{family_label(sure.winner)} was faster than every other family often enough to "
+            "be named alone."
+        )
+    elif sure.winner is not None:
+        parts.append(
+            f"{names(sure.group)} trade places from seed to seed: pick by what else matters "
+            "to you (tuning ease below, or what you use today)."
+        )
+    if not r.random_sampler:
+        parts.append(
+            "The budget curves assume independent draws (random search); this study's sampler "
+            "was not random, so read them as a guide (search.protocol=fair gives the unbiased "
+            "comparison)."
+        )
+    return " ".join(parts)
 
 
 def _cmp_word(target: Target) -> str:
-    return "≤" if target.direction == "minimize" else "≥"
+    return "\u2264" if target.direction == "minimize" else "\u2265"
 
 
 def target_how(target: Target) -> str:
@@ -80,17 +207,14 @@ def target_how(target: Target) -> str:
     cmp = "<=" if target.direction == "minimize" else ">="
     if target.best is None:
         return f"{target.metric} {cmp} {target.value:.4g} (report.target)"
+    source = (
+        f"the median over seeds of the best confirmed setting's final {target.metric}"
+        if target.source == "replicates"
+        else f"the best final {target.metric} of a single trial"
+    )
     return (
-        f"{target.metric} {cmp} {target.value:.4g}: the best final {target.metric} "
+        f"{target.metric} {cmp} {target.value:.4g}: {source} "
         f"({target.best:.4g}) relaxed by {target.tolerance:.0%}"
         + (" of its error rate" if target.metric == "val_acc" else "")
         + " (set report.target to choose it)"
     )
-
-
-def _versus(top: pd.Series, other: pd.Series, max_epochs: int) -> str:
-    name = f"the best {family_label(other['family'])} run"
-    if other["reached"]:
-        ratio = other["seconds_to_target"] / max(top["seconds_to_target"], 1e-9)
-        return f"{ratio:.1f}x faster than {name}"
-    return f"{name} does not reach it within {max_epochs} epochs"

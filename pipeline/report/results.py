@@ -1,6 +1,11 @@
 """Everything a report shows, computed once from the study: tables first, words second.
 
-results = collect(study, target=None, tolerance=0.1)   # pipeline.report.html renders it
+    results = collect(study, target=None, tolerance=0.1)   # pipeline.report.html renders it
+
+With confirmation replicates (the default), the recommendation ranks each family's confirmed
+config by its median time-to-target over seeds (pipeline.report.confidence). Without them
+(confirm.seeds=0), it shows each family's fastest single search trial and says that a rerun
+may name another family.
 """
 
 from __future__ import annotations
@@ -12,13 +17,15 @@ import optuna
 import pandas as pd
 
 from pipeline.core import record
+from pipeline.report import prose
+from pipeline.report.confidence import Confidence, assess, budget_curves, lr_band, replicate_target
 from pipeline.report.importance import importance
-from pipeline.report.prose import sentence, target_how
 from pipeline.report.tables import (
     Target,
     curves_frame,
     derive_target,
     recommend,
+    replicates_frame,
     time_to_target,
     trials_frame,
     visible_trials,
@@ -36,16 +43,37 @@ class Results:
     trials: pd.DataFrame
     curves: pd.DataFrame
     target: Target | None
-    ttt: pd.DataFrame
-    recommendation: pd.DataFrame
-    sentence: str
-    target_how: str
+    ttt: pd.DataFrame  # search trials' time to the target
+    recommendation: pd.DataFrame  # one row per family, ranked
+    confidence: Confidence | None  # None: no confirmation replicates
+    budget: pd.DataFrame  # expected best of k search trials, per family
+    lr_band: dict[str, float]  # decades of lr within 10 % of each family's best
+    sentence: str = ""
+    target_how: str = ""
+    how_sure: str = ""  # the plain-language paragraph
     data_sizes: dict[str, int] = field(default_factory=dict)  # n_train, n_val, n_params
     importance: dict[str, dict[str, float]] = field(default_factory=dict)
     importance_note: str = ""
 
+    @property
+    def max_epochs(self) -> int:
+        return int(self.config.get("trainer", {}).get("max_epochs", 0) or 0)
 
-def collect(study: optuna.Study, *, target: float | None = None, tolerance: float = 0.1) -> Results:
+    @property
+    def random_sampler(self) -> bool:
+        target = str((self.config.get("sampler") or {}).get("_target_", ""))
+        return target.endswith("RandomSampler")
+
+
+def collect(
+    study: optuna.Study,
+    *,
+    target: float | None = None,
+    tolerance: float = 0.1,
+    confidence: float = 0.9,
+    margin: float = 0.1,
+    resamples: int = 2000,
+) -> Results:
     config = study.user_attrs.get("config", {})
     search = config.get("search", {})
     metric = study.user_attrs.get("metric", search.get("metric", "val_loss"))
@@ -55,9 +83,13 @@ def collect(study: optuna.Study, *, target: float | None = None, tolerance: floa
     visible = visible_trials(study)
     trials = trials_frame(visible)
     curves = curves_frame(visible)
-    goal = derive_target(
-        trials, metric=metric, direction=direction, target=target, tolerance=tolerance
-    )
+    replicates = replicates_frame(trials)
+    goal = (
+        Target(float(target), metric, direction, source="report.target")
+        if target is not None
+        else replicate_target(replicates, metric=metric, direction=direction, tolerance=tolerance)
+    ) or derive_target(trials, metric=metric, direction=direction, target=None, tolerance=tolerance)
+    searched = trials[trials.role == "search"]
     ttt = (
         time_to_target(curves, metric=metric, direction=direction, target=goal.value)
         if goal
@@ -65,8 +97,26 @@ def collect(study: optuna.Study, *, target: float | None = None, tolerance: floa
             columns=["trial", "epochs_to_target", "steps_to_target", "seconds_to_target"]
         )
     )
-    table = recommend(trials, ttt, direction=direction) if not trials.empty else pd.DataFrame()
-    max_epochs = int(config.get("trainer", {}).get("max_epochs", 0) or 0)
+    sure = None
+    if goal is not None and not replicates.empty:
+        seeds = int(config.get("confirm", {}).get("seeds", replicates.replicate.max() + 1))
+        sure = assess(
+            replicates,
+            curves[curves.trial.isin(replicates.trial)],
+            target=goal,
+            seeds=seeds,
+            confidence=confidence,
+            margin=margin,
+            resamples=resamples,
+        )
+    band = lr_band(trials, direction=direction)
+    budget = budget_curves(trials, direction=direction)
+    if sure is not None and not sure.families.empty:
+        table = _confirmed_table(sure, searched, band, budget)
+    elif not searched.empty:
+        table = recommend(searched, ttt, direction=direction)
+    else:
+        table = pd.DataFrame()
     results = Results(
         study_name=study.study_name,
         metric=metric,
@@ -77,14 +127,65 @@ def collect(study: optuna.Study, *, target: float | None = None, tolerance: floa
         target=goal,
         ttt=ttt,
         recommendation=table,
-        sentence=sentence(table, metric=metric, target=goal, max_epochs=max_epochs),
-        target_how=target_how(goal) if goal else "",
+        confidence=sure,
+        budget=budget,
+        lr_band=band,
     )
+    results.sentence = prose.sentence(results)
+    results.target_how = prose.target_how(goal) if goal else ""
+    results.how_sure = prose.how_sure(results)
     winner = None if table.empty else str(table.iloc[0]["family"])
-    results.importance, results.importance_note = importance(study, visible, winner=winner)
+    search_trials = [t for t in visible if record.role(t) == "search"]
+    results.importance, results.importance_note = importance(study, search_trials, winner=winner)
     runs = [run for t in visible if (run := record.run_of(t)) is not None]
     if runs:
         last = runs[-1]
         sizes = {"n_train": last.n_train, "n_val": last.n_val, "n_params": last.n_params}
         results.data_sizes = {k: int(v) for k, v in sizes.items() if v is not None}
     return results
+
+
+def _confirmed_table(
+    sure: Confidence, searched: pd.DataFrame, band: dict[str, float], budget: pd.DataFrame
+) -> pd.DataFrame:
+    """One row per family: its confirmed config's settings beside its times over seeds."""
+    by_number = searched.set_index("number")
+    counts = searched.groupby("family").size()
+    common = int(budget.groupby("family").k.max().min()) if not budget.empty else 0
+    at_common = (
+        budget[budget.k == common].set_index("family")["expected_best"] if common else pd.Series()
+    )
+    rows = []
+    for _, row in sure.families.iterrows():
+        trial = by_number.loc[int(row["config"])]
+        family = row["family"]
+        rows.append(
+            {
+                "rank": int(row["rank"]),
+                "family": family,
+                "trials": int(counts.get(family, 0)),
+                "trial": int(row["config"]),
+                "lr": trial["lr"],
+                "hyperparameters": trial["params"],
+                "schedule": trial["schedule"],
+                "batch_size": trial["batch_size"],
+                "median_seconds": row["median_time"],
+                "low_seconds": row["low"],
+                "high_seconds": row["high"],
+                "reached": int(row["reached"]),
+                "replicates": int(row["replicates"]),
+                "median_epochs": row["median_epochs"],
+                "median_steps": row["median_steps"],
+                "median_raw_seconds": row["median_raw_seconds"],
+                "ratio": row["ratio"],
+                "ratio_low": row["ratio_low"],
+                "ratio_high": row["ratio_high"],
+                "p_winner_faster": row["p_winner_faster"],
+                "tied": family in sure.group and family != sure.winner,
+                "median_final": row["median_final"],
+                "lr_band_decades": band.get(family, float("nan")),
+                "expected_best_at_k": at_common.get(family, float("nan")),
+                "common_k": common,
+            }
+        )
+    return pd.DataFrame(rows)

@@ -36,6 +36,9 @@ TRIAL_COLUMNS = [
     "device",
     "note",
     "params",
+    "role",
+    "of",
+    "replicate",
 ]
 
 
@@ -72,9 +75,32 @@ def trials_frame(trials: list[FrozenTrial]) -> pd.DataFrame:
                 "device": stored.device if stored else None,
                 "note": record.note(t),
                 "params": own,
+                "role": record.role(t),
+                "of": t.user_attrs.get(record.OF),
+                "replicate": t.user_attrs.get(record.REPLICATE),
             }
         )
     return pd.DataFrame(rows, columns=TRIAL_COLUMNS)
+
+
+def replicates_frame(trials: pd.DataFrame) -> pd.DataFrame:
+    """Confirmation replicates that ended on their own, one per (config, index), for assess().
+
+    A diverged or failed replicate counts: it never reaches the target. One cut short by a
+    kill or Ctrl-C does not (a rerun runs it again).
+    """
+    ended = trials[
+        (trials.role != "search") & trials.state.isin(("complete", "pruned", "diverged", "failed"))
+    ]
+    ended = ended.sort_values("number").copy()
+    ended["config"] = [
+        "baseline" if role == "baseline" else str(int(of))
+        for role, of in zip(ended.role, ended.of, strict=True)
+    ]
+    ended = ended.drop_duplicates(subset=["config", "replicate"], keep="first")
+    return ended.rename(columns={"number": "trial", "value": "final"})[
+        ["trial", "role", "config", "family", "replicate", "final"]
+    ]
 
 
 def curves_frame(trials: list[FrozenTrial]) -> pd.DataFrame:
@@ -113,7 +139,7 @@ def derive_target(
     """report.target when set; otherwise the best final value relaxed by the tolerance."""
     if target is not None:
         return Target(float(target), metric, direction, source="report.target")
-    done = trials[trials.state == "complete"]["value"].dropna()
+    done = trials[(trials.state == "complete") & (trials.role == "search")]["value"].dropna()
     if done.empty:
         return None
     best = float(done.min() if direction == "minimize" else done.max())

@@ -14,15 +14,16 @@ from collections.abc import Sequence
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
-from pipeline.core import record
 from pipeline.config.cli import run
+from pipeline.core import record
 from pipeline.search.progress import best_value
 from pipeline.search.workers import Outcome, search
 
 
 def summary(outcome: Outcome, cfg: DictConfig) -> list[str]:
-    """The lines printed after a search: what ran, the best value, and what to do next."""
-    trials = [t for t in outcome.trials if record.counts(t)]
+    """The lines printed after a search: what ran, the best single trial, what to do next."""
+    searched = [t for t in outcome.trials if record.role(t) == "search"]
+    trials = [t for t in searched if record.counts(t)]
     by_state = {s: sum(t.state == s for t in trials) for s in TrialState}
     diverged = sum(record.state(t) == "diverged" for t in trials)
     name = cfg.search.study_name
@@ -32,9 +33,16 @@ def summary(outcome: Outcome, cfg: DictConfig) -> list[str]:
         + (f" ({diverged} diverged)" if diverged else "")
         + f", {by_state[TrialState.FAIL]} failed) in {outcome.seconds:.1f} s"
     ]
-    best = best_value(outcome.trials, cfg.search.direction)
+    if outcome.replicates_planned:
+        confirmed = [t for t in outcome.trials if record.role(t) != "search" and record.counts(t)]
+        lines.append(
+            f"confirmation: {len(confirmed)}/{outcome.replicates_planned} replicates "
+            f"({cfg.confirm.seeds} seeds for each family's top {cfg.confirm.top_k} and the "
+            "baseline)"
+        )
+    best = best_value(searched, cfg.search.direction)
     if best is not None:
-        top = next(t for t in outcome.trials if t.state == TrialState.COMPLETE and t.value == best)
+        top = next(t for t in searched if t.state == TrialState.COMPLETE and t.value == best)
         p = top.params
         lines.append(
             f"best {cfg.search.metric} {best:.4g}: trial {top.number} "

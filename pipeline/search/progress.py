@@ -23,11 +23,11 @@ def best_value(trials: Sequence[FrozenTrial], direction: str) -> float | None:
 
 
 class Progress:
-    def __init__(self, total: int, *, metric: str, direction: str) -> None:
+    def __init__(self, total: int, *, metric: str, direction: str, label: str = "trials") -> None:
         self.metric, self.direction = metric, direction
         self.bar = tqdm(
             total=total,
-            desc="trials",
+            desc=label,
             unit="trial",
             file=sys.stderr,
             dynamic_ncols=True,

@@ -39,22 +39,36 @@ RESUMABLE = (
     "sampler",
     "pruner",
     "seed",
+    "confirm",
     "report",
 )
 
 
 @dataclass(frozen=True)
 class Budget:
+    """search.n_trials search trials; confirmation replicates have their own count."""
+
     n_trials: int
     grid: bool = False
+    role: str = "search"
+
+    def done(self, trials: Sequence[FrozenTrial]) -> int:
+        return sum(record.counts(t) for t in self._own(trials))
 
     def missing(self, trials: Sequence[FrozenTrial]) -> int:
-        done = sum(record.counts(t) for t in trials)
-        running = sum(t.state == TrialState.RUNNING for t in trials)
-        left = self.n_trials - done - running
+        own = self._own(trials)
+        if self.role != "search":  # replicates: whatever is still queued
+            return sum(t.state == TrialState.WAITING for t in own)
+        running = sum(t.state == TrialState.RUNNING for t in own)
+        left = self.n_trials - self.done(own) - running
         if self.grid:
-            left = min(left, sum(t.state == TrialState.WAITING for t in trials))
+            left = min(left, sum(t.state == TrialState.WAITING for t in own))
         return left
+
+    def _own(self, trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+        if self.role == "search":
+            return [t for t in trials if record.role(t) == "search"]
+        return [t for t in trials if record.role(t) != "search"]
 
 
 def prepare(cfg: DictConfig, space: SearchSpace) -> tuple[optuna.Study, Budget]:

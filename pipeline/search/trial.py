@@ -18,6 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.core import record
 from pipeline.core.record import Run, write_run
 from pipeline.search.callbacks import CurveRecorder, TrialGuard
 from pipeline.search.data import TensorDataModule
@@ -111,7 +112,8 @@ class TrialRunner:
     def run(self, trial: optuna.Trial) -> float:
         started = time.perf_counter()
         choice = self.space.sample(trial)
-        seed = int(self.cfg.seed) + trial.number
+        attrs = trial.user_attrs  # a confirmation replicate: its own seed, never pruned
+        seed = int(attrs.get(record.SEED, int(self.cfg.seed) + trial.number))
         pl.seed_everything(seed, verbose=False)
 
         net = self.make_model()
@@ -143,7 +145,7 @@ class TrialRunner:
             recorder,
             metric=self.cfg.search.metric,
             divergence_factor=float(self.cfg.search.divergence_factor),
-            prune=self.prune,
+            prune=self.prune and record.ROLE not in attrs,
         )
         trainer = pl.Trainer(**self.trainer_kwargs, **extra, callbacks=[recorder, guard])
         try:

@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.core import record
 from pipeline.core.storage import close, open_storage
-from pipeline.search import interrupt
+from pipeline.search import confirm, interrupt
 from pipeline.search.objective import Objective
 from pipeline.search.preflight import preflight
 from pipeline.search.progress import Progress, best_value, quiet
@@ -40,6 +40,7 @@ class Outcome:
     seconds: float
     interrupted: bool
     failed_workers: int = 0
+    replicates_planned: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -47,7 +48,7 @@ class Outcome:
             return interrupt.exit_code()
         if self.failed_workers:
             return 1
-        ended = [t for t in self.trials if record.counts(t)]
+        ended = [t for t in self.trials if record.counts(t) and record.role(t) == "search"]
         if ended and all(t.state == TrialState.FAIL for t in ended):
             return 1
         return 0
@@ -70,9 +71,14 @@ def work(
     budget: Budget,
     study: optuna.Study,
     *,
+    quota: int | None = None,
     progress: Progress | None = None,
 ) -> None:
-    """Run trials of `study` here until the budget is met, the timeout passes or a stop."""
+    """Run trials here until the budget is met, `quota` trials ran, the timeout passed or a stop.
+
+    The confirmation gives each worker a quota that adds up to the queued replicates, so no
+    worker asks for a trial when none is queued (Optuna would sample a new search trial).
+    """
     note = progress.note if progress else _print_err
     prune = not isinstance(study.pruner, optuna.pruners.NopPruner)
     objective = Objective(cfg, space, prune=prune, note=note)
@@ -80,22 +86,23 @@ def work(
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         trials = study.get_trials(deepcopy=False)
         if progress is not None:
-            _show(progress, trials)
+            _show(progress, budget, trials)
         if interrupt.requested() or budget.missing(trials) <= 0:
             study.stop()
 
-    if budget.missing(study.get_trials(deepcopy=False)) > 0:
+    if quota != 0 and budget.missing(study.get_trials(deepcopy=False)) > 0:
         study.optimize(
             objective,
-            timeout=cfg.search.timeout,
+            n_trials=quota,
+            timeout=cfg.search.timeout if budget.role == "search" else None,
             catch=(Exception,),
             callbacks=[after_trial],
             gc_after_trial=False,
         )
 
 
-def _show(progress: Progress, trials: Sequence[FrozenTrial]) -> None:
-    progress.update(sum(record.counts(t) for t in trials), best_value(trials, progress.direction))
+def _show(progress: Progress, budget: Budget, trials: Sequence[FrozenTrial]) -> None:
+    progress.update(budget.done(trials), best_value(trials, progress.direction))
 
 
 def _print_err(line: str) -> None:
@@ -110,35 +117,70 @@ def threads_per_worker(cfg: DictConfig) -> int:
 
 
 def search(cfg: DictConfig) -> Outcome:
-    """Prepare the study, run the missing trials (in-process or in worker processes)."""
+    """Prepare the study, run the missing trials, then the missing confirmation replicates."""
     started = time.perf_counter()
     quiet(bool(cfg.trainer.verbose))
     space = preflight(cfg)
     study, budget = prepare(cfg, space)
-    trials = study.get_trials(deepcopy=False)
-    progress = Progress(budget.n_trials, metric=cfg.search.metric, direction=cfg.search.direction)
-    _show(progress, trials)
     interrupt.reset()
+    _set_threads(threads_per_worker(cfg))
+    if int(cfg.search.n_workers) == 1:
+        interrupt.install()
     failed_workers = 0
+    planned = 0
     try:
-        if budget.missing(trials) > 0:
-            # The study from prepare() is worker 0's: its sampler has the unshifted seed.
-            _set_threads(threads_per_worker(cfg))
-            if int(cfg.search.n_workers) == 1:
-                interrupt.install()
-                work(cfg, space, budget, study, progress=progress)
-            else:
-                failed_workers = _run_workers(cfg, space, budget, progress, study)
+        # The study from prepare() is worker 0's: its sampler has the unshifted seed.
+        failed_workers += _phase(cfg, space, study, budget, "trials")
+        trials = study.get_trials(deepcopy=False)
+        if int(cfg.confirm.seeds) > 0 and not interrupt.requested() and budget.done(trials):
+            _, planned = confirm.enqueue_missing(study, cfg, space)
+            for line in confirm.notes(cfg, space):
+                _print_err(line)
+            replicates = Budget(planned, role="replicate")
+            failed_workers += _phase(cfg, space, study, replicates, "replicates")
     finally:
         trials = study.get_trials(deepcopy=False)
-        _show(progress, trials)
-        progress.close()
         close(study)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return Outcome(
-        study, trials, time.perf_counter() - started, interrupt.requested(), failed_workers
+        study,
+        trials,
+        time.perf_counter() - started,
+        interrupt.requested(),
+        failed_workers,
+        replicates_planned=planned,
     )
+
+
+def _phase(
+    cfg: DictConfig, space: SearchSpace, study: optuna.Study, budget: Budget, label: str
+) -> int:
+    """Run what `budget` is missing on every worker, with a progress bar; failed workers."""
+    trials = study.get_trials(deepcopy=False)
+    progress = Progress(
+        budget.n_trials, label=label, metric=cfg.search.metric, direction=cfg.search.direction
+    )
+    _show(progress, budget, trials)
+    missing = budget.missing(trials)
+    n_workers = int(cfg.search.n_workers)
+    # Replicates are queued: split them so that no worker asks when nothing is queued.
+    quotas = None if budget.role == "search" else _split(missing, n_workers)
+    failed = 0
+    try:
+        if missing > 0:
+            if n_workers == 1:
+                work(cfg, space, budget, study, quota=quotas and quotas[0], progress=progress)
+            else:
+                failed = _run_workers(cfg, space, budget, progress, study, quotas)
+    finally:
+        _show(progress, budget, study.get_trials(deepcopy=False))
+        progress.close()
+    return failed
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (i < total % parts) for i in range(parts)]
 
 
 def _set_threads(n: int) -> None:
@@ -153,6 +195,7 @@ def _run_workers(
     budget: Budget,
     progress: Progress,
     study: optuna.Study,
+    quotas: list[int] | None,
 ) -> int:
     """Worker 0 runs here (its imports are done); workers 1..n-1 are spawned processes.
 
@@ -164,7 +207,7 @@ def _run_workers(
     workers = [
         context.Process(
             target=_worker_main,
-            args=(config, i, threads, budget),
+            args=(config, i, threads, budget, quotas and quotas[i]),
             name=f"pipeline-worker-{i}",
         )
         for i in range(1, int(cfg.search.n_workers))
@@ -192,15 +235,18 @@ def _run_workers(
                 os.environ.pop("CUDA_VISIBLE_DEVICES", None)
             else:
                 os.environ["CUDA_VISIBLE_DEVICES"] = saved
-    work(cfg, space, budget, study, progress=progress)  # worker 0, on GPU 0 (the first visible)
+    # Worker 0, on GPU 0 (the first visible).
+    work(cfg, space, budget, study, quota=quotas and quotas[0], progress=progress)
     while any(w.is_alive() for w in workers):
         for w in workers:
             w.join(timeout=0.5)
-        _show(progress, study.get_trials(deepcopy=False))
+        _show(progress, budget, study.get_trials(deepcopy=False))
     return sum(w.exitcode not in (0, 128 + signal.SIGINT, 128 + signal.SIGTERM) for w in workers)
 
 
-def _worker_main(config: dict[str, Any], index: int, threads: int, budget: Budget) -> None:
+def _worker_main(
+    config: dict[str, Any], index: int, threads: int, budget: Budget, quota: int | None
+) -> None:
     """A worker process: the same config and budget, its own sampler seed, a share of cores."""
     cfg = OmegaConf.create(config)
     quiet(bool(cfg.trainer.verbose))
@@ -209,7 +255,7 @@ def _worker_main(config: dict[str, Any], index: int, threads: int, budget: Budge
     space = SearchSpace.from_config(cfg)
     study = load_for_worker(cfg, worker=index)
     try:
-        work(cfg, space, budget, study)
+        work(cfg, space, budget, study, quota=quota)
     finally:
         close(study)
     if interrupt.requested():

@@ -1,0 +1,319 @@
+"""How sure the recommendation is: time-to-target over seeds, bootstrap intervals, winner or tie.
+
+    confidence = assess(trials, curves, metric="val_loss", direction="minimize", ...)
+
+The confirmation phase (pipeline.search.confirm) re-runs each family's leading configs with R
+fresh seeds. Here, per replicate, the first epoch that reaches the target; a replicate that
+never does counts as infinite (AlgoPerf), and infinity takes part in the median.
+
+Seconds are estimated, not read: epochs-to-target x the config's median seconds per epoch over
+its replicates. A replicate's own seconds-to-target also holds model set-up and whatever else
+the machine was doing in that moment (20 % apart between reruns on a shared 2-core machine);
+the number of epochs is exact and the per-epoch rate is a median of R x epochs measurements.
+The raw seconds stay in the table beside it.
+
+Uncertainty (as DeepOBS and AlgoPerf report it, in plain resampling): each config's R times
+are resampled with replacement; the 2.5 and 97.5 percentiles of the resampled medians give its
+95 % interval, and the share of resamples in which the winner's median is more than `margin`
+(10 %) below another family's estimates the probability that the winner is faster. The margin
+is there because a few per cent is what wall-clock timing moves by between two runs of the
+same setting on a shared machine: a smaller lead is not a lead. A single winner is named only
+when that probability reaches `confidence` (0.9) against every other family; otherwise the
+families it cannot separate are named together.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from pipeline.report.tables import Target, relax
+
+INTERVAL = (2.5, 97.5)
+
+
+@dataclass
+class Confidence:
+    """Everything the "How sure is this?" section shows."""
+
+    target: Target
+    replicates: pd.DataFrame  # one row per replicate trial
+    configs: pd.DataFrame  # one row per confirmed config (and the baseline)
+    families: pd.DataFrame  # one row per family: its confirmed config, ranked
+    winner: str | None  # the fastest family's name
+    group: list[str]  # families the winner cannot be separated from (itself first)
+    seeds: int
+    confidence: float
+    margin: float
+    baseline: dict[str, float] | None = None  # ratio, low, high, p, reached
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def decided(self) -> bool:
+        return self.winner is not None and len(self.group) == 1
+
+
+def replicate_target(
+    replicates: pd.DataFrame, *, metric: str, direction: str, tolerance: float
+) -> Target | None:
+    """The median over seeds of the best confirmed config's final value, relaxed (AlgoPerf)."""
+    scored = replicates[replicates.role == "replicate"].dropna(subset=["final"])
+    if scored.empty:
+        return None
+    medians = scored.groupby("config")["final"].median()
+    best = float(medians.min() if direction == "minimize" else medians.max())
+    value = relax(best, metric=metric, direction=direction, tolerance=tolerance)
+    return Target(value, metric, direction, best, tolerance, source="replicates")
+
+
+def replicate_times(
+    replicates: pd.DataFrame, curves: pd.DataFrame, *, target: Target
+) -> pd.DataFrame:
+    """Per replicate: epochs, steps and seconds to the target (inf: never), raw and robust."""
+    out = replicates.copy()
+    hits = _first_hits(curves, target)
+    rate = _seconds_per_epoch(curves)
+    out = out.merge(hits, on="trial", how="left").merge(rate, on="trial", how="left")
+    per_config = out.groupby("config")["epoch_seconds"].transform("median")
+    out["reached"] = out["epochs_to_target"].notna()
+    for column in ("epochs_to_target", "steps_to_target", "raw_seconds_to_target"):
+        out[column] = out[column].fillna(math.inf)
+    out["time"] = out["epochs_to_target"] * per_config
+    return out
+
+
+def _first_hits(curves: pd.DataFrame, target: Target) -> pd.DataFrame:
+    columns = ["trial", "epochs_to_target", "steps_to_target", "raw_seconds_to_target"]
+    if curves.empty:
+        return pd.DataFrame(columns=columns)
+    values = curves[target.metric]
+    hit = curves[
+        (values <= target.value) if target.direction == "minimize" else (values >= target.value)
+    ]
+    first = hit.sort_values(["trial", "epoch"]).groupby("trial", as_index=False).first()
+    return first.rename(
+        columns={
+            "epoch": "epochs_to_target",
+            "step": "steps_to_target",
+            "seconds": "raw_seconds_to_target",
+        }
+    )[columns]
+
+
+def _seconds_per_epoch(curves: pd.DataFrame) -> pd.DataFrame:
+    """Median wall-clock seconds between consecutive epochs (set-up before epoch 1 left out)."""
+    if curves.empty:
+        return pd.DataFrame(columns=["trial", "epoch_seconds"])
+    ordered = curves.sort_values(["trial", "epoch"])
+    gaps = ordered.groupby("trial")["seconds"].diff()
+    first = ordered.groupby("trial")["seconds"].transform("first")
+    gaps = gaps.fillna(first)  # a one-epoch run: its only epoch, set-up included
+    return (
+        ordered.assign(gap=gaps)
+        .groupby("trial", as_index=False)["gap"]
+        .median()
+        .rename(columns={"gap": "epoch_seconds"})
+    )
+
+
+def bootstrap_medians(values: np.ndarray, *, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n medians of resamples (with replacement) of `values`; inf stays inf."""
+    if len(values) == 0:
+        return np.full(n, math.inf)
+    index = rng.integers(0, len(values), size=(n, len(values)))
+    # "inverted_cdf" picks an element rather than averaging two: inf with a number stays inf.
+    return np.quantile(values[index], 0.5, axis=1, method="inverted_cdf")
+
+
+def interval(medians: np.ndarray) -> tuple[float, float]:
+    low, high = np.percentile(medians, INTERVAL, method="inverted_cdf")
+    return float(low), float(high)
+
+
+def p_faster(a: np.ndarray, b: np.ndarray, *, margin: float = 0.0) -> float:
+    """Share of resamples in which a's median is more than `margin` below b's.
+
+    Both never reaching the target is a tie and counts half.
+    """
+    with np.errstate(invalid="ignore"):
+        faster = b > a * (1 + margin)
+    return float(np.mean(faster + 0.5 * (np.isinf(a) & np.isinf(b))))
+
+
+def ratio_interval(fast: np.ndarray, slow: np.ndarray) -> tuple[float, float]:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratios = np.where(np.isinf(slow) & np.isinf(fast), np.nan, slow / fast)
+    ratios = ratios[~np.isnan(ratios)]
+    if len(ratios) == 0:
+        return math.nan, math.nan
+    return interval(ratios)
+
+
+def median(values: np.ndarray) -> float:
+    if len(values) == 0:
+        return math.inf
+    return float(np.quantile(values, 0.5, method="inverted_cdf"))
+
+
+def assess(
+    replicates: pd.DataFrame,
+    curves: pd.DataFrame,
+    *,
+    target: Target,
+    seeds: int,
+    confidence: float = 0.9,
+    margin: float = 0.1,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> Confidence:
+    """Rank the confirmed configs by median time-to-target, with intervals and probabilities.
+
+    `replicates` has one row per replicate trial: trial, role ("replicate" or "baseline"),
+    config (the search trial it repeats, or "baseline"), family, final.
+    """
+    times = replicate_times(replicates, curves, target=target)
+    rng = np.random.default_rng(seed)  # fixed: the same study gives the same declaration
+    boots: dict[str, np.ndarray] = {}
+    rows = []
+    for config, group in times.groupby("config", sort=False):
+        values = group["time"].to_numpy(dtype=float)
+        boots[str(config)] = bootstrap_medians(values, n=resamples, rng=rng)
+        low, high = interval(boots[str(config)])
+        rows.append(
+            {
+                "config": str(config),
+                "role": group["role"].iloc[0],
+                "family": group["family"].iloc[0],
+                "replicates": len(group),
+                "reached": int(group["reached"].sum()),
+                "median_time": median(values),
+                "low": low,
+                "high": high,
+                "median_epochs": median(group["epochs_to_target"].to_numpy(dtype=float)),
+                "median_steps": median(group["steps_to_target"].to_numpy(dtype=float)),
+                "median_raw_seconds": median(group["raw_seconds_to_target"].to_numpy(dtype=float)),
+                "epoch_seconds": float(group["epoch_seconds"].median()),
+                "median_final": float(group["final"].median()),
+            }
+        )
+    configs = pd.DataFrame(rows)
+    result = Confidence(
+        target=target,
+        replicates=times,
+        configs=configs,
+        families=pd.DataFrame(),
+        winner=None,
+        group=[],
+        seeds=seeds,
+        confidence=confidence,
+        margin=margin,
+    )
+    searched = configs[configs.role == "replicate"] if not configs.empty else configs
+    if searched.empty:
+        return result
+    better = 1 if target.direction == "minimize" else -1
+    ranked = searched.assign(_final=searched["median_final"] * better).sort_values(
+        ["median_time", "_final", "config"]
+    )
+    families = ranked.groupby("family", sort=False).head(1).drop(columns="_final")
+    families = families.reset_index(drop=True)
+    top = families.iloc[0]
+    winner_boot = boots[top["config"]]
+    p, ratio, ratio_low, ratio_high = [], [], [], []
+    for _, row in families.iterrows():
+        other = boots[row["config"]]
+        p.append(
+            math.nan
+            if row["config"] == top["config"]
+            else p_faster(winner_boot, other, margin=margin)
+        )
+        ratio.append(_ratio(top["median_time"], row["median_time"]))
+        low, high = ratio_interval(winner_boot, other)
+        ratio_low.append(low)
+        ratio_high.append(high)
+    families = families.assign(
+        p_winner_faster=p, ratio=ratio, ratio_low=ratio_low, ratio_high=ratio_high
+    )
+    families.insert(0, "rank", range(1, len(families) + 1))
+    result.families = families
+    if math.isinf(top["median_time"]):
+        result.notes.append("no confirmed config reaches the target in most of its seeds")
+        return result
+    result.winner = str(top["family"])
+    result.group = [result.winner] + [
+        str(row["family"])
+        for _, row in families.iloc[1:].iterrows()
+        if row["p_winner_faster"] < confidence
+    ]
+    base = configs[configs.role == "baseline"]
+    if not base.empty:
+        b = base.iloc[0]
+        low, high = ratio_interval(winner_boot, boots[b["config"]])
+        result.baseline = {
+            "ratio": _ratio(top["median_time"], b["median_time"]),
+            "low": low,
+            "high": high,
+            "p": p_faster(winner_boot, boots[b["config"]], margin=margin),
+            "reached": int(b["reached"]),
+            "replicates": int(b["replicates"]),
+        }
+    return result
+
+
+def _ratio(fast: float, slow: float) -> float:
+    if math.isinf(fast):
+        return math.nan
+    return math.inf if math.isinf(slow) else slow / fast
+
+
+def expected_best(values: np.ndarray, k: int, *, direction: str) -> float:
+    """Dodge et al. 2019: the expected best of k independent draws from these n results."""
+    ordered = np.sort(values if direction == "maximize" else -values)  # ascending goodness
+    n = len(ordered)
+    i = np.arange(1, n + 1)
+    weights = (i / n) ** k - ((i - 1) / n) ** k
+    best = float(np.sum(ordered * weights))
+    return best if direction == "maximize" else -best
+
+
+def budget_curves(trials: pd.DataFrame, *, direction: str) -> pd.DataFrame:
+    """Per family and k = 1..n: the expected best final value after k of its search trials."""
+    rows = []
+    done = trials[(trials.state == "complete") & (trials.role == "search")].dropna(subset=["value"])
+    for family, group in done.groupby("family"):
+        values = group["value"].to_numpy(dtype=float)
+        for k in range(1, len(values) + 1):
+            rows.append(
+                {
+                    "family": family,
+                    "k": k,
+                    "expected_best": expected_best(values, k, direction=direction),
+                }
+            )
+    return pd.DataFrame(rows, columns=["family", "k", "expected_best"])
+
+
+def lr_band(trials: pd.DataFrame, *, direction: str, within: float = 0.1) -> dict[str, float]:
+    """Per family: the width in decades of the learning rates whose final value is within 10 %
+    of the family's best (DeepOBS's tuneability: relative performance value/best for accuracy,
+    best/value for a loss)."""
+    done = trials[(trials.state == "complete") & (trials.role == "search")].dropna(
+        subset=["value", "lr"]
+    )
+    widths = {}
+    for family, group in done.groupby("family"):
+        values = group["value"].to_numpy(dtype=float)
+        if direction == "maximize":
+            best = values.max()
+            relative = values / best if best > 0 else np.ones_like(values)
+        else:
+            best = values.min()
+            relative = np.where(values > 0, best / np.maximum(values, 1e-300), 1.0)
+        good = group["lr"].to_numpy(dtype=float)[relative >= 1 - within]
+        widths[str(family)] = (
+            float(np.log10(good.max()) - np.log10(good.min())) if len(good) else 0.0
+        )
+    return widths

@@ -1,0 +1,151 @@
+"""The confirmation phase: re-run each family's leading configs with fresh seeds, and a baseline.
+
+    python -m pipeline.search              # the search, then this (confirm.seeds=0 turns it off)
+
+One search trial is one seed: its time-to-target is partly luck. For each family, its top-k
+complete search trials (confirm.top_k, 2) are re-run with R seeds (confirm.seeds, 5; DeepOBS
+and Crowded Valley use 10), without pruning, for the full trainer.max_epochs, and so is the
+setting the user trains with today (confirm.baseline). Replicate r of every config trains with
+the same seed, so they differ only by their settings.
+
+Replicates are trials of the same study, marked with the search trial they repeat (record.OF)
+and their index (record.REPLICATE), so resume, kill -9, workers and every storage work as for
+search trials. They have their own budget: a rerun enqueues only the replicates still missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig
+from optuna.trial import FrozenTrial, TrialState
+
+from pipeline.core import record
+from pipeline.search.space import SearchSpace
+
+SEED_STRIDE = 1_000_000  # replicate seeds never meet search-trial seeds (seed + number)
+
+
+def replicate_seed(seed: int, index: int) -> int:
+    """Replicate `index`'s seed: the same for every config, new with the master seed."""
+    return (SEED_STRIDE * (seed + 1) + index) % 2**32
+
+
+@dataclass(frozen=True)
+class Item:
+    """One replicate to run: which config (a search trial number, or None for the baseline)."""
+
+    role: str  # "replicate" or "baseline"
+    of: int | None
+    index: int
+    params: dict[str, Any]
+
+    @property
+    def key(self) -> tuple[str, int | None, int]:
+        return (self.role, self.of, self.index)
+
+
+def candidates(trials: list[FrozenTrial], *, top_k: int, direction: str) -> list[FrozenTrial]:
+    """Per family, its top_k complete search trials by final value."""
+    done = [
+        t
+        for t in trials
+        if record.role(t) == "search" and t.state == TrialState.COMPLETE and t.value is not None
+    ]
+    sign = 1 if direction == "minimize" else -1
+    done.sort(key=lambda t: (sign * t.value, t.number))
+    picked: list[FrozenTrial] = []
+    per_family: dict[str, int] = {}
+    for t in done:
+        family = str(t.params.get("optimizer"))
+        if per_family.get(family, 0) < top_k:
+            per_family[family] = per_family.get(family, 0) + 1
+            picked.append(t)
+    return sorted(picked, key=lambda t: t.number)
+
+
+def notes(cfg: DictConfig, space: SearchSpace) -> list[str]:
+    """What the confirmation leaves out, said once."""
+    base = cfg.confirm.get("baseline")
+    if base is not None and baseline_params(cfg, space) is None:
+        return [
+            f"baseline not run: {base.optimizer}, {base.schedule} and batch {base.batch_size} "
+            "must be among search.optimizers, search.schedulers and search.batch_sizes "
+            "(or set confirm.baseline=null)"
+        ]
+    return []
+
+
+def baseline_params(cfg: DictConfig, space: SearchSpace) -> dict[str, Any] | None:
+    """The baseline as trial params: its family's defaults (PyTorch's), with the lr it names.
+
+    None when there is none, or its family, schedule or batch size is not in the search space
+    (a replicate is a trial of the study: its values must be choices of the space).
+    """
+    base = cfg.confirm.get("baseline")
+    if (
+        base is None
+        or base.optimizer not in space.optimizers
+        or base.schedule not in space.schedulers
+        or int(base.batch_size) not in space.batch_sizes
+    ):
+        return None
+    family, schedule = space.optimizers[base.optimizer], space.schedulers[base.schedule]
+    params: dict[str, Any] = {"optimizer": family.name, "schedule": schedule.name}
+    for component in (family, schedule):
+        for dim in component.dims:
+            params[component.param(dim)] = (
+                dim.default if dim.default is not None else dim.grid_values()[0]
+            )
+    params[f"{family.name}.lr"] = float(base.lr)
+    params["batch_size"] = int(base.batch_size)
+    return params
+
+
+def plan(study: optuna.Study, cfg: DictConfig, space: SearchSpace) -> list[Item]:
+    """Every replicate the confirmation wants, done or not."""
+    seeds = int(cfg.confirm.seeds)
+    trials = study.get_trials(deepcopy=False)
+    items = [
+        Item("replicate", t.number, r, dict(t.params))
+        for t in candidates(trials, top_k=int(cfg.confirm.top_k), direction=cfg.search.direction)
+        for r in range(seeds)
+    ]
+    base = baseline_params(cfg, space)
+    if base is not None:
+        items += [Item("baseline", None, r, base) for r in range(seeds)]
+    return items
+
+
+def _key(trial: FrozenTrial) -> tuple[str, int | None, int]:
+    attrs = trial.user_attrs
+    return (record.role(trial), attrs.get(record.OF), int(attrs.get(record.REPLICATE, -1)))
+
+
+def enqueue_missing(study: optuna.Study, cfg: DictConfig, space: SearchSpace) -> tuple[int, int]:
+    """Queue the replicates neither done, running nor queued; returns (queued now, planned)."""
+    items = plan(study, cfg, space)
+    have = {
+        _key(t)
+        for t in study.get_trials(deepcopy=False)
+        if record.role(t) != "search"
+        and (record.counts(t) or t.state in (TrialState.RUNNING, TrialState.WAITING))
+    }
+    missing = [i for i in items if i.key not in have]
+    for item in missing:
+        attrs: dict[str, Any] = {
+            record.ROLE: item.role,
+            record.REPLICATE: item.index,
+            record.SEED: replicate_seed(int(cfg.seed), item.index),
+        }
+        if item.of is not None:
+            attrs[record.OF] = item.of
+        study.enqueue_trial(item.params, user_attrs=attrs, skip_if_exists=False)
+    return len(missing), len(items)
+
+
+def waiting(trials: list[FrozenTrial]) -> int:
+    """Queued replicates: what the confirmation's workers still have to run."""
+    return sum(t.state == TrialState.WAITING and record.role(t) != "search" for t in trials)

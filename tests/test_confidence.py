@@ -1,0 +1,165 @@
+"""How sure the recommendation is: replicate times, intervals, probabilities, ties, budgets."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.report.confidence import assess, budget_curves, expected_best, lr_band
+from pipeline.report.tables import Target
+
+TARGET = Target(0.5, "val_loss", "minimize")
+EPOCHS = 10
+
+
+def _study(configs: dict[str, tuple[str, list[int | None]]], *, epoch_seconds: float = 0.1):
+    """Replicates and curves: per config, its family and each seed's epoch of reaching 0.5."""
+    rows, curves = [], []
+    trial = 0
+    for config, (family, hits) in configs.items():
+        for index, hit in enumerate(hits):
+            for epoch in range(1, EPOCHS + 1):
+                value = 0.4 if hit is not None and epoch >= hit else 0.9
+                curves.append(
+                    {
+                        "trial": trial,
+                        "epoch": epoch,
+                        "step": epoch * 10,
+                        "seconds": 0.5 + epoch * epoch_seconds,  # 0.5 s of set-up
+                        "val_loss": value,
+                    }
+                )
+            role = "baseline" if config == "baseline" else "replicate"
+            rows.append(
+                {
+                    "trial": trial,
+                    "role": role,
+                    "config": config,
+                    "family": family,
+                    "replicate": index,
+                    "final": 0.4 if hit is not None else 0.9,
+                }
+            )
+            trial += 1
+    return pd.DataFrame(rows), pd.DataFrame(curves)
+
+
+def test_a_clearly_faster_family_is_the_single_winner():
+    replicates, curves = _study(
+        {
+            "1": ("adam", [2, 2, 3, 2, 2]),
+            "2": ("sgd", [6, 7, 6, 8, 7]),
+            "3": ("momentum", [5, 5, 6, 5, 6]),
+        }
+    )
+    result = assess(replicates, curves, target=TARGET, seeds=5)
+    assert result.decided and result.winner == "adam" and result.group == ["adam"]
+    table = result.families.set_index("family")
+    assert table.loc["sgd", "p_winner_faster"] >= 0.9
+    assert table.loc["momentum", "p_winner_faster"] >= 0.9
+    # Robust seconds: epochs x the median seconds an epoch (0.1), set-up left out.
+    assert table.loc["adam", "median_time"] == pytest.approx(0.2)
+    assert table.loc["adam", "median_raw_seconds"] == pytest.approx(0.7)
+    assert table.loc["sgd", "ratio"] == pytest.approx(7 / 2)
+    assert table.loc["sgd", "ratio_low"] <= 3.5 <= table.loc["sgd", "ratio_high"]
+    assert list(table["rank"]) == [1, 2, 3]
+
+
+def test_two_identical_families_come_out_tied():
+    replicates, curves = _study(
+        {
+            "1": ("adam", [3, 4, 3, 5, 4]),
+            "2": ("nadam", [3, 4, 3, 5, 4]),
+            "3": ("sgd", [9, 9, 10, 9, 9]),
+        }
+    )
+    result = assess(replicates, curves, target=TARGET, seeds=5)
+    assert not result.decided
+    assert sorted(result.group) == ["adam", "nadam"]
+    table = result.families.set_index("family")
+    # Faster by more than the 10 % margin: for identical families, well under even odds.
+    assert table.loc[result.group[1], "p_winner_faster"] < 0.5
+
+
+def test_misses_count_as_infinite_and_a_mostly_missing_config_has_an_infinite_median():
+    replicates, curves = _study(
+        {
+            "1": ("adam", [2, 3, None, 2, 3]),  # 4 of 5 seeds reach it
+            "2": ("sgd", [4, None, None, None, 5]),  # 2 of 5: median is infinite
+        }
+    )
+    result = assess(replicates, curves, target=TARGET, seeds=5)
+    table = result.families.set_index("family")
+    assert table.loc["adam", "reached"] == 4 and math.isfinite(table.loc["adam", "median_time"])
+    assert table.loc["sgd", "reached"] == 2 and math.isinf(table.loc["sgd", "median_time"])
+    assert table.loc["sgd", "ratio"] == math.inf and table.loc["sgd", "p_winner_faster"] >= 0.9
+    assert result.winner == "adam"
+    missed = result.replicates[~result.replicates.reached]
+    assert len(missed) == 4 and np.isinf(missed["time"]).all()
+
+
+def test_nothing_reaches_the_target_names_no_winner():
+    replicates, curves = _study({"1": ("adam", [None] * 3), "2": ("sgd", [None] * 3)})
+    result = assess(replicates, curves, target=TARGET, seeds=3)
+    assert result.winner is None and not result.decided and result.notes
+
+
+def test_baseline_speed_up_with_an_interval():
+    replicates, curves = _study(
+        {"1": ("adam", [2, 2, 2, 3, 2]), "baseline": ("adam", [6, 6, 7, 6, 6])}
+    )
+    result = assess(replicates, curves, target=TARGET, seeds=5)
+    assert result.baseline is not None
+    assert result.baseline["ratio"] == pytest.approx(3.0)
+    assert result.baseline["low"] <= 3.0 <= result.baseline["high"]
+    assert result.baseline["p"] >= 0.9
+    assert list(result.families.family) == ["adam"]  # the baseline is not a ranked family
+
+
+def test_the_same_study_gives_the_same_declaration():
+    replicates, curves = _study(
+        {
+            "1": ("adam", [3, 4, 3, 5, 4]),
+            "2": ("nadam", [4, 4, 3, 5, 5]),
+            "3": ("sgd", [5, 6, 5, 6, 5]),
+        }
+    )
+    first = assess(replicates, curves, target=TARGET, seeds=5)
+    again = assess(replicates, curves, target=TARGET, seeds=5)
+    assert (first.winner, first.group) == (again.winner, again.group)
+    pd.testing.assert_frame_equal(first.families, again.families)
+
+
+def test_expected_best_of_k_matches_a_hand_computation():
+    values = np.array([0.3, 0.1, 0.2])
+    # k = 1: the mean. k = 2, minimize: min of two draws with replacement from {0.1, 0.2, 0.3}:
+    # P(min = 0.1) = 1 - (2/3)^2 = 5/9, P(min = 0.2) = (2/3)^2 - (1/3)^2 = 3/9, P(0.3) = 1/9.
+    assert expected_best(values, 1, direction="minimize") == pytest.approx(0.2)
+    assert expected_best(values, 2, direction="minimize") == pytest.approx(
+        (5 * 0.1 + 3 * 0.2 + 1 * 0.3) / 9
+    )
+    assert expected_best(values, 2, direction="maximize") == pytest.approx(
+        (5 * 0.3 + 3 * 0.2 + 1 * 0.1) / 9
+    )
+    assert expected_best(values, 50, direction="minimize") == pytest.approx(0.1, abs=1e-6)
+
+
+def test_budget_curves_and_lr_band_use_search_trials_only():
+    trials = pd.DataFrame(
+        {
+            "family": ["adam"] * 4 + ["sgd"] * 2,
+            "role": ["search"] * 3 + ["replicate"] + ["search"] * 2,
+            "state": ["complete"] * 6,
+            "value": [0.10, 0.105, 0.5, 0.01, 0.2, 0.3],
+            "lr": [1e-3, 1e-2, 1e-1, 1e-4, 0.1, 0.1],
+        }
+    )
+    curves = budget_curves(trials, direction="minimize")
+    assert curves[curves.family == "adam"].k.max() == 3  # the replicate is not a search draw
+    band = lr_band(trials, direction="minimize")
+    # adam: 0.10 (lr 1e-3) and 0.105 (lr 1e-2) are within 10 % of the best: one decade.
+    assert band["adam"] == pytest.approx(1.0)
+    assert band["sgd"] == pytest.approx(0.0)

@@ -1,0 +1,136 @@
+"""The confirmation phase: replicates of each family's leading configs, resumable like trials."""
+
+from __future__ import annotations
+
+import collections
+import sqlite3
+import subprocess
+import sys
+import time
+
+import optuna
+from optuna.trial import TrialState
+
+from pipeline.core import record
+from pipeline.search.confirm import replicate_seed
+from pipeline.search.workers import search
+from tests.conftest import TINY, run_cli, tiny_config
+
+FAMILIES = "search.optimizers=[sgd,adam,momentum]"
+
+
+def _by_role(trials):
+    out = collections.defaultdict(list)
+    for t in trials:
+        out[record.role(t)].append(t)
+    return out
+
+
+def test_replicates_repeat_each_familys_best_with_shared_seeds_and_their_own_budget(tmp_path):
+    cfg = tiny_config(
+        tmp_path, "search.n_trials=9", FAMILIES, "confirm.seeds=3", "confirm.top_k=1", "pruner=none"
+    )
+    outcome = search(cfg)
+    assert outcome.exit_code == 0
+    roles = _by_role(outcome.trials)
+    assert len([t for t in roles["search"] if record.counts(t)]) == 9  # the search budget, intact
+    replicates, baseline = roles["replicate"], roles["baseline"]
+    assert len(replicates) == 3 * 3 and len(baseline) == 3
+    search_by_number = {t.number: t for t in roles["search"]}
+    for family in ("sgd", "adam", "momentum"):
+        best = min(
+            (t for t in roles["search"] if t.params["optimizer"] == family),
+            key=lambda t: t.value,
+        )
+        mine = [t for t in replicates if t.user_attrs[record.OF] == best.number]
+        assert sorted(t.user_attrs[record.REPLICATE] for t in mine) == [0, 1, 2]
+        for t in mine:
+            assert t.params == search_by_number[best.number].params
+    for t in replicates + baseline:
+        index = t.user_attrs[record.REPLICATE]
+        run = record.run_of(t)
+        assert run.seed == replicate_seed(0, index)  # replicate r: the same seed everywhere
+        assert run.epochs == 3 and t.state == TrialState.COMPLETE  # full length, never pruned
+    assert {t.params["optimizer"] for t in baseline} == {"adam"}
+    assert {t.params["adam.lr"] for t in baseline} == {0.001}
+    # A rerun finds nothing missing.
+    again = search(cfg)
+    assert len(again.trials) == len(outcome.trials)
+
+
+def _replicate_states(db) -> list[str]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
+        rows = conn.execute(
+            "SELECT t.state FROM trials t JOIN trial_user_attributes a "
+            "ON a.trial_id = t.trial_id WHERE a.key = 'role'"
+        )
+        return [r[0] for r in rows]
+
+
+def test_kill_9_during_confirmation_reruns_only_the_missing_replicates(tmp_path):
+    args = (
+        *TINY[:-1],
+        "trainer.max_epochs=15",
+        "search.batch_sizes=[16]",
+        "pruner=none",
+        "search.n_trials=4",
+        "search.optimizers=[adam,sgd]",
+        "confirm.seeds=3",
+        "confirm.top_k=1",
+        "confirm.baseline=null",
+    )
+    db = tmp_path / "studies" / "study.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.search", *args],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        try:
+            states = _replicate_states(db)
+            if states.count("COMPLETE") >= 1 and "RUNNING" in states:
+                break
+        except sqlite3.Error:
+            pass
+        time.sleep(0.1)
+    else:
+        raise AssertionError("no replicate ran")
+    proc.kill()
+    proc.wait()
+    storage = f"sqlite:///{db}"
+    before = optuna.load_study(study_name="moons", storage=storage).get_trials()
+    done_before = {t.number for t in before if record.role(t) != "search" and record.counts(t)}
+    assert 1 <= len(done_before) < 6
+
+    result = run_cli("pipeline.search", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "confirmation: 6/6 replicates" in result.stdout
+    after = optuna.load_study(study_name="moons", storage=storage).get_trials()
+    counted = [t for t in after if record.role(t) != "search" and record.counts(t)]
+    keys = [(t.user_attrs[record.OF], t.user_attrs[record.REPLICATE]) for t in counted]
+    assert len(keys) == 6 and len(set(keys)) == 6  # each replicate exactly once
+    assert done_before <= {t.number for t in counted}  # nothing that finished ran again
+    lost = [t for t in after if record.role(t) != "search" and record.state(t) == "lost"]
+    assert len(lost) == 1
+    assert sum(record.counts(t) for t in after if record.role(t) == "search") == 4
+
+
+def test_replicates_run_on_parallel_workers_without_surplus_trials(tmp_path):
+    cfg = tiny_config(
+        tmp_path,
+        "search.n_trials=6",
+        "search.optimizers=[adam,sgd]",
+        "confirm.seeds=3",
+        "confirm.top_k=1",
+        "search.n_workers=2",
+        f"search.storage=journal:///{tmp_path}/study.journal",
+    )
+    outcome = search(cfg)
+    assert outcome.exit_code == 0
+    roles = _by_role(outcome.trials)
+    assert len(roles["search"]) == 6  # no search trial asked for while replicates were queued
+    assert len(roles["replicate"]) == 6 and len(roles["baseline"]) == 3
+    workers = {t.user_attrs[record.WORKER] for t in roles["replicate"] + roles["baseline"]}
+    assert len(workers) == 2
