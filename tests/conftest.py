@@ -23,6 +23,13 @@ USER_CONF = TESTS / "conf"
 # confirmation phase is off here; tests of it turn it on (CONFIRM).
 TINY = ("task=moons", "trainer.max_epochs=3", "search.batch_sizes=[64,128]", "confirm.seeds=0")
 CONFIRM = ("confirm.seeds=2", "confirm.top_k=1")
+DEFAULT_STORAGE = "journal:///{}/studies/study.journal"  # the fixed default path, under cwd
+
+
+def default_storage(cwd: Path) -> str:
+    return DEFAULT_STORAGE.format(cwd)
+
+
 # CI sets this so that a test needing a service fails instead of skipping.
 REQUIRE_SERVICES = os.environ.get("PIPELINE_REQUIRE_SERVICES") == "1"
 

@@ -16,7 +16,7 @@ CASES = [
     (["search.optimizers=[]"], "search.optimizers", "non-empty list"),
     (["search.optimizers=[adam,adam]"], "search.optimizers", "more than once"),
     (["search.schedulers=[warp]"], "search.schedulers", "allowed: constant"),
-    (["task=nope"], "task", "allowed: digits, moons"),
+    (["task=nope"], "task", "allowed: digits, fashion_mnist, fashion_mnist_cnn, moons, planar"),
     (["search.n_trials=0"], "search.n_trials", "integer >= 1"),
     (["search.n_trials=abc"], "search.n_trials", "integer >= 1"),
     (["search.batch_sizes=[0,32]"], "search.batch_sizes", "positive"),

@@ -12,6 +12,7 @@ import optuna
 from optuna.trial import TrialState
 
 from pipeline.core import record
+from pipeline.core.storage import load_study
 from pipeline.search.confirm import replicate_seed
 from pipeline.search.workers import search
 from tests.conftest import TINY, run_cli, tiny_config
@@ -78,6 +79,7 @@ def test_kill_9_during_confirmation_reruns_only_the_missing_replicates(tmp_path)
         "confirm.seeds=3",
         "confirm.top_k=1",
         "confirm.baseline=null",
+        "search.storage=sqlite:///studies/study.db",  # read directly below, while it runs
     )
     db = tmp_path / "studies" / "study.db"
     proc = subprocess.Popen(
@@ -100,14 +102,14 @@ def test_kill_9_during_confirmation_reruns_only_the_missing_replicates(tmp_path)
     proc.kill()
     proc.wait()
     storage = f"sqlite:///{db}"
-    before = optuna.load_study(study_name="moons", storage=storage).get_trials()
+    before = load_study(storage, "moons").get_trials()
     done_before = {t.number for t in before if record.role(t) != "search" and record.counts(t)}
     assert 1 <= len(done_before) < 6
 
     result = run_cli("pipeline.search", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "confirmation: 6/6 replicates" in result.stdout
-    after = optuna.load_study(study_name="moons", storage=storage).get_trials()
+    after = load_study(storage, "moons").get_trials()
     counted = [t for t in after if record.role(t) != "search" and record.counts(t)]
     keys = [(t.user_attrs[record.OF], t.user_attrs[record.REPLICATE]) for t in counted]
     assert len(keys) == 6 and len(set(keys)) == 6  # each replicate exactly once
@@ -134,3 +136,17 @@ def test_replicates_run_on_parallel_workers_without_surplus_trials(tmp_path):
     assert len(roles["replicate"]) == 6 and len(roles["baseline"]) == 3
     workers = {t.user_attrs[record.WORKER] for t in roles["replicate"] + roles["baseline"]}
     assert len(workers) == 2
+
+
+def test_fair_protocol_gives_each_family_equal_random_trials(tmp_path):
+    cfg = tiny_config(
+        tmp_path,
+        "search.protocol=fair",
+        "search.n_trials=6",
+        "search.optimizers=[adam,sgd,momentum]",
+        "trainer.max_epochs=1",
+    )
+    outcome = search(cfg)
+    families = collections.Counter(t.params["optimizer"] for t in outcome.trials)
+    assert families == {"adam": 2, "sgd": 2, "momentum": 2}
+    assert isinstance(outcome.study.sampler, optuna.samplers.RandomSampler)

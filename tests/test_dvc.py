@@ -8,14 +8,20 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import optuna
 import pytest
 from omegaconf import OmegaConf
 
 from pipeline.config import compose
+from pipeline.core.storage import load_study
 from tests.conftest import ROOT, require_service, run_cli
 
-TINY_PARAMS = ["task=moons", "search.n_trials=3", "trainer.max_epochs=2", "search.batch_sizes=[64]"]
+TINY_PARAMS = [
+    "task=moons",
+    "search.n_trials=3",
+    "trainer.max_epochs=2",
+    "search.batch_sizes=[64]",
+    "confirm.seeds=0",
+]
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "test",
     "GIT_AUTHOR_EMAIL": "test@example.com",
@@ -51,7 +57,7 @@ def test_committed_params_yaml_is_the_default_composition():
 
 
 def _trial_summary(storage: str, name: str) -> list[tuple]:
-    study = optuna.load_study(study_name=name, storage=storage)
+    study = load_study(storage, name)
     return [(t.number, t.params, t.value) for t in study.get_trials()]
 
 
@@ -76,20 +82,20 @@ def test_dvc_repro_exp_run_metrics_and_plots(tmp_path):
     out = _sh(repo, dvc, "repro")
     assert "Running stage 'search'" in out and "Running stage 'report'" in out
     for path in (
-        "studies/study.db",
+        "studies/study.journal",
         "reports/index.html",
         "reports/summary.json",
         "reports/curves.csv",
         "reports/recommendation.csv",
     ):
         assert (repo / path).is_file(), path
-    study_mtime = (repo / "studies/study.db").stat().st_mtime_ns
+    study_mtime = (repo / "studies/study.journal").stat().st_mtime_ns
 
     _sh(repo, "git", "add", "-A")
     _sh(repo, "git", "commit", "-qm", "lock")
     again = _sh(repo, dvc, "repro")
     assert "Running stage" not in again and "Data and pipelines are up to date" in again
-    assert (repo / "studies/study.db").stat().st_mtime_ns == study_mtime
+    assert (repo / "studies/study.journal").stat().st_mtime_ns == study_mtime
 
     changed = [
         "task=moons",
@@ -97,13 +103,15 @@ def test_dvc_repro_exp_run_metrics_and_plots(tmp_path):
         "trainer.max_epochs=2",
         "search.batch_sizes=[64]",
         "optimizer.sgd.lr.high=0.05",  # a search space narrowed through DVC
+        "confirm.seeds=0",
+        "search.n_workers=1",  # one worker: bit-identical to the direct run below
     ]
     exp = _sh(repo, dvc, "exp", "run", *[a for o in changed for a in ("-S", o)])
     assert "Running stage 'search'" in exp
     summary = json.loads((repo / "reports/summary.json").read_text())
     assert summary["trials"] == 4
     assert OmegaConf.load(repo / "params.yaml").optimizer.sgd.lr.high == 0.05
-    study = optuna.load_study(study_name="moons", storage=f"sqlite:///{repo}/studies/study.db")
+    study = load_study(f"journal:///{repo}/studies/study.journal", "moons")
     assert study.user_attrs["config"]["optimizer"]["sgd"]["lr"]["high"] == 0.05
     assert all(t.params["sgd.lr"] <= 0.05 for t in study.trials if "sgd.lr" in t.params)
 
@@ -123,7 +131,7 @@ def test_dvc_repro_exp_run_metrics_and_plots(tmp_path):
     )
     assert direct.returncode == 0, direct.stderr
     assert _trial_summary(f"sqlite:///{tmp_path}/direct.db", "moons") == _trial_summary(
-        f"sqlite:///{repo}/studies/study.db", "moons"
+        f"journal:///{repo}/studies/study.journal", "moons"
     )
 
 

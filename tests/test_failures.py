@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 
-import optuna
 from optuna.trial import TrialState
 
 from pipeline.core.record import counts
-from tests.conftest import TINY, USER_CONF, run_cli
+from pipeline.core.storage import load_study
+from tests.conftest import TINY, USER_CONF, default_storage, run_cli
 
-USER = ("--config-dir", str(USER_CONF), "task=user", "trainer.max_epochs=2")
+USER = ("--config-dir", str(USER_CONF), "task=user", "trainer.max_epochs=2", "confirm.seeds=0")
 
 
 def _trials(tmp_path, name):
-    storage = f"sqlite:///{tmp_path}/studies/study.db"
-    return optuna.load_study(study_name=name, storage=storage).get_trials()
+    return load_study(default_storage(tmp_path), name).get_trials()
 
 
 def test_diverging_sgd_is_stopped_recorded_and_reported(tmp_path):

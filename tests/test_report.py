@@ -15,6 +15,7 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from benchmarks.synthetic import write_study
+from pipeline.core.storage import load_study
 from pipeline.report.__main__ import main as report_main
 from pipeline.report.results import collect
 from pipeline.report.tables import recommend, time_to_target
@@ -89,9 +90,7 @@ def test_report_from_a_real_study(tmp_path, capsys):
     assert summary["best_value"] == pytest.approx(
         min(
             t.value
-            for t in optuna.load_study(
-                study_name="moons", storage=f"sqlite:///{tmp_path}/study.db"
-            ).get_trials()
+            for t in load_study(f"sqlite:///{tmp_path}/study.db", "moons").get_trials()
             if t.state == TrialState.COMPLETE and "role" not in t.user_attrs  # search trials
         )
     )
@@ -264,7 +263,7 @@ def test_user_strings_are_escaped(tmp_path, capsys):
     evil = "<script>alert(1)</script>"
     storage = f"sqlite:///{tmp_path}/study.db"
     write_study(storage, 8, study_name="moons", overrides=[f"task.name='{evil}'"])
-    study = optuna.load_study(study_name="moons", storage=storage)
+    study = load_study(storage, "moons")
     trial = study.ask()
     study.tell(trial, state=TrialState.FAIL)
     code, _out, err = _report(tmp_path, capsys)

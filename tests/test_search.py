@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -13,14 +12,16 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from pipeline.core import record
 from pipeline.core.record import COLUMNS, counts
+from pipeline.core.storage import load_study
 from pipeline.report.results import collect
 from pipeline.search.workers import search
-from tests.conftest import TINY, USER_CONF, run_cli, tiny_config
+from tests.conftest import TINY, USER_CONF, default_storage, run_cli, tiny_config
 
 
 def _trials(storage: str, name: str = "moons") -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=name, storage=storage).get_trials()
+    return load_study(storage, name).get_trials()
 
 
 def test_cli_runs_a_study_and_stores_each_trials_curve(tmp_path):
@@ -29,7 +30,7 @@ def test_cli_runs_a_study_and_stores_each_trials_curve(tmp_path):
     assert "study 'moons': 4/4 trials" in result.stdout
     assert "trials: 4/4" in result.stderr  # the progress bar
     assert "GPU available" not in result.stderr  # Lightning's chatter stays quiet
-    storage = f"sqlite:///{tmp_path}/studies/study.db"  # the fixed default path
+    storage = default_storage(tmp_path)  # the fixed default path
     trials = [t for t in _trials(storage) if counts(t)]
     assert len(trials) == 4
     for t in trials:
@@ -141,12 +142,13 @@ def test_user_model_and_data_plugged_in_by_config(tmp_path):
             str(USER_CONF),
             f"task={task}",
             "search.n_trials=3",
+            "confirm.seeds=0",
             "trainer.max_epochs=2",
             "search.batch_sizes=[32]",
             cwd=tmp_path,
         )
         assert result.returncode == 0, result.stderr
-        trials = [t for t in _trials(f"sqlite:///{tmp_path}/studies/study.db", task) if counts(t)]
+        trials = [t for t in _trials(default_storage(tmp_path), task) if counts(t)]
         assert len(trials) == 3
         for t in trials:
             assert t.state in (TrialState.COMPLETE, TrialState.PRUNED), t.user_attrs
@@ -154,15 +156,9 @@ def test_user_model_and_data_plugged_in_by_config(tmp_path):
             assert curve["val_acc"][0] is not None and curve["step"][0] == 8  # 240 rows / 32
 
 
-def _states(db) -> list[str]:
-    """Trial states straight from the SQLite file, read-only (no Optuna storage set-up)."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
-        return [row[0] for row in conn.execute("SELECT state FROM trials ORDER BY number")]
-
-
-def _started(db, complete: int) -> bool:
-    states = _states(db)
-    return states.count("COMPLETE") >= complete and "RUNNING" in states
+def _started(storage: str, complete: int) -> bool:
+    states = [t.state for t in _trials(storage)]
+    return states.count(TrialState.COMPLETE) >= complete and TrialState.RUNNING in states
 
 
 def _wait_for(predicate, timeout: float = 120.0) -> None:
@@ -192,18 +188,19 @@ SLOW_TRIALS = (*TINY, "trainer.max_epochs=20", "pruner=none", "search.batch_size
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_records_what_finished_and_a_rerun_completes(tmp_path, signum):
-    storage = f"sqlite:///{tmp_path}/studies/study.db"
-    proc = _start(tmp_path, *SLOW_TRIALS, "search.n_trials=6")
-    _wait_for(lambda: _started(tmp_path / "studies" / "study.db", complete=1))
+    storage = default_storage(tmp_path)
+    proc = _start(tmp_path, *SLOW_TRIALS, "search.n_trials=6")  # parallel workers: the default
+    _wait_for(lambda: _started(storage, complete=1))
     proc.send_signal(signum)
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signum, err
     assert "Traceback" not in err and "rerun the same command" in err
     before = _trials(storage)
     interrupted = [t for t in before if t.user_attrs.get("interrupted")]
-    assert len(interrupted) == 1 and interrupted[0].state == TrialState.FAIL
-    # Its record is kept: the epochs it finished (none if the signal came during epoch 1).
-    assert len(interrupted[0].user_attrs["run"]["curve"]["epoch"]) < 20
+    # One running trial per worker, each recorded with the epochs it finished.
+    assert 1 <= len(interrupted) <= 2 and {t.state for t in interrupted} == {TrialState.FAIL}
+    assert all(len(t.user_attrs["run"]["curve"]["epoch"]) < 20 for t in interrupted)
+    assert not any(t.state == TrialState.RUNNING for t in before)
     complete_before = {t.number for t in before if t.state == TrialState.COMPLETE}
 
     result = run_cli("pipeline.search", *SLOW_TRIALS, "search.n_trials=6", cwd=tmp_path)
@@ -214,13 +211,12 @@ def test_ctrl_c_records_what_finished_and_a_rerun_completes(tmp_path, signum):
 
 
 def test_kill_9_loses_only_the_running_trial(tmp_path):
-    storage = f"sqlite:///{tmp_path}/studies/study.db"
-    args = (*SLOW_TRIALS, "search.n_trials=8")
+    storage = default_storage(tmp_path)
+    args = (*SLOW_TRIALS, "search.n_trials=8")  # parallel workers: the default
     kills = 3
     for cycle in range(kills):
         proc = _start(tmp_path, *args)
-        db = tmp_path / "studies" / "study.db"
-        _wait_for(lambda c=cycle, db=db: _started(db, complete=c + 1))
+        _wait_for(lambda c=cycle: _started(storage, complete=c + 1))
         complete = {t.number for t in _trials(storage) if t.state == TrialState.COMPLETE}
         proc.kill()
         proc.communicate()
@@ -230,6 +226,10 @@ def test_kill_9_loses_only_the_running_trial(tmp_path):
     assert result.returncode == 0, result.stderr
     final = _trials(storage)
     assert sum(counts(t) for t in final) == 8
-    lost = [t for t in final if t.state == TrialState.FAIL]
+    # The killed command's own trial is lost (its pid is dead, the rerun says so); a spawned
+    # worker is stopped with it and records its trial as interrupted.
+    lost = [t for t in final if record.state(t) == "lost"]
     assert len(lost) == kills and all("died" in t.user_attrs["stale"] for t in lost)
+    others = [t for t in final if t.state == TrialState.FAIL and t not in lost]
+    assert all(t.user_attrs.get("interrupted") for t in others)
     assert not any(t.state == TrialState.RUNNING for t in final)

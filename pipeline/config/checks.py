@@ -19,8 +19,8 @@ from pipeline.core.errors import ConfigError, first_line
 from pipeline.core.storage import check_storage_url
 
 METRICS = {"val_loss": "minimize", "train_loss": "minimize", "val_acc": "maximize"}
-LOSSES = ("cross_entropy", "mse")
-CLASSIFY = ("cross_entropy",)  # losses whose models report val_acc
+LOSSES = ("cross_entropy", "mse", "bce")  # bce: one logit per row, labels 0/1
+CLASSIFY = ("cross_entropy", "bce")  # losses whose models report val_acc
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 PRECISIONS = (
     "32-true",
@@ -79,12 +79,17 @@ def check(cfg: DictConfig, *, config_dirs: Sequence[str] = ()) -> None:
         if size <= 0:
             raise ConfigError("search.batch_sizes", f"{size} is not a positive batch size")
     _int(cfg, "search.min_trials_per_family", low=0)
+    _choice(cfg, "search.protocol", ("default", "fair"))
     _number(cfg, "search.divergence_factor", low=1, strict=True)
-    _int(cfg, "search.n_workers", low=1)
+    workers = _get(cfg, "search.n_workers")
+    if workers != "auto" and not (_is_int(workers) and workers >= 1):
+        raise ConfigError(
+            "search.n_workers", f"{workers!r} is not allowed; use auto or an integer >= 1"
+        )
     _str(cfg, "search.study_name")
     url = _str(cfg, "search.storage")
     check_storage_url(url)
-    if s.n_workers > 1 and url.startswith("sqlite"):
+    if s.n_workers != "auto" and s.n_workers > 1 and url.startswith("sqlite"):
         raise ConfigError(
             "search.storage",
             f"SQLite is not for parallel writers; with search.n_workers={s.n_workers} use "

@@ -1,7 +1,7 @@
 """Open the Optuna storage a study lives in, from the URL in search.storage.
 
-    sqlite:///studies/study.db           one worker (the default)
-    journal:///studies/study.journal     several workers on one machine or a shared file system
+    journal:///studies/study.journal     workers on one machine or a shared file system (default)
+    sqlite:///studies/study.db           one worker
     postgresql://user@host/db            several workers on several machines
 
 SQLite is not for parallel writers ("database is locked"); the journal file and PostgreSQL are
@@ -52,6 +52,7 @@ def open_storage(url: str, *, must_exist: bool = False) -> BaseStorage:
     check_storage_url(url)
     path = storage_path(url)
     if path is not None:
+        _older(url, path)
         if must_exist and not path.is_file():
             raise ConfigError(
                 "search.storage", f"no study file at {path}; run python -m pipeline.search first"
@@ -82,6 +83,18 @@ def open_storage(url: str, *, must_exist: bool = False) -> BaseStorage:
         if "DB access module" in first:
             first += " (for PostgreSQL: pip install -e '.[postgres]')"
         raise ConfigError("search.storage", f"cannot open {_safe(url)}: {first}") from None
+
+
+def _older(url: str, path: Path) -> None:
+    """Refuse to start afresh beside a study an older version kept in studies/study.db."""
+    old = path.with_suffix(".db")
+    if url.startswith("journal:///") and not path.exists() and old.is_file():
+        raise ConfigError(
+            "search.storage",
+            f"{old} holds a study from an older version (SQLite, the old default); continue it "
+            f"with search.storage=sqlite:///{old} search.n_workers=1, or move it away to "
+            f"start a new study in {path}",
+        )
 
 
 def _sqlite_pragmas(connection: Any, record: Any) -> None:

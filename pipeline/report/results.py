@@ -61,6 +61,8 @@ class Results:
 
     @property
     def random_sampler(self) -> bool:
+        if (self.config.get("search") or {}).get("protocol") == "fair":
+            return True
         target = str((self.config.get("sampler") or {}).get("_target_", ""))
         return target.endswith("RandomSampler")
 

@@ -108,15 +108,17 @@ def plan(study: optuna.Study, cfg: DictConfig, space: SearchSpace) -> list[Item]
     """Every replicate the confirmation wants, done or not."""
     seeds = int(cfg.confirm.seeds)
     trials = study.get_trials(deepcopy=False)
-    items = [
-        Item("replicate", t.number, r, dict(t.params))
+    configs = [
+        ("replicate", t.number, dict(t.params))
         for t in candidates(trials, top_k=int(cfg.confirm.top_k), direction=cfg.search.direction)
-        for r in range(seeds)
     ]
     base = baseline_params(cfg, space)
     if base is not None:
-        items += [Item("baseline", None, r, base) for r in range(seeds)]
-    return items
+        configs.append(("baseline", None, base))
+    # Seed by seed, not config by config: the replicates of one config are spread over the
+    # whole phase, so a busy minute on the machine slows every config a little instead of one
+    # config a lot (their seconds per epoch decide the ranking).
+    return [Item(role, of, r, params) for r in range(seeds) for role, of, params in configs]
 
 
 def _key(trial: FrozenTrial) -> tuple[str, int | None, int]:

@@ -36,14 +36,15 @@ def steps_per_epoch(trainer: pl.Trainer) -> int:
 
 
 class TrainModule(pl.LightningModule):
-    """Trains `net` with `loss` (cross_entropy also reports val_acc) and the trial's optimizer."""
+    """Trains `net` with `loss` (cross_entropy and bce also report val_acc) and the optimizer."""
 
     def __init__(self, net: nn.Module, *, loss: str, configure: Configure) -> None:
         super().__init__()
         self.net = net
         self.automatic_optimization = False  # one step may hold a whole epoch of updates
-        self.classify = loss == "cross_entropy"
-        self.loss_fn = F.cross_entropy if self.classify else _mse
+        self.classify = loss in ("cross_entropy", "bce")  # these report val_acc
+        self.binary = loss == "bce"
+        self.loss_fn = {"cross_entropy": F.cross_entropy, "bce": _bce, "mse": _mse}[loss]
         self._configure = configure
         self.optimizer_steps = 0
         self.first_loss: float | None = None  # the divergence check's reference
@@ -143,7 +144,7 @@ class TrainModule(pl.LightningModule):
             out = self.net(x)
             self._val_sum += self.loss_fn(out, y, reduction="sum")
             if self.classify:
-                self._val_correct += (out.argmax(dim=1) == y).sum()
+                self._val_correct += _n_correct(out, y, binary=self.binary)
             self._val_count += len(y)
 
     def _val_publish(self) -> None:
@@ -156,6 +157,21 @@ class TrainModule(pl.LightningModule):
 def _mse(out: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
     out = out.squeeze(-1) if out.dim() > y.dim() else out
     return F.mse_loss(out, y.to(out.dtype), reduction=reduction)
+
+
+def _bce(out: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
+    # One logit per row; the sigmoid is folded into the loss (log-sum-exp), which stays
+    # finite where sigmoid followed by log would saturate to log(0).
+    out = out.squeeze(-1) if out.dim() > y.dim() else out
+    return F.binary_cross_entropy_with_logits(out, y.to(out.dtype), reduction=reduction)
+
+
+def _n_correct(out: Tensor, y: Tensor, *, binary: bool) -> Tensor:
+    """Correct predictions: logit > 0 against 0/1 labels (bce), else argmax of class scores."""
+    if not binary:
+        return (out.argmax(dim=1) == y).sum()
+    out = out.squeeze(-1) if out.dim() > y.dim() else out
+    return ((out > 0).to(y.dtype) == y).sum()
 
 
 def attach(module: pl.LightningModule, configure: Configure) -> pl.LightningModule:

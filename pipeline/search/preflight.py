@@ -18,4 +18,10 @@ def preflight(cfg: DictConfig) -> SearchSpace:
     """Import every `_target_` and read the search space; returns the space."""
     for key in ("task.data", "task.model", "sampler", "pruner"):
         locate(str(OmegaConf.select(cfg, f"{key}._target_")), key=f"{key}._target_")
+    # A data module may check its own settings and files (that they exist and are whole), so
+    # that bad data stops here, before any study: see FashionMNISTDataModule.check_config.
+    data = locate(str(cfg.task.data._target_), key="task.data._target_")
+    hook = getattr(data, "check_config", None)
+    if callable(hook):
+        hook(cfg.task.data)
     return SearchSpace.from_config(cfg)

@@ -15,6 +15,9 @@ from pipeline.core.errors import ConfigError, first_line, root_cause
 
 
 def make_sampler(cfg: DictConfig, *, worker: int = 0) -> tuple[optuna.samplers.BaseSampler, bool]:
+    """The configured sampler; random under search.protocol=fair (see pipeline.search.study)."""
+    if fair(cfg):
+        return optuna.samplers.RandomSampler(seed=int(cfg.seed) + 1000 * worker), False
     spec = OmegaConf.to_container(cfg.sampler, resolve=True)
     assert isinstance(spec, dict)
     grid = bool(spec.pop("grid", False))
@@ -26,6 +29,12 @@ def make_sampler(cfg: DictConfig, *, worker: int = 0) -> tuple[optuna.samplers.B
             return instantiate(spec), grid
     except Exception as exc:
         raise ConfigError("sampler", first_line(root_cause(exc))) from None
+
+
+def fair(cfg: DictConfig) -> bool:
+    """search.protocol=fair: random sampling and equal trials per family, so each family's
+    results are independent draws from its own space (what expected-best-of-k assumes)."""
+    return cfg.search.get("protocol") == "fair"
 
 
 def make_pruner(cfg: DictConfig) -> optuna.pruners.BasePruner:

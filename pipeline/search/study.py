@@ -9,6 +9,7 @@ by a killed worker do not, so a rerun of the same command runs exactly what is m
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from pipeline import __version__
 from pipeline.core import record
 from pipeline.core.errors import ConfigError
 from pipeline.core.storage import open_storage
-from pipeline.search.samplers import make_pruner, make_sampler
+from pipeline.search.samplers import fair, make_pruner, make_sampler
 from pipeline.search.space import SearchSpace
 from pipeline.search.stale import fail_stale_trials
 
@@ -54,6 +55,9 @@ class Budget:
 
     def done(self, trials: Sequence[FrozenTrial]) -> int:
         return sum(record.counts(t) for t in self._own(trials))
+
+    def waiting(self, trials: Sequence[FrozenTrial]) -> int:
+        return sum(t.state == TrialState.WAITING for t in self._own(trials))
 
     def missing(self, trials: Sequence[FrozenTrial]) -> int:
         own = self._own(trials)
@@ -117,9 +121,12 @@ def queue_first_looks(study: optuna.Study, families: Sequence[str], cfg: DictCon
 
     Round-robin over the families first, so each gets a fair look before the sampler
     concentrates (Choi et al. 2019: rankings depend on how much search each family gets).
-    Run on every start, so a look lost to a killed worker is queued again.
+    Run on every start, so a look lost to a killed worker is queued again. Under
+    search.protocol=fair every trial is queued so, and families get equal numbers of trials.
     """
     per, n_trials = int(cfg.search.min_trials_per_family), int(cfg.search.n_trials)
+    if fair(cfg):  # every trial queued round-robin: equal trials per family (up to one)
+        per = math.ceil(n_trials / len(families))
     trials = [t for t in study.get_trials(deepcopy=False) if record.role(t) == "search"]
     live = [
         t for t in trials if record.counts(t) or t.state in (TrialState.RUNNING, TrialState.WAITING)

@@ -2,9 +2,10 @@
 
     python -m pipeline.search search.n_workers=2 search.storage=journal:///studies/s.journal
 
-Each worker checks the budget before it asks for a trial; parallel workers that finish at the
-same moment can race for the last places, so such a study may end with up to n_workers - 1
-trials more (as with Optuna's MaxTrialsCallback). Nothing is ever run twice or lost.
+The missing trials are queued first (empty: the sampler still picks every value when a trial
+runs) and each worker runs its share of the queue, so the study ends with exactly the trials
+wanted. Separate commands on one storage share the queue; two that ask in the same instant
+when it is empty can still add one trial each. Nothing is ever run twice or lost.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.core import record
 from pipeline.core.storage import close, open_storage
-from pipeline.search import confirm, interrupt
+from pipeline.search import confirm, cores, interrupt
 from pipeline.search.objective import Objective
 from pipeline.search.preflight import preflight
 from pipeline.search.progress import Progress, best_value, quiet
@@ -87,10 +88,12 @@ def work(
         trials = study.get_trials(deepcopy=False)
         if progress is not None:
             _show(progress, budget, trials)
-        if interrupt.requested() or budget.missing(trials) <= 0:
+        # Only queued trials run: an empty queue means the others took the last places.
+        if interrupt.requested() or budget.missing(trials) <= 0 or not budget.waiting(trials):
             study.stop()
 
-    if quota != 0 and budget.missing(study.get_trials(deepcopy=False)) > 0:
+    trials = study.get_trials(deepcopy=False)
+    if quota != 0 and budget.missing(trials) > 0 and budget.waiting(trials):
         study.optimize(
             objective,
             n_trials=quota,
@@ -109,21 +112,15 @@ def _print_err(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def threads_per_worker(cfg: DictConfig) -> int:
-    if cfg.trainer.get("threads"):
-        return int(cfg.trainer.threads)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // int(cfg.search.n_workers))
-
-
 def search(cfg: DictConfig) -> Outcome:
     """Prepare the study, run the missing trials, then the missing confirmation replicates."""
     started = time.perf_counter()
     quiet(bool(cfg.trainer.verbose))
+    cfg = cores.resolve(cfg)  # search.n_workers=auto and trainer.threads as numbers
     space = preflight(cfg)
     study, budget = prepare(cfg, space)
     interrupt.reset()
-    _set_threads(threads_per_worker(cfg))
+    _set_threads(int(cfg.trainer.threads))
     if int(cfg.search.n_workers) == 1:
         interrupt.install()
     failed_workers = 0
@@ -164,8 +161,11 @@ def _phase(
     _show(progress, budget, trials)
     missing = budget.missing(trials)
     n_workers = int(cfg.search.n_workers)
-    # Replicates are queued: split them so that no worker asks when nothing is queued.
-    quotas = None if budget.role == "search" else _split(missing, n_workers)
+    if budget.role == "search" and not budget.grid:
+        _queue_places(study, missing - budget.waiting(trials))
+    # Every trial a worker runs is queued, and the quotas add up to the queue: no worker asks
+    # when nothing is queued, so the study ends with exactly the trials wanted.
+    quotas = _split(missing, n_workers)
     failed = 0
     try:
         if missing > 0:
@@ -177,6 +177,16 @@ def _phase(
         _show(progress, budget, study.get_trials(deepcopy=False))
         progress.close()
     return failed
+
+
+def _queue_places(study: optuna.Study, count: int) -> None:
+    """Queue `count` empty trials: the sampler still picks every value when one is run.
+
+    Without a queue, parallel workers that check the budget at the same instant each ask for
+    a new trial and the study ends with up to n_workers - 1 trials too many.
+    """
+    for _ in range(max(0, count)):
+        study.enqueue_trial({}, skip_if_exists=False)
 
 
 def _split(total: int, parts: int) -> list[int]:
@@ -203,7 +213,7 @@ def _run_workers(
     """
     context = multiprocessing.get_context("spawn")  # fork after torch/threads is unsafe
     config = OmegaConf.to_container(cfg, resolve=True)
-    threads = threads_per_worker(cfg)
+    threads = int(cfg.trainer.threads)
     workers = [
         context.Process(
             target=_worker_main,
@@ -249,9 +259,10 @@ def _worker_main(
 ) -> None:
     """A worker process: the same config and budget, its own sampler seed, a share of cores."""
     cfg = OmegaConf.create(config)
+    interrupt.install()
+    _stop_with_parent()
     quiet(bool(cfg.trainer.verbose))
     _set_threads(threads)
-    interrupt.install()
     space = SearchSpace.from_config(cfg)
     study = load_for_worker(cfg, worker=index)
     try:
@@ -260,6 +271,23 @@ def _worker_main(
         close(study)
     if interrupt.requested():
         sys.exit(interrupt.exit_code())
+
+
+def _stop_with_parent() -> None:
+    """SIGTERM this worker when the command that started it dies, even by kill -9.
+
+    Without it a killed command leaves its workers running on (they are not daemons, so that
+    they can finish recording a trial); with it they record their trial as interrupted and
+    exit. Linux's prctl(PR_SET_PDEATHSIG); elsewhere the check below is all there is.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the parent died before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _visible_gpus() -> list[str]:
