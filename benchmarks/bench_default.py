@@ -51,7 +51,8 @@ def main() -> None:
         runs["one"].append(timed(f"one{i}", [*args.overrides, "search.n_workers=1"]))
     print(f"{'command':<44} {'wall s (median)':>16} {'cpu s (median)':>15}")
     medians = {}
-    for key, label in (("one", "python -m pipeline search.n_workers=1"), ("auto", "python -m pipeline")):
+    labels = (("one", "python -m pipeline search.n_workers=1"), ("auto", "python -m pipeline"))
+    for key, label in labels:
         wall = statistics.median(w for w, _ in runs[key])
         cpu = statistics.median(c for _, c in runs[key])
         medians[key] = wall

@@ -18,6 +18,7 @@ from optuna.trial import TrialState, create_trial
 
 from pipeline.config import compose
 from pipeline.core import record
+from pipeline.core.storage import open_storage
 from pipeline.search.space import SearchSpace
 
 BEST_LR = {
@@ -87,7 +88,9 @@ def write_study(
     space = SearchSpace.from_config(cfg)
     rng = random.Random(seed)
     sampler_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    study = optuna.create_study(storage=storage, study_name=study_name, direction="minimize")
+    study = optuna.create_study(
+        storage=open_storage(storage), study_name=study_name, direction="minimize"
+    )
     study.set_user_attr("config", OmegaConf.to_container(cfg, resolve=True))
     study.set_user_attr("metric", "val_loss")
     trials = []

@@ -79,7 +79,7 @@ def test_dvc_repro_exp_run_metrics_and_plots(tmp_path):
     _sh(repo, "git", "add", "-A")
     _sh(repo, "git", "commit", "-qm", "tiny budget")
 
-    out = _sh(repo, dvc, "repro")
+    out = _sh(repo, dvc, "repro", "report")
     assert "Running stage 'search'" in out and "Running stage 'report'" in out
     for path in (
         "studies/study.journal",
@@ -93,7 +93,7 @@ def test_dvc_repro_exp_run_metrics_and_plots(tmp_path):
 
     _sh(repo, "git", "add", "-A")
     _sh(repo, "git", "commit", "-qm", "lock")
-    again = _sh(repo, dvc, "repro")
+    again = _sh(repo, dvc, "repro", "report")
     assert "Running stage" not in again and "Data and pipelines are up to date" in again
     assert (repo / "studies/study.journal").stat().st_mtime_ns == study_mtime
 
@@ -106,7 +106,7 @@ def test_dvc_repro_exp_run_metrics_and_plots(tmp_path):
         "confirm.seeds=0",
         "search.n_workers=1",  # one worker: bit-identical to the direct run below
     ]
-    exp = _sh(repo, dvc, "exp", "run", *[a for o in changed for a in ("-S", o)])
+    exp = _sh(repo, dvc, "exp", "run", "report", *[a for o in changed for a in ("-S", o)])
     assert "Running stage 'search'" in exp
     summary = json.loads((repo / "reports/summary.json").read_text())
     assert summary["trials"] == 4

@@ -37,7 +37,7 @@ PRECISIONS = (
 )
 # Sections whose keys are ours: a key the shipped config lacks is a typo, never ignored.
 # task, sampler, pruner, optimizer.* and scheduler.* pass arguments through to user classes.
-STRICT = ("search", "trainer", "report", "confirm")
+STRICT = ("search", "trainer", "report", "confirm", "compare")
 BASELINE = ("optimizer", "lr", "schedule", "batch_size")
 
 

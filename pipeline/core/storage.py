@@ -25,14 +25,14 @@ from pipeline.core.errors import ConfigError, first_line
 STORAGE_FORMS = "sqlite:///PATH.db, journal:///PATH.journal or postgresql://USER@HOST/DB"
 
 
-def check_storage_url(url: str) -> None:
+def check_storage_url(url: str, *, key: str = "search.storage") -> None:
     if url.startswith(("sqlite:///", "journal:///")):
         if not url.split(":///", 1)[1]:
-            raise ConfigError("search.storage", f"{url!r} names no file; use {STORAGE_FORMS}")
+            raise ConfigError(key, f"{url!r} names no file; use {STORAGE_FORMS}")
         return
     if re.match(r"^postgresql(\+\w+)?://", url) or re.match(r"^mysql(\+\w+)?://", url):
         return
-    raise ConfigError("search.storage", f"{url!r} is not a storage URL; use {STORAGE_FORMS}")
+    raise ConfigError(key, f"{url!r} is not a storage URL; use {STORAGE_FORMS}")
 
 
 # RDB storages (SQLite, PostgreSQL) record a heartbeat so that a trial whose worker died on
@@ -48,19 +48,17 @@ def storage_path(url: str) -> Path | None:
     return None
 
 
-def open_storage(url: str, *, must_exist: bool = False) -> BaseStorage:
-    check_storage_url(url)
+def open_storage(url: str, *, must_exist: bool = False, key: str = "search.storage") -> BaseStorage:
+    check_storage_url(url, key=key)
     path = storage_path(url)
     if path is not None:
         _older(url, path)
         if must_exist and not path.is_file():
-            raise ConfigError(
-                "search.storage", f"no study file at {path}; run python -m pipeline.search first"
-            )
+            raise ConfigError(key, f"no study file at {path}; run python -m pipeline.search first")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError("search.storage", f"cannot create {path.parent}: {exc}") from None
+            raise ConfigError(key, f"cannot create {path.parent}: {exc}") from None
     try:
         if url.startswith("journal:///"):
             return JournalStorage(JournalFileBackend(str(path)))
@@ -75,14 +73,14 @@ def open_storage(url: str, *, must_exist: bool = False) -> BaseStorage:
             return RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
     except ModuleNotFoundError as exc:
         raise ConfigError(
-            "search.storage",
+            key,
             f"cannot open {_safe(url)}: {exc}; install it, e.g. pip install -e '.[postgres]'",
         ) from None
     except Exception as exc:
         first = first_line(exc)
         if "DB access module" in first:
             first += " (for PostgreSQL: pip install -e '.[postgres]')"
-        raise ConfigError("search.storage", f"cannot open {_safe(url)}: {first}") from None
+        raise ConfigError(key, f"cannot open {_safe(url)}: {first}") from None
 
 
 def _older(url: str, path: Path) -> None:

@@ -12,10 +12,16 @@ the machine was doing in that moment (20 % apart between reruns on a shared 2-co
 the number of epochs is exact and the per-epoch rate is a median of R x epochs measurements.
 The raw seconds stay in the table beside it.
 
-Uncertainty (as DeepOBS and AlgoPerf report it, in plain resampling): each config's R times
-are resampled with replacement; the 2.5 and 97.5 percentiles of the resampled medians give its
-95 % interval, and the share of resamples in which the winner's median is more than `margin`
-(10 %) below another family's estimates the probability that the winner is faster. The margin
+Two summaries per config. Its median time over seeds, a miss counting as never (AlgoPerf), with
+a 95 % interval: what one run is likely to take. And its speed, DeepOBS's: the mean over seeds
+with a miss counted as one epoch past the budget. The ranking, the ratios and the probabilities
+use the speed: a median of 5 seeds with misses among them jumps between a time and "never"
+when the seeds are resampled, so a setting that misses 2 seeds in 5 looked neither better nor
+worse than one that always misses, and which family led changed from rerun to rerun; the
+mean with a finite penalty ranks reliability and time together. Each config's R seeds are
+resampled with replacement; the 2.5 and 97.5 percentiles give the intervals, and the share of
+resamples in which the winner's speed is more than `margin` (10 %) better than another
+family's estimates the probability that the winner is faster. The margin
 is there because a few per cent is what wall-clock timing moves by between two runs of the
 same setting on a shared machine: a smaller lead is not a lead. A single winner is named only
 when that probability reaches `confidence` (0.9) against every other family; otherwise the
@@ -85,6 +91,13 @@ def replicate_times(
     return out
 
 
+def penalized(times: pd.DataFrame, *, budget_epochs: int) -> pd.Series:
+    """DeepOBS's speed: a replicate that misses counts as one epoch past the budget."""
+    per_config = times.groupby("config")["epoch_seconds"].transform("median")
+    epochs = times["epochs_to_target"].where(times["reached"], budget_epochs + 1)
+    return epochs * per_config
+
+
 def _first_hits(curves: pd.DataFrame, target: Target) -> pd.DataFrame:
     columns = ["trial", "epochs_to_target", "steps_to_target", "raw_seconds_to_target"]
     if curves.empty:
@@ -143,15 +156,6 @@ def p_faster(a: np.ndarray, b: np.ndarray, *, margin: float = 0.0) -> float:
     return float(np.mean(faster + 0.5 * (np.isinf(a) & np.isinf(b))))
 
 
-def ratio_interval(fast: np.ndarray, slow: np.ndarray) -> tuple[float, float]:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratios = np.where(np.isinf(slow) & np.isinf(fast), np.nan, slow / fast)
-    ratios = ratios[~np.isnan(ratios)]
-    if len(ratios) == 0:
-        return math.nan, math.nan
-    return interval(ratios)
-
-
 def median(values: np.ndarray) -> float:
     if len(values) == 0:
         return math.inf
@@ -168,20 +172,26 @@ def assess(
     margin: float = 0.1,
     resamples: int = 2000,
     seed: int = 0,
+    budget_epochs: int | None = None,
 ) -> Confidence:
-    """Rank the confirmed configs by median time-to-target, with intervals and probabilities.
+    """Rank the confirmed configs by speed over seeds, with intervals and probabilities.
 
     `replicates` has one row per replicate trial: trial, role ("replicate" or "baseline"),
     config (the search trial it repeats, or "baseline"), family, final.
     """
     times = replicate_times(replicates, curves, target=target)
     rng = np.random.default_rng(seed)  # fixed: the same study gives the same declaration
-    boots: dict[str, np.ndarray] = {}
+    if budget_epochs is None:
+        budget_epochs = int(curves["epoch"].max()) if not curves.empty else 1
+    times["speed"] = penalized(times, budget_epochs=budget_epochs)
+    speeds: dict[str, np.ndarray] = {}
     rows = []
     for config, group in times.groupby("config", sort=False):
         values = group["time"].to_numpy(dtype=float)
-        boots[str(config)] = bootstrap_medians(values, n=resamples, rng=rng)
-        low, high = interval(boots[str(config)])
+        low, high = interval(bootstrap_medians(values, n=resamples, rng=rng))
+        speed = group["speed"].to_numpy(dtype=float)
+        speeds[str(config)] = bootstrap_means(speed, n=resamples, rng=rng)
+        speed_low, speed_high = interval(speeds[str(config)])
         rows.append(
             {
                 "config": str(config),
@@ -189,6 +199,9 @@ def assess(
                 "family": group["family"].iloc[0],
                 "replicates": len(group),
                 "reached": int(group["reached"].sum()),
+                "speed": float(speed.mean()),
+                "speed_low": speed_low,
+                "speed_high": speed_high,
                 "median_time": median(values),
                 "low": low,
                 "high": high,
@@ -216,30 +229,25 @@ def assess(
         return result
     better = 1 if target.direction == "minimize" else -1
     ranked = searched.assign(_final=searched["median_final"] * better).sort_values(
-        ["median_time", "_final", "config"]
+        ["speed", "_final", "config"]
     )
     families = ranked.groupby("family", sort=False).head(1).drop(columns="_final")
     families = families.reset_index(drop=True)
     top = families.iloc[0]
-    winner_boot = boots[top["config"]]
-    p, ratio, ratio_low, ratio_high = [], [], [], []
-    for _, row in families.iterrows():
-        other = boots[row["config"]]
-        p.append(
-            math.nan
-            if row["config"] == top["config"]
-            else p_faster(winner_boot, other, margin=margin)
-        )
-        ratio.append(_ratio(top["median_time"], row["median_time"]))
-        low, high = ratio_interval(winner_boot, other)
-        ratio_low.append(low)
-        ratio_high.append(high)
+    lead = speeds[top["config"]]
+    compared = [
+        _versus(lead, speeds[c], margin, ratio=speed / top["speed"])
+        for c, speed in zip(families.config, families.speed, strict=True)
+    ]
     families = families.assign(
-        p_winner_faster=p, ratio=ratio, ratio_low=ratio_low, ratio_high=ratio_high
+        p_winner_faster=[math.nan, *[c["p"] for c in compared[1:]]],
+        ratio=[c["ratio"] for c in compared],
+        ratio_low=[c["low"] for c in compared],
+        ratio_high=[c["high"] for c in compared],
     )
     families.insert(0, "rank", range(1, len(families) + 1))
     result.families = families
-    if math.isinf(top["median_time"]):
+    if 2 * top["reached"] <= top["replicates"]:
         result.notes.append("no confirmed config reaches the target in most of its seeds")
         return result
     result.winner = str(top["family"])
@@ -251,22 +259,30 @@ def assess(
     base = configs[configs.role == "baseline"]
     if not base.empty:
         b = base.iloc[0]
-        low, high = ratio_interval(winner_boot, boots[b["config"]])
-        result.baseline = {
-            "ratio": _ratio(top["median_time"], b["median_time"]),
-            "low": low,
-            "high": high,
-            "p": p_faster(winner_boot, boots[b["config"]], margin=margin),
+        ratio = b["speed"] / top["speed"]
+        result.baseline = _versus(lead, speeds[b["config"]], margin, ratio=ratio) | {
             "reached": int(b["reached"]),
             "replicates": int(b["replicates"]),
         }
     return result
 
 
-def _ratio(fast: float, slow: float) -> float:
-    if math.isinf(fast):
-        return math.nan
-    return math.inf if math.isinf(slow) else slow / fast
+def bootstrap_means(values: np.ndarray, *, n: int, rng: np.random.Generator) -> np.ndarray:
+    index = rng.integers(0, len(values), size=(n, len(values)))
+    return values[index].mean(axis=1)
+
+
+def _versus(
+    lead: np.ndarray, other: np.ndarray, margin: float, *, ratio: float
+) -> dict[str, float]:
+    """The other's speed over the lead's: the ratio, its interval, P(lead faster)."""
+    low, high = interval(other / lead)
+    return {
+        "ratio": float(ratio),
+        "low": low,
+        "high": high,
+        "p": p_faster(lead, other, margin=margin),
+    }
 
 
 def expected_best(values: np.ndarray, k: int, *, direction: str) -> float:

@@ -153,7 +153,7 @@ def render(results: Results, info: dict[str, Any], *, command: str) -> str:
     )
 
 
-def _write(path: Path, text: str) -> None:
+def write(path: Path, text: str) -> None:
     """Write beside the target and rename: readers never see a half-written file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -191,10 +191,10 @@ def build(cfg: DictConfig, *, command: str = "python -m pipeline.report") -> Pat
     out.mkdir(parents=True, exist_ok=True)
     info = facts(results)  # once: versions and the date must agree between the files
     html = render(results, info, command=command)
-    _write(
+    write(
         out / "summary.json", json.dumps(summary(results, info), indent=2, allow_nan=False) + "\n"
     )
-    _write(out / "recommendation.csv", recommendation_csv(results))
-    _write(out / "curves.csv", curves_csv(results))
-    _write(out / "index.html", html)
+    write(out / "recommendation.csv", recommendation_csv(results))
+    write(out / "curves.csv", curves_csv(results))
+    write(out / "index.html", html)
     return out / "index.html"

@@ -66,6 +66,8 @@ def declaration(results: Results) -> dict[str, Any]:
                 "lr": number(row["lr"]),
                 "schedule": row["schedule"],
                 "batch_size": int(row["batch_size"]),
+                "speed_seconds": number(row["speed"]),
+                "speed_interval": [number(row["speed_low"]), number(row["speed_high"])],
                 "median_seconds": number(row["median_seconds"]),
                 "interval_seconds": [number(row["low_seconds"]), number(row["high_seconds"])],
                 "median_epochs": number(row["median_epochs"]),

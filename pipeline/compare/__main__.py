@@ -1,0 +1,171 @@
+"""One offline page comparing the families across several finished studies (one task each).
+
+    python -m pipeline.compare 'compare.studies=[a/studies/study.journal,b/studies/study.db]'
+
+Each entry of compare.studies is a storage (a journal or SQLite file path, or any storage
+URL); every study in it is a task. Each study's recommendation is computed as its own report
+does (confirmation replicates, the same target rule), then laid side by side: a table of
+median time to target per family and task with its 95 % interval, AlgoPerf performance
+profiles and their scores (pipeline.compare.profiles), and one sentence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import jinja2
+import optuna
+import pandas as pd
+from omegaconf import DictConfig
+
+from pipeline.compare.profiles import R_MAX, profiles, ratios, scores
+from pipeline.config.cli import run
+from pipeline.core.errors import ConfigError
+from pipeline.core.storage import close, open_storage
+from pipeline.report.html import write
+from pipeline.report.prose import family_label, num
+from pipeline.report.results import collect
+
+
+def _url(entry: str) -> str:
+    if "://" in entry:
+        return entry
+    return ("sqlite:///" if entry.endswith(".db") else "journal:///") + entry
+
+
+def gather(cfg: DictConfig) -> pd.DataFrame:
+    """One row per (task, family): the confirmed setting's median time and interval."""
+    rows = []
+    for entry in cfg.compare.studies:
+        url = _url(str(entry))
+        storage = open_storage(url, must_exist=True, key="compare.studies")
+        names = optuna.get_all_study_names(storage)
+        if not names:
+            raise ConfigError("compare.studies", f"{entry} holds no study")
+        for name in names:
+            study = optuna.load_study(study_name=name, storage=storage)
+            try:
+                results = collect(
+                    study,
+                    target=cfg.report.target,
+                    tolerance=float(cfg.report.target_tolerance),
+                    confidence=float(cfg.confirm.confidence),
+                    margin=float(cfg.confirm.margin),
+                    resamples=int(cfg.confirm.resamples),
+                )
+            finally:
+                close(study)
+            if results.confidence is None or results.recommendation.empty:
+                raise ConfigError(
+                    "compare.studies",
+                    f"study {name!r} in {entry} has no confirmation replicates; "
+                    "run it with confirm.seeds > 0 (the default)",
+                )
+            for _, row in results.recommendation.iterrows():
+                rows.append(
+                    {
+                        "task": name,
+                        "family": row["family"],
+                        "median_seconds": float(row["median_seconds"]),
+                        "low": float(row["low_seconds"]),
+                        "high": float(row["high_seconds"]),
+                        "reached": f"{row['reached']}/{row['replicates']}",
+                        "winner": results.confidence.winner,
+                        "group": list(results.confidence.group),
+                    }
+                )
+    if not rows:
+        raise ConfigError("compare.studies", "name at least one study storage, e.g. [a.journal]")
+    return pd.DataFrame(rows)
+
+
+def sentence(table: pd.DataFrame) -> str:
+    """Which family to try first across these tasks, and where it loses."""
+    ranked = scores(table)
+    best = ranked.index[0]
+    r = ratios(table)[best]
+    tasks = len(r)
+    fastest = int((r == 1.0).sum())
+    text = (
+        f"Try {family_label(best)} first: score {ranked.iloc[0]:.2f} of 1, fastest on {fastest} "
+        f"of {tasks} tasks"
+    )
+    losses = [(task, ratio) for task, ratio in r.items() if ratio > 1.0]
+    if not losses:
+        return text + "."
+    parts = []
+    for task, ratio in losses:
+        winner = table[table.task == task].sort_values("median_seconds").iloc[0]["family"]
+        how = "misses the target or is over 4x slower" if math.isinf(ratio) else f"{ratio:.2g}x"
+        parts.append(f"on {task} {family_label(winner)} is faster ({family_label(best)} {how})")
+    return text + "; it loses " + "; ".join(parts) + "."
+
+
+def profile_png(table: pd.DataFrame) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    data = profiles(table).assign(family=lambda d: d.family.map(family_label))
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sns.lineplot(data=data, x="tau", y="rho", hue="family", ax=ax, drawstyle="steps-post")
+    ax.set_xlim(1, R_MAX)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("tau: within this factor of the fastest family on a task")
+    ax.set_ylabel("share of tasks")
+    ax.set_title("Performance profiles (AlgoPerf)")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=96, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def build(cfg: DictConfig) -> Path:
+    table = gather(cfg)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("pipeline.compare", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["family"] = family_label
+    env.filters["seconds"] = lambda v: "never" if math.isinf(v) else num(v, 3) + " s"
+    wide = table.pivot(index="family", columns="task")
+    ranked = scores(table)
+    html = env.get_template("compare.html.j2").render(
+        tasks=sorted(table.task.unique()),
+        families=list(ranked.index),
+        cell=lambda family, task: (
+            wide.loc[family].xs(task, level=1) if family in wide.index else None
+        ),
+        scores=ranked.to_dict(),
+        sentence=sentence(table),
+        profile=profile_png(table),
+    )
+    out = Path(cfg.compare.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write(out / "scores.csv", ranked.rename("score").rename_axis("family").to_csv())
+    write(out / "table.csv", table.drop(columns=["group"]).to_csv(index=False))
+    write(out / "index.html", html)
+    return out / "index.html"
+
+
+def command(args: argparse.Namespace, cfg: DictConfig) -> int:
+    print(build(cfg))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(command, argv, prog="python -m pipeline.compare", description=__doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

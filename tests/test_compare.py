@@ -1,0 +1,89 @@
+"""One page across tasks: the table, AlgoPerf performance profiles, scores, a sentence."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import pandas as pd
+import pytest
+
+from benchmarks.synthetic import write_study
+from pipeline.compare.__main__ import main as compare_main
+from pipeline.compare.profiles import ratios, scores
+from tests.conftest import require_service
+
+
+def _table(rows: list[tuple[str, str, float]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["task", "family", "median_seconds"])
+
+
+def test_a_family_fastest_on_every_task_scores_one():
+    table = _table(
+        [
+            ("a", "adam", 1.0),
+            ("a", "sgd", 2.0),
+            ("b", "adam", 3.0),
+            ("b", "sgd", math.inf),  # missed: infinite
+            ("c", "adam", 0.5),
+            ("c", "sgd", 2.5),  # 5x: beyond r_max = 4, counts as infinite
+        ]
+    )
+    ranked = scores(table)
+    assert ranked.index[0] == "adam" and ranked["adam"] == pytest.approx(1.0)
+    r = ratios(table)
+    assert (
+        r.loc["a", "sgd"] == 2.0 and math.isinf(r.loc["b", "sgd"]) and math.isinf(r.loc["c", "sgd"])
+    )
+    # sgd is within tau of the fastest on 1 of 3 tasks from tau = 2: area (4 - 2) / 3 of 1/3.
+    assert ranked["sgd"] == pytest.approx((4 - 2) / 3 / 3, abs=0.01)
+
+
+def test_compare_page_from_generated_studies(tmp_path, capsys):
+    for task, seed in (("digits", 1), ("moons", 2)):
+        write_study(
+            f"journal:///{tmp_path}/{task}.journal", 80, study_name=task, replicates=3, seed=seed
+        )
+    code = compare_main(
+        [
+            f"compare.studies=[{tmp_path}/digits.journal,{tmp_path}/moons.journal]",
+            f"compare.dir={tmp_path}/compare",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    html = (tmp_path / "compare" / "index.html").read_text()
+    assert "Try " in html and "digits" in html and "moons" in html
+    assert "data:image/png;base64," in html and "<script" not in html
+    table = pd.read_csv(tmp_path / "compare" / "table.csv")
+    assert set(table.task) == {"digits", "moons"}
+    ranked = pd.read_csv(tmp_path / "compare" / "scores.csv")
+    assert ranked.score.between(0, 1).all() and ranked.score.is_monotonic_decreasing
+    _render(tmp_path / "compare" / "index.html")
+
+
+def test_compare_refuses_a_study_without_replicates(tmp_path, capsys):
+    write_study(f"journal:///{tmp_path}/a.journal", 10, study_name="a")
+    code = compare_main([f"compare.studies=[{tmp_path}/a.journal]", f"compare.dir={tmp_path}/c"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no confirmation replicates" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "c").exists()
+
+
+def _render(page) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        require_service("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium, args=["--no-sandbox", "--disable-gpu"]
+        )
+        tab = browser.new_page()
+        tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        tab.on("pageerror", lambda e: errors.append(str(e)))
+        tab.goto(page.as_uri(), wait_until="load")
+        widths = tab.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
+        browser.close()
+    assert errors == [] and widths and all(w > 0 for w in widths)
