@@ -92,10 +92,12 @@ def replicate_times(
 
 
 def penalized(times: pd.DataFrame, *, budget_epochs: int) -> pd.Series:
-    """DeepOBS's speed: a replicate that misses counts as one epoch past the budget."""
+    """DeepOBS's speed in seconds: a replicate that misses counts as one epoch past the budget,
+    at the slowest config's seconds per epoch, so a miss is worse than any hit (at a config's
+    own rate a quick-epoch config that never reaches the target would look fast)."""
     per_config = times.groupby("config")["epoch_seconds"].transform("median")
-    epochs = times["epochs_to_target"].where(times["reached"], budget_epochs + 1)
-    return epochs * per_config
+    miss = (budget_epochs + 1) * float(per_config.max())
+    return (times["epochs_to_target"] * per_config).where(times["reached"], miss)
 
 
 def _first_hits(curves: pd.DataFrame, target: Target) -> pd.DataFrame:
