@@ -56,8 +56,12 @@ def run_cli(
     timeout: float = 240,
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m <module> args...` in a fresh process, as a user runs it."""
-    full_env = {**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}
+    """`python -m <module> args...` in a fresh process, as a user runs it.
+
+    The checkout under test comes first on the path, before any installed copy of pipeline.
+    """
+    path = os.pathsep.join([str(ROOT), str(TESTS)])
+    full_env = {**os.environ, "PYTHONPATH": path, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,

@@ -5,6 +5,8 @@ python -m pipeline.search --config-dir tests/conf task=user     (with tests/ on 
 
 from __future__ import annotations
 
+import os
+
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -73,3 +75,13 @@ class LitNet(pl.LightningModule):
 
     def configure_optimizers(self):
         raise AssertionError("the pipeline supplies the optimizer")
+
+
+class MarkedNet(Net):
+    """Fails in forward while the file that USER_TASK_FAIL_MARKER names exists: a bug, fixed."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        marker = os.environ.get("USER_TASK_FAIL_MARKER")
+        if marker and os.path.exists(marker):
+            raise ValueError("bug in user code")
+        return super().forward(x)

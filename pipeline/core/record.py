@@ -12,7 +12,9 @@ Everything a report needs lives on the Optuna trial, so a study file is the whol
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Container
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,6 +33,9 @@ ERROR = "error"  # the trial's own failure, one line
 STALE = "stale"  # its worker died (kill -9, crash): marked failed by a later run
 GRID_POINT = "grid_point"
 RETRIED = "retried"  # a failed trial whose config was queued again after the user's fix
+# Optuna refuses any change to a finished trial, so the failed trials a rerun queued again are
+# listed on the study (by number) and trials() marks them RETRIED as it reads them.
+RETRIED_TRIALS = "retried_trials"
 # Confirmation replicates (pipeline.search.confirm): which search trial they repeat.
 ROLE = "role"  # "search" (absent), "replicate" or "baseline"
 OF = "of"  # the search trial number a replicate repeats
@@ -81,6 +86,19 @@ class Run:
         return float(values[-1]) if values else math.nan
 
 
+def trials(study: optuna.Study, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+    """The study's trials (not copied), the failed ones a rerun retried marked RETRIED."""
+    got = study.get_trials(deepcopy=False, states=states)
+    retried = set(study.user_attrs.get(RETRIED_TRIALS) or ())
+    return [_mark_retried(t) if t.number in retried else t for t in got] if retried else got
+
+
+def _mark_retried(trial: FrozenTrial) -> FrozenTrial:
+    marked = copy.copy(trial)  # the storage's cached trial stays as it is
+    marked.user_attrs = {**trial.user_attrs, RETRIED: True}
+    return marked
+
+
 def run_of(trial: FrozenTrial) -> Run | None:
     return Run.from_attr(trial.user_attrs.get(RUN))
 
@@ -126,7 +144,8 @@ def role(trial: FrozenTrial) -> str:
 def note(trial: FrozenTrial) -> str:
     """Why a trial ended the way it did, in one line (empty for a complete trial)."""
     attrs = trial.user_attrs
-    return str(attrs.get(ERROR) or attrs.get(STOPPED) or attrs.get(STALE) or "")
+    text = str(attrs.get(ERROR) or attrs.get(STOPPED) or attrs.get(STALE) or "")
+    return f"{text} (retried)" if attrs.get(RETRIED) else text
 
 
 def worker_of(trial: FrozenTrial) -> tuple[str, int | None]:

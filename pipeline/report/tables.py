@@ -44,7 +44,7 @@ TRIAL_COLUMNS = [
 
 def visible_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Trials a report shows: not the ones still queued."""
-    return [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    return [t for t in record.trials(study) if t.state != TrialState.WAITING]
 
 
 def trials_frame(trials: list[FrozenTrial]) -> pd.DataFrame:

@@ -4,13 +4,17 @@
 
 Optuna's own PyTorchLightningPruningCallback (optuna-integration) imports the `lightning`
 package and fails beside `pytorch_lightning` objects ("Expected a parent"), so TrialGuard does
-its job here in a few lines.
+its job here in a few lines. A Trainer accepts only its own package's Callback, so the work is
+in mixins and callback_classes() gives the classes for either package (pytorch_lightning or
+lightning.pytorch).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
+from types import ModuleType
 from typing import Any
 
 import optuna
@@ -40,7 +44,7 @@ def _value(metrics: dict[str, Any], name: str) -> float | None:
     return None if value is None else float(value)
 
 
-class CurveRecorder(pl.Callback):
+class CurveRecording:
     """One row per epoch: epoch, optimizer steps, seconds since the trial started, losses, lr."""
 
     def __init__(self, *, started: float) -> None:
@@ -85,13 +89,13 @@ def _first_loss(pl_module: pl.LightningModule, outputs: Any) -> float | None:
     return None if value is None else float(value)
 
 
-class TrialGuard(pl.Callback):
+class Guarding:
     """After each epoch: stop on divergence, report the metric to the pruner, honour Ctrl-C."""
 
     def __init__(
         self,
         trial: optuna.Trial,
-        recorder: CurveRecorder,
+        recorder: CurveRecording,
         *,
         metric: str,
         divergence_factor: float,
@@ -134,3 +138,23 @@ class TrialGuard(pl.Callback):
             if self.trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}: {self.metric} {value:.4g}")
         interrupt.check()
+
+
+class CurveRecorder(CurveRecording, pl.Callback):
+    """CurveRecording for a pytorch_lightning Trainer."""
+
+
+class TrialGuard(Guarding, pl.Callback):
+    """Guarding for a pytorch_lightning Trainer."""
+
+
+@functools.cache
+def callback_classes(package: ModuleType) -> tuple[type[CurveRecording], type[Guarding]]:
+    """(CurveRecorder, TrialGuard) deriving from `package`'s own Callback (made once)."""
+    if package is pl:
+        return CurveRecorder, TrialGuard
+    base = package.Callback
+    return (
+        type("CurveRecorder", (CurveRecording, base), {"__module__": __name__}),
+        type("TrialGuard", (Guarding, base), {"__module__": __name__}),
+    )

@@ -107,7 +107,7 @@ def baseline_params(cfg: DictConfig, space: SearchSpace) -> dict[str, Any] | Non
 def plan(study: optuna.Study, cfg: DictConfig, space: SearchSpace) -> list[Item]:
     """Every replicate the confirmation wants, done or not."""
     seeds = int(cfg.confirm.seeds)
-    trials = study.get_trials(deepcopy=False)
+    trials = record.trials(study)
     configs = [
         ("replicate", t.number, dict(t.params))
         for t in candidates(trials, top_k=int(cfg.confirm.top_k), direction=cfg.search.direction)
@@ -131,7 +131,7 @@ def enqueue_missing(study: optuna.Study, cfg: DictConfig, space: SearchSpace) ->
     items = plan(study, cfg, space)
     have = {
         _key(t)
-        for t in study.get_trials(deepcopy=False)
+        for t in record.trials(study)
         if record.role(t) != "search"
         and (record.counts(t) or t.state in (TrialState.RUNNING, TrialState.WAITING))
     }

@@ -4,13 +4,16 @@
 
 search.n_trials is the total the study should hold. A trial counts once it is complete, pruned
 or failed with an error of its own (pipeline.core.record.counts); trials cut short by Ctrl-C or
-by a killed worker do not, so a rerun of the same command runs exactly what is missing.
+by a killed worker do not, so a rerun of the same command runs exactly what is missing. A rerun
+also retries the trials that failed with an error (the user may have fixed the cause): each is
+marked retried, kept as history, and its sampled values are queued again.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +78,13 @@ class Budget:
         return [t for t in trials if record.role(t) != "search"]
 
 
-def prepare(cfg: DictConfig, space: SearchSpace) -> tuple[optuna.Study, Budget]:
+def _print_err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def prepare(
+    cfg: DictConfig, space: SearchSpace, *, note: Callable[[str], None] = _print_err
+) -> tuple[optuna.Study, Budget]:
     """Open or create the study, check it matches the config, and queue its first trials."""
     sampler, grid = make_sampler(cfg)
     pruner = make_pruner(cfg)
@@ -100,10 +109,39 @@ def prepare(cfg: DictConfig, space: SearchSpace) -> tuple[optuna.Study, Budget]:
     else:
         _check_resumable(study, stored, config)
     fail_stale_trials(study)
+    retried = retry_failed(study)
+    if retried:
+        note(f"retrying {retried} trial{'s' if retried > 1 else ''} that failed with an error")
     if not grid:
         queue_first_looks(study, list(space.optimizers), cfg)
     n_trials = int(cfg.search.n_trials)  # a grid smaller than that ends the study sooner
     return study, Budget(min(n_trials, len(points)), grid=True) if grid else Budget(n_trials)
+
+
+def retry_failed(study: optuna.Study) -> int:
+    """Queue again the search trials that failed with an error; returns how many.
+
+    Each failed trial is marked retried (it stays in the study as history and no longer uses
+    a place in the budget) and its sampled values are queued, so the retry trains the same
+    choice. One that failed before it sampled anything just leaves its place to be refilled.
+    """
+    failed = [
+        t
+        for t in record.trials(study, states=(TrialState.FAIL,))
+        if record.role(t) == "search"
+        and record.ERROR in t.user_attrs
+        and not t.user_attrs.get(record.RETRIED)
+    ]
+    if not failed:
+        return 0
+    done = set(study.user_attrs.get(record.RETRIED_TRIALS) or ())
+    study.set_user_attr(record.RETRIED_TRIALS, sorted(done | {t.number for t in failed}))
+    for trial in failed:
+        if trial.params:
+            attrs = trial.user_attrs
+            keep = {k: attrs[k] for k in (record.GRID_POINT,) if k in attrs}
+            study.enqueue_trial(trial.params, user_attrs=keep or None, skip_if_exists=False)
+    return len(failed)
 
 
 def fingerprint(cfg: DictConfig) -> dict[str, Any]:
@@ -127,7 +165,7 @@ def queue_first_looks(study: optuna.Study, families: Sequence[str], cfg: DictCon
     per, n_trials = int(cfg.search.min_trials_per_family), int(cfg.search.n_trials)
     if fair(cfg):  # every trial queued round-robin: equal trials per family (up to one)
         per = math.ceil(n_trials / len(families))
-    trials = [t for t in study.get_trials(deepcopy=False) if record.role(t) == "search"]
+    trials = [t for t in record.trials(study) if record.role(t) == "search"]
     live = [
         t for t in trials if record.counts(t) or t.state in (TrialState.RUNNING, TrialState.WAITING)
     ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import optuna
@@ -20,9 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.core import record
 from pipeline.core.record import Run, write_run
-from pipeline.search.callbacks import CurveRecorder, TrialGuard
+from pipeline.search.callbacks import CurveRecording, callback_classes
 from pipeline.search.data import TensorDataModule
 from pipeline.search.module import TrainModule, attach
+from pipeline.search.packages import lightning_package
 from pipeline.search.space import SearchSpace
 
 
@@ -68,7 +70,7 @@ def _has_target(value: Any) -> bool:
     return False
 
 
-def _cache_callback_factories() -> None:
+def _cache_callback_factories(package: ModuleType = pl) -> None:
     """Look up Lightning's external callback factories once per process, not per Trainer.
 
     Each Trainer() scans every installed package's entry points for callback factories,
@@ -76,10 +78,12 @@ def _cache_callback_factories() -> None:
     installed packages do not change inside a worker; the factories still run per Trainer,
     so each gets fresh callbacks. Skipped if Lightning moves the function.
     """
+    import importlib
     from importlib.metadata import entry_points
 
-    from pytorch_lightning.trainer.connectors import callback_connector
-
+    callback_connector = importlib.import_module(
+        f"{package.__name__}.trainer.connectors.callback_connector"
+    )
     original = getattr(callback_connector, "_load_external_callbacks", None)
     if original is None or getattr(original, "cached", False):
         return
@@ -118,10 +122,8 @@ class TrialRunner:
 
         net = self.make_model()
         datamodule = self.make_data(batch_size=choice.batch_size)
-        if not isinstance(datamodule, pl.LightningDataModule):
-            raise TypeError(
-                f"task.data built a {type(datamodule).__name__}, not a LightningDataModule"
-            )
+        # The Trainer and callbacks come from the package the user's objects were written for.
+        package = lightning_package(net, datamodule)
 
         def configure(parameters: Any, steps_per_epoch: int) -> tuple[Any, Any, str]:
             return self.space.configure(
@@ -129,25 +131,26 @@ class TrialRunner:
             )
 
         extra: dict[str, Any] = {}
-        if isinstance(net, pl.LightningModule):
+        if isinstance(net, package.LightningModule):
             module = attach(net, configure)
-        elif isinstance(net, torch.nn.Module):
+        else:
             module = TrainModule(net, loss=self.cfg.task.loss, configure=configure)
             if isinstance(datamodule, TensorDataModule):
                 datamodule.whole_epochs = True
                 extra["limit_val_batches"] = 0  # validated inside the whole-epoch step
-        else:
-            raise TypeError(f"task.model built a {type(net).__name__}, not an nn.Module")
 
-        recorder = CurveRecorder(started=started)
-        guard = TrialGuard(
+        if package is not pl:
+            _cache_callback_factories(package)
+        recorder_class, guard_class = callback_classes(package)
+        recorder = recorder_class(started=started)
+        guard = guard_class(
             trial,
             recorder,
             metric=self.cfg.search.metric,
             divergence_factor=float(self.cfg.search.divergence_factor),
             prune=self.prune and record.ROLE not in attrs,
         )
-        trainer = pl.Trainer(**self.trainer_kwargs, **extra, callbacks=[recorder, guard])
+        trainer = package.Trainer(**self.trainer_kwargs, **extra, callbacks=[recorder, guard])
         try:
             trainer.fit(module, datamodule=datamodule)
         except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
@@ -166,7 +169,7 @@ class TrialRunner:
 
 
 def _run(
-    recorder: CurveRecorder,
+    recorder: CurveRecording,
     datamodule: pl.LightningDataModule,
     module: pl.LightningModule,
     seed: int,

@@ -85,14 +85,14 @@ def work(
     objective = Objective(cfg, space, prune=prune, note=note)
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-        trials = study.get_trials(deepcopy=False)
+        trials = record.trials(study)
         if progress is not None:
             _show(progress, budget, trials)
         # Only queued trials run: an empty queue means the others took the last places.
         if interrupt.requested() or budget.missing(trials) <= 0 or not budget.waiting(trials):
             study.stop()
 
-    trials = study.get_trials(deepcopy=False)
+    trials = record.trials(study)
     if quota != 0 and budget.missing(trials) > 0 and budget.waiting(trials):
         study.optimize(
             objective,
@@ -128,7 +128,7 @@ def search(cfg: DictConfig) -> Outcome:
     try:
         # The study from prepare() is worker 0's: its sampler has the unshifted seed.
         failed_workers += _phase(cfg, space, study, budget, "trials")
-        trials = study.get_trials(deepcopy=False)
+        trials = record.trials(study)
         if int(cfg.confirm.seeds) > 0 and not interrupt.requested() and budget.done(trials):
             _, planned = confirm.enqueue_missing(study, cfg, space)
             for line in confirm.notes(cfg, space):
@@ -136,7 +136,7 @@ def search(cfg: DictConfig) -> Outcome:
             replicates = Budget(planned, role="replicate")
             failed_workers += _phase(cfg, space, study, replicates, "replicates")
     finally:
-        trials = study.get_trials(deepcopy=False)
+        trials = record.trials(study)
         close(study)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -154,7 +154,7 @@ def _phase(
     cfg: DictConfig, space: SearchSpace, study: optuna.Study, budget: Budget, label: str
 ) -> int:
     """Run what `budget` is missing on every worker, with a progress bar; failed workers."""
-    trials = study.get_trials(deepcopy=False)
+    trials = record.trials(study)
     progress = Progress(
         budget.n_trials, label=label, metric=cfg.search.metric, direction=cfg.search.direction
     )
@@ -174,7 +174,7 @@ def _phase(
             else:
                 failed = _run_workers(cfg, space, budget, progress, study, quotas)
     finally:
-        _show(progress, budget, study.get_trials(deepcopy=False))
+        _show(progress, budget, record.trials(study))
         progress.close()
     return failed
 
@@ -250,7 +250,7 @@ def _run_workers(
     while any(w.is_alive() for w in workers):
         for w in workers:
             w.join(timeout=0.5)
-        _show(progress, budget, study.get_trials(deepcopy=False))
+        _show(progress, budget, record.trials(study))
     return sum(w.exitcode not in (0, 128 + signal.SIGINT, 128 + signal.SIGTERM) for w in workers)
 
 
