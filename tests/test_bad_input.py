@@ -180,3 +180,51 @@ def test_real_process_prints_no_traceback(tmp_path):
         assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
         assert result.stdout == ""
     assert not (tmp_path / "studies").exists()
+
+
+def test_malformed_yaml_in_a_user_config_dir_is_one_line(tmp_path):
+    conf = tmp_path / "myconf" / "optimizer"
+    conf.mkdir(parents=True)
+    (conf / "broken.yaml").write_text("_target_: torch.optim.Adam\nlr: {type: float, low: 1\n")
+    result = run_cli(
+        "pipeline.search",
+        "--config-dir",
+        str(tmp_path / "myconf"),
+        *TINY,
+        "search.optimizers=[broken,adam]",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "broken.yaml" in lines[0] and "not valid YAML" in lines[0]
+    assert not (tmp_path / "studies").exists()
+
+
+def test_a_config_dir_that_does_not_exist_is_refused(tmp_path):
+    result = run_cli("pipeline.search", "--config-dir", str(tmp_path / "nope"), *TINY, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: --config-dir: no such folder: {tmp_path / 'nope'}"
+    assert not (tmp_path / "studies").exists()
+
+
+def test_an_unimportable_target_prints_only_the_useful_line(tmp_path):
+    result = run_cli("pipeline.search", *TINY, "task.model._target_=mylab.models.Net", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: task.model._target_: cannot import")
+    assert "PYTHONPATH" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("+search.bar=1", "search.bar"),
+        ("+optimizer.adam.lr.low=0.05", "optimizer.adam.lr.low"),
+        ("+sedd=1", "sedd"),
+    ],
+)
+def test_unknown_keys_added_with_plus_are_refused(tmp_path, override, key):
+    result = run_cli("pipeline.search", *TINY, override, cwd=tmp_path)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith(f"error: {key}: "), result.stderr
+    assert not (tmp_path / "studies").exists()

@@ -6,6 +6,7 @@ python -m pytest tests/test_fashion.py
 from __future__ import annotations
 
 import gzip
+import json
 import struct
 from pathlib import Path
 
@@ -287,3 +288,36 @@ def test_planar_trains_with_bce_and_reports_accuracy(tmp_path):
         assert all(0 <= a <= 1 for a in curve["val_acc"])
         assert all(np.isfinite(curve["train_loss"]))
         assert t.user_attrs["run"]["n_params"] == 30
+
+
+@pytest.mark.slow
+def test_the_report_shows_the_recommended_settings_test_accuracy(tmp_path):
+    """Replicates are scored on the test images, which choose nothing; the report says so."""
+    write_fashion(tmp_path / "data")
+    args = [
+        "task=fashion_mnist",
+        f"task.data.root={tmp_path / 'data'}",
+        "task.data.n_train=100",
+        "search.n_trials=2",
+        "search.optimizers=[adam,sgd]",
+        "confirm.seeds=2",
+        "confirm.top_k=1",
+        "confirm.baseline=null",
+        "trainer.max_epochs=2",
+        "search.batch_sizes=[32]",
+        f"report.dir={tmp_path / 'reports'}",
+    ]
+    result = run_cli("pipeline", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    study = load_study(default_storage(tmp_path), "fashion_mnist")
+    replicates = [t for t in study.get_trials() if "role" in t.user_attrs]
+    searched = [t for t in study.get_trials() if "role" not in t.user_attrs]
+    assert len(replicates) == 4 and all(
+        0 <= t.user_attrs["run"]["test_acc"] <= 1 for t in replicates
+    )
+    assert all("test_acc" not in t.user_attrs["run"] for t in searched)  # chooses nothing
+    summary = json.loads((tmp_path / "reports" / "summary.json").read_text())
+    scores = [f["test_acc"] for f in summary["recommendation"]["families"]]
+    assert all(s is not None and 0 <= s <= 1 for s in scores)
+    html = (tmp_path / "reports" / "index.html").read_text()
+    assert "held-out test set" in html

@@ -343,3 +343,25 @@ def test_generated_study_with_a_known_order_declares_it_in_every_file(tmp_path, 
     for row, family in zip(table.itertuples(), declared["families"], strict=True):
         assert row.family == family["family"]
         assert family["success"] == f"{row.reached}/{row.replicates}"
+
+
+def test_a_trial_killed_before_it_picked_a_batch_size_keeps_batch_sizes_whole(tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path}/study.db"
+    study = write_study(storage, 20, study_name="moons")
+    family = study.trials[0].distributions["optimizer"]
+    study.add_trial(
+        create_trial(
+            state=TrialState.FAIL,
+            params={"optimizer": "adam"},
+            distributions={"optimizer": family},
+            user_attrs={"stale": "worker h:1 died"},
+        )
+    )
+    code, _out, err = _report(tmp_path, capsys, "confirm.seeds=0")
+    assert code == 0, err
+    raw = pd.read_csv(tmp_path / "reports" / "recommendation.csv", dtype=str)
+    assert raw.batch_size.str.fullmatch(r"\d+").all(), list(raw.batch_size)
+    html = (tmp_path / "reports" / "index.html").read_text()
+    summary = json.loads((tmp_path / "reports" / "summary.json").read_text())
+    assert ".0)" not in summary["recommendation"]["sentence"]
+    assert ">nan<" not in html and ">&lt;NA&gt;<" not in html

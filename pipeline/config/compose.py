@@ -16,6 +16,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
@@ -88,7 +89,7 @@ def _compose(overrides: list[str], config_dirs: Sequence[str | Path]) -> DictCon
     except OverrideParseException as exc:
         bad = next((o for o in overrides if _unparsable(o)), " ".join(overrides))
         raise ConfigError(bad, f"not a Hydra override ({first_line(exc)}); use key=value") from None
-    except (HydraException, OmegaConfBaseException) as exc:
+    except (HydraException, OmegaConfBaseException, yaml.YAMLError) as exc:
         raise _composition_error(exc, overrides) from None
     return cfg
 
@@ -156,8 +157,6 @@ def _composition_error(exc: BaseException, overrides: list[str]) -> ConfigError:
 
 def _yaml_error(exc: BaseException) -> ConfigError | None:
     """A config file that is not valid YAML: its path and the parser's first line."""
-    import yaml
-
     cause: BaseException | None = exc
     while cause is not None and not isinstance(cause, yaml.YAMLError):
         cause = cause.__cause__ or cause.__context__

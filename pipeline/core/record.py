@@ -58,7 +58,10 @@ class Run:
     seconds: float | None = None
     n_train: int | None = None
     n_val: int | None = None
-    group: int | None = None  # replicates trained together as one vectorized model
+    # A replicate's score on the task's held-out test set, when its data module has one
+    # (never used to choose anything: the honest number for the recommended setting).
+    test_loss: float | None = None
+    test_acc: float | None = None
 
     def to_attr(self) -> dict[str, Any]:
         plain = {k: v for k, v in asdict(self).items() if v is not None}

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+
 from pipeline.report.tables import Target
 
 if TYPE_CHECKING:
@@ -36,7 +38,7 @@ def describe(params: dict[str, Any], *, skip: tuple[str, ...] = ()) -> str:
 
 def num(value: Any, digits: int = 3) -> str:
     """A number as a person reads it: `digits` significant digits, a dash for none."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return "\u2013"  # an en dash: no value
     if isinstance(value, float):
         return f"{value:.{digits}g}"
@@ -132,6 +134,21 @@ def _single_runs(r: Results, goal: str) -> str:
         f"{top['seconds_to_target']:.2f} s ({int(top['epochs_to_target'])} epochs). These are "
         "single runs, one seed each, so a rerun may name another family; confirm them over "
         "seeds with confirm.seeds=5 (the default)."
+    )
+
+
+def test_score(r: Results) -> str:
+    """The recommended setting on the task's test set, which chose nothing."""
+    table = r.recommendation
+    if r.confidence is None or table.empty or "test_acc" not in table:
+        return ""
+    top = table.iloc[0]
+    if pd.isna(top["test_acc"]):
+        return ""
+    return (
+        f"On the held-out test set, never used to choose anything, "
+        f"{family_label(top['family'])}'s setting scores a median test accuracy of "
+        f"{top['test_acc']:.3f} over its {top['replicates']} seeds."
     )
 
 

@@ -114,7 +114,7 @@ def collect(
     band = lr_band(trials, direction=direction)
     budget = budget_curves(trials, direction=direction)
     if sure is not None and not sure.families.empty:
-        table = _confirmed_table(sure, searched, band, budget)
+        table = _confirmed_table(sure, searched, band, budget, trials_test(trials))
     elif not searched.empty:
         table = recommend(searched, ttt, direction=direction)
     else:
@@ -147,10 +147,20 @@ def collect(
     return results
 
 
+def trials_test(trials: pd.DataFrame) -> pd.DataFrame:
+    return trials[["number", "test_acc"]].rename(columns={"number": "trial"})
+
+
 def _confirmed_table(
-    sure: Confidence, searched: pd.DataFrame, band: dict[str, float], budget: pd.DataFrame
+    sure: Confidence,
+    searched: pd.DataFrame,
+    band: dict[str, float],
+    budget: pd.DataFrame,
+    tests: pd.DataFrame,
 ) -> pd.DataFrame:
     """One row per family: its confirmed config's settings beside its times over seeds."""
+    tested = sure.replicates.merge(tests, on="trial", how="left")
+    test_acc = tested.groupby("config")["test_acc"].median()
     by_number = searched.set_index("number")
     counts = searched.groupby("family").size()
     common = int(budget.groupby("family").k.max().min()) if not budget.empty else 0
@@ -188,6 +198,7 @@ def _confirmed_table(
                 "p_winner_faster": row["p_winner_faster"],
                 "tied": family in sure.group and family != sure.winner,
                 "median_final": row["median_final"],
+                "test_acc": test_acc.get(row["config"], float("nan")),
                 "lr_band_decades": band.get(family, float("nan")),
                 "expected_best_at_k": at_common.get(family, float("nan")),
                 "common_k": common,

@@ -76,6 +76,7 @@ def declaration(results: Results) -> dict[str, Any]:
                 "ratio_interval": [number(row["ratio_low"]), number(row["ratio_high"])],
                 "p_winner_faster": number(row["p_winner_faster"]),
                 "lr_band_decades": number(row["lr_band_decades"]),
+                "test_acc": number(row["test_acc"]),
             }
             for _, row in table.iterrows()
         ],

@@ -39,6 +39,7 @@ TRIAL_COLUMNS = [
     "role",
     "of",
     "replicate",
+    "test_acc",
 ]
 
 
@@ -78,9 +79,12 @@ def trials_frame(trials: list[FrozenTrial]) -> pd.DataFrame:
                 "role": record.role(t),
                 "of": t.user_attrs.get(record.OF),
                 "replicate": t.user_attrs.get(record.REPLICATE),
+                "test_acc": math.nan if run.test_acc is None else run.test_acc,
             }
         )
-    return pd.DataFrame(rows, columns=TRIAL_COLUMNS)
+    frame = pd.DataFrame(rows, columns=TRIAL_COLUMNS)
+    # A trial killed before it picked a batch size has none: keep the column integer.
+    return frame.astype({"batch_size": "Int64"})
 
 
 def replicates_frame(trials: pd.DataFrame) -> pd.DataFrame:

@@ -33,6 +33,9 @@ def summary(outcome: Outcome, cfg: DictConfig) -> list[str]:
         + (f" ({diverged} diverged)" if diverged else "")
         + f", {by_state[TrialState.FAIL]} failed) in {outcome.seconds:.1f} s"
     ]
+    running = sum(t.state == TrialState.RUNNING for t in searched)
+    if running:  # another command on the same storage: the study is not short
+        lines[0] += f"; {running} more running in another command, which will complete the study"
     if outcome.replicates_planned:
         confirmed = [t for t in outcome.trials if record.role(t) != "search" and record.counts(t)]
         lines.append(

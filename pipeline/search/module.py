@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.search import interrupt
-from pipeline.search.data import EpochBatches, TensorDataModule
+from pipeline.search.data import EVAL_CHUNK, EpochBatches, TensorDataModule
 
 # (parameters, steps_per_epoch) -> (optimizer, scheduler, interval)
 Configure = Callable[[Any, int], tuple[torch.optim.Optimizer, Any, str]]
@@ -152,6 +152,25 @@ class TrainModule(pl.LightningModule):
         self.epoch_metrics["val_loss"] = self._val_sum / n
         if self.classify:
             self.epoch_metrics["val_acc"] = self._val_correct / n
+
+
+def held_out(module: TrainModule, x: Tensor, y: Tensor) -> dict[str, float]:
+    """Loss (and accuracy) of the trained net on held-out data, in chunks, without gradients."""
+    device = next(module.net.parameters()).device
+    module.on_validation_epoch_start()
+    was_training = module.net.training
+    module.net.eval()
+    with torch.no_grad():
+        module._val_sums(
+            (x[i : i + EVAL_CHUNK].to(device), y[i : i + EVAL_CHUNK].to(device))
+            for i in range(0, len(x), EVAL_CHUNK)
+        )
+    module.net.train(was_training)
+    n = max(1, module._val_count)
+    out = {"test_loss": float(module._val_sum / n)}
+    if module.classify:
+        out["test_acc"] = float(module._val_correct / n)
+    return out
 
 
 def _mse(out: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:

@@ -23,7 +23,7 @@ from pipeline.core import record
 from pipeline.core.record import Run, write_run
 from pipeline.search.callbacks import CurveRecording, callback_classes
 from pipeline.search.data import TensorDataModule
-from pipeline.search.module import TrainModule, attach
+from pipeline.search.module import TrainModule, attach, held_out
 from pipeline.search.packages import lightning_package
 from pipeline.search.space import SearchSpace
 
@@ -151,8 +151,15 @@ class TrialRunner:
             prune=self.prune and record.ROLE not in attrs,
         )
         trainer = package.Trainer(**self.trainer_kwargs, **extra, callbacks=[recorder, guard])
+        scores: dict[str, float] = {}
         try:
             trainer.fit(module, datamodule=datamodule)
+            # Replicates of a setting are what the report recommends: score them on the
+            # task's test set, which nothing is chosen by.
+            if record.ROLE in attrs and isinstance(module, TrainModule):
+                test = getattr(datamodule, "test_arrays", None)
+                if callable(test):
+                    scores = held_out(module, *test())
         except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
             text = str(exc).lower()
             if "out of memory" in text or "can't allocate memory" in text:
@@ -164,7 +171,7 @@ class TrialRunner:
                 ) from exc
             raise
         finally:
-            write_run(trial, _run(recorder, datamodule, module, seed, started))
+            write_run(trial, _run(recorder, datamodule, module, seed, started, scores))
         return float(recorder.last[self.cfg.search.metric])
 
 
@@ -174,10 +181,11 @@ def _run(
     module: pl.LightningModule,
     seed: int,
     started: float,
+    scores: dict[str, float],
 ) -> Run:
-    sizes = {}
+    sizes: dict[str, Any] = dict(scores)
     if isinstance(datamodule, TensorDataModule):
-        sizes = {"n_train": datamodule.n_train, "n_val": datamodule.n_val}
+        sizes |= {"n_train": datamodule.n_train, "n_val": datamodule.n_val}
     return Run(
         curve=recorder.curve,
         device=recorder.device,

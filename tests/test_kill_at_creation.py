@@ -1,0 +1,85 @@
+"""kill -9 just after Optuna creates a trial: the rerun still ends with the full budget."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from pipeline.core import record
+from pipeline.core.storage import load_study, open_storage
+from tests.conftest import TINY, run_cli
+
+BASE = (*TINY, "trainer.max_epochs=2", "search.optimizers=[adam,sgd,momentum]")
+ARGS = (*BASE, "search.n_trials=6")
+
+
+def _running_rows(storage: str) -> bool:
+    if storage.startswith("sqlite:///"):
+        path = storage.split(":///", 1)[1]
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as conn:
+            rows = conn.execute("SELECT count(*) FROM trials WHERE state = 'RUNNING'")
+            return rows.fetchone()[0] > 0
+    study = load_study(storage, "moons")
+    return any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "journal"])
+def test_kill_as_soon_as_the_first_trial_row_appears(tmp_path, backend):
+    storage = (
+        f"sqlite:///{tmp_path}/study.db"
+        if backend == "sqlite"
+        else f"journal:///{tmp_path}/s.journal"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.search", *ARGS, f"search.storage={storage}"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if _running_rows(storage):
+                break
+        except Exception:
+            pass  # the storage is being created
+        time.sleep(0.002)
+    proc.kill()
+    proc.wait()
+    result = run_cli("pipeline.search", *ARGS, f"search.storage={storage}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "study 'moons': 6/6 trials" in result.stdout
+    trials = load_study(storage, "moons").get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert sum(record.counts(t) for t in trials) == 6
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "journal"])
+def test_a_trial_created_but_never_claimed_is_reaped_and_rerun(tmp_path, backend):
+    """Exactly the state such a kill leaves: a running trial with no worker recorded on it."""
+    storage = (
+        f"sqlite:///{tmp_path}/study.db"
+        if backend == "sqlite"
+        else f"journal:///{tmp_path}/s.journal"
+    )
+    first = run_cli(
+        "pipeline.search", *BASE, "search.n_trials=2", f"search.storage={storage}", cwd=tmp_path
+    )
+    assert first.returncode == 0, first.stderr
+    study = optuna.load_study(study_name="moons", storage=open_storage(storage))
+    orphan = study.ask()  # RUNNING, no worker: its creator died before it claimed it
+    result = run_cli("pipeline.search", *ARGS, f"search.storage={storage}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trials = {t.number: t for t in load_study(storage, "moons").get_trials()}
+    assert trials[orphan.number].state == TrialState.FAIL
+    assert "no worker claimed it" in trials[orphan.number].user_attrs[record.STALE]
+    assert sum(record.counts(t) for t in trials.values()) == 6
+    # Each family still gets its first looks (search.min_trials_per_family = 2).
+    families = [t.params.get("optimizer") for t in trials.values() if record.counts(t)]
+    assert all(families.count(f) >= 2 for f in ("adam", "sgd", "momentum"))
