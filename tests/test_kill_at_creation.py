@@ -15,7 +15,7 @@ from pipeline.core import record
 from pipeline.core.storage import load_study, open_storage
 from tests.conftest import TINY, run_cli
 
-BASE = (*TINY, "trainer.max_epochs=2", "search.optimizers=[adam,sgd,momentum]")
+BASE = (*TINY, "trainer.max_epochs=1", "search.optimizers=[adam,sgd,momentum]")
 ARGS = (*BASE, "search.n_trials=6")
 
 
@@ -49,7 +49,7 @@ def test_kill_as_soon_as_the_first_trial_row_appears(tmp_path, backend):
                 break
         except Exception:
             pass  # the storage is being created
-        time.sleep(0.002)
+        time.sleep(0.005 if storage.startswith("sqlite") else 0.05)
     proc.kill()
     proc.wait()
     result = run_cli("pipeline.search", *ARGS, f"search.storage={storage}", cwd=tmp_path)

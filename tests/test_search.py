@@ -213,7 +213,7 @@ def test_ctrl_c_records_what_finished_and_a_rerun_completes(tmp_path, signum):
 def test_kill_9_loses_only_the_running_trial(tmp_path):
     storage = default_storage(tmp_path)
     args = (*SLOW_TRIALS, "search.n_trials=8")  # parallel workers: the default
-    kills = 3
+    kills = 2
     for cycle in range(kills):
         proc = _start(tmp_path, *args)
         _wait_for(lambda c=cycle: _started(storage, complete=c + 1))

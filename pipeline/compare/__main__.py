@@ -41,6 +41,7 @@ def _url(entry: str) -> str:
 
 def gather(cfg: DictConfig) -> pd.DataFrame:
     """One row per (task, family): the confirmed setting's median time and interval."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     rows = []
     for entry in cfg.compare.studies:
         url = _url(str(entry))
