@@ -87,3 +87,25 @@ def _render(page) -> None:
         widths = tab.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
         browser.close()
     assert errors == [] and widths and all(w > 0 for w in widths)
+
+
+def test_on_generated_studies_the_family_fastest_everywhere_scores_one(tmp_path, capsys):
+    """Synthetic Adam learns far faster than SGD (benchmarks/synthetic.py) on every task."""
+    for task, seed in (("a", 1), ("b", 2)):
+        write_study(
+            f"journal:///{tmp_path}/{task}.journal",
+            30,
+            study_name=task,
+            families=["sgd", "adam"],
+            replicates=3,
+            seed=seed,
+        )
+    code = compare_main(
+        [
+            f"compare.studies=[{tmp_path}/a.journal,{tmp_path}/b.journal]",
+            f"compare.dir={tmp_path}/c",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    ranked = pd.read_csv(tmp_path / "c" / "scores.csv").set_index("family").score
+    assert ranked["adam"] == pytest.approx(1.0) and ranked["sgd"] < 1.0

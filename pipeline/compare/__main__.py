@@ -30,7 +30,7 @@ from pipeline.core.errors import ConfigError
 from pipeline.core.storage import close, open_storage
 from pipeline.report.html import write
 from pipeline.report.prose import family_label, num
-from pipeline.report.results import collect
+from pipeline.report.results import collect_for
 
 
 def _url(entry: str) -> str:
@@ -52,14 +52,7 @@ def gather(cfg: DictConfig) -> pd.DataFrame:
         for name in names:
             study = optuna.load_study(study_name=name, storage=storage)
             try:
-                results = collect(
-                    study,
-                    target=cfg.report.target,
-                    tolerance=float(cfg.report.target_tolerance),
-                    confidence=float(cfg.confirm.confidence),
-                    margin=float(cfg.confirm.margin),
-                    resamples=int(cfg.confirm.resamples),
-                )
+                results = collect_for(study, cfg)
             finally:
                 close(study)
             if results.confidence is None or results.recommendation.empty:

@@ -45,6 +45,13 @@ def wide(values: pd.Series) -> bool:
     return bool((values > 0).all() and values.max() / values.min() > 20)
 
 
+def titled(fig: plt.Figure, ax: plt.Axes, text: str, **legend: str) -> str:
+    """Title, a small legend, and the figure as a base64 PNG."""
+    ax.set_title(text)
+    ax.legend(fontsize=8, **legend)
+    return png(fig)
+
+
 def _palette(families: list[str]) -> dict[str, tuple[float, float, float]]:
     colors = sns.color_palette("tab10", n_colors=max(10, len(families)))
     return {f: colors[i % len(colors)] for i, f in enumerate(sorted(families))}
@@ -197,9 +204,7 @@ def importance(results: Results) -> str | None:
     sns.barplot(data=data, y="parameter", x="importance", hue="over", ax=ax, orient="h")
     ax.set_xlabel("importance (PED-ANOVA, share of the total)")
     ax.set_ylabel("")
-    ax.set_title("Which hyperparameters matter")
-    ax.legend(fontsize=8, title="")
-    return png(fig)
+    return titled(fig, ax, "Which hyperparameters matter", title="")
 
 
 def seed_times(results: Results) -> str | None:
@@ -236,9 +241,12 @@ def seed_times(results: Results) -> str | None:
     ax.set_yticklabels([labels[c] for c in order])
     ax.invert_yaxis()
     ax.set_xlabel("time to target (s): epochs x median seconds per epoch")
-    ax.set_title("Time to target over seeds: median (bar) and 95 % interval (line)")
-    ax.legend(fontsize=8, loc="lower right")
-    return png(fig)
+    return titled(
+        fig,
+        ax,
+        "Time to target over seeds: median (bar) and 95 % interval (line)",
+        loc="lower right",
+    )
 
 
 def budget(results: Results) -> str | None:

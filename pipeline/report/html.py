@@ -25,7 +25,7 @@ from pipeline.core import record
 from pipeline.core.storage import close, load_study
 from pipeline.report import figures, prose
 from pipeline.report.prose import describe, family_label, num
-from pipeline.report.results import Results, collect
+from pipeline.report.results import Results, collect_for
 from pipeline.report.summary import curves_csv, recommendation_csv, summary
 
 PACKAGES = ("torch", "pytorch-lightning", "optuna", "hydra-core", "pandas", "seaborn", "optim-race")
@@ -178,14 +178,7 @@ def build(cfg: DictConfig, *, command: str = "python -m pipeline.report") -> Pat
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = load_study(cfg.search.storage, cfg.search.study_name)
     try:
-        results = collect(
-            study,
-            target=cfg.report.target,
-            tolerance=float(cfg.report.target_tolerance),
-            confidence=float(cfg.confirm.confidence),
-            margin=float(cfg.confirm.margin),
-            resamples=int(cfg.confirm.resamples),
-        )
+        results = collect_for(study, cfg)
     finally:
         close(study)
     out = Path(cfg.report.dir)

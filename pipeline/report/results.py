@@ -18,7 +18,8 @@ import pandas as pd
 
 from pipeline.core import record
 from pipeline.report import prose
-from pipeline.report.confidence import Confidence, assess, budget_curves, lr_band, replicate_target
+from pipeline.report.budget import budget_curves, lr_band
+from pipeline.report.confidence import Confidence, assess, replicate_target
 from pipeline.report.importance import importance
 from pipeline.report.tables import (
     Target,
@@ -145,6 +146,18 @@ def collect(
         sizes = {"n_train": last.n_train, "n_val": last.n_val, "n_params": last.n_params}
         results.data_sizes = {k: int(v) for k, v in sizes.items() if v is not None}
     return results
+
+
+def collect_for(study: optuna.Study, cfg: Any) -> Results:
+    """collect() with the report and confirm settings of a composed config."""
+    return collect(
+        study,
+        target=cfg.report.target,
+        tolerance=float(cfg.report.target_tolerance),
+        confidence=float(cfg.confirm.confidence),
+        margin=float(cfg.confirm.margin),
+        resamples=int(cfg.confirm.resamples),
+    )
 
 
 def trials_test(trials: pd.DataFrame) -> pd.DataFrame:

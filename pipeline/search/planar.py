@@ -10,8 +10,9 @@ float 0/1 for binary cross-entropy on the network's single logit.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
-from pipeline.search.data import Arrays, TensorDataModule, split
+from pipeline.search.data import Arrays, MoonsDataModule, split
 
 
 @functools.lru_cache(maxsize=4)
@@ -25,22 +26,12 @@ def planar_arrays(
     return x_train, y_train.float(), x_val, y_val.float()
 
 
-class PlanarDataModule(TensorDataModule):
+class PlanarDataModule(MoonsDataModule):
     """Two noisy half circles in 2-D, one binary label; a stratified validation split."""
 
-    def __init__(
-        self,
-        *,
-        batch_size: int,
-        n_samples: int = 300,
-        noise: float = 0.2,
-        data_seed: int = 3,
-        val_fraction: float = 0.2,
-        split_seed: int = 0,
-    ) -> None:
-        super().__init__(batch_size=batch_size)
-        self.n_samples, self.noise, self.data_seed = int(n_samples), float(noise), int(data_seed)
-        self.val_fraction, self.split_seed = float(val_fraction), int(split_seed)
+    def __init__(self, *, batch_size: int, data_seed: int = 3, **moons: Any) -> None:
+        super().__init__(batch_size=batch_size, **{"n_samples": 300, "noise": 0.2} | moons)
+        self.data_seed = int(data_seed)
 
     def load(self) -> Arrays:
         return planar_arrays(
