@@ -19,6 +19,14 @@ BASE = (*TINY, "trainer.max_epochs=1", "search.optimizers=[adam,sgd,momentum]")
 ARGS = (*BASE, "search.n_trials=6")
 
 
+def _storage(tmp_path, backend: str) -> str:
+    return (
+        f"sqlite:///{tmp_path}/study.db"
+        if backend == "sqlite"
+        else f"journal:///{tmp_path}/s.journal"
+    )
+
+
 def _running_rows(storage: str) -> bool:
     if storage.startswith("sqlite:///"):
         path = storage.split(":///", 1)[1]
@@ -31,11 +39,7 @@ def _running_rows(storage: str) -> bool:
 
 @pytest.mark.parametrize("backend", ["sqlite", "journal"])
 def test_kill_as_soon_as_the_first_trial_row_appears(tmp_path, backend):
-    storage = (
-        f"sqlite:///{tmp_path}/study.db"
-        if backend == "sqlite"
-        else f"journal:///{tmp_path}/s.journal"
-    )
+    storage = _storage(tmp_path, backend)
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.search", *ARGS, f"search.storage={storage}"],
         cwd=tmp_path,
@@ -63,11 +67,7 @@ def test_kill_as_soon_as_the_first_trial_row_appears(tmp_path, backend):
 @pytest.mark.parametrize("backend", ["sqlite", "journal"])
 def test_a_trial_created_but_never_claimed_is_reaped_and_rerun(tmp_path, backend):
     """Exactly the state such a kill leaves: a running trial with no worker recorded on it."""
-    storage = (
-        f"sqlite:///{tmp_path}/study.db"
-        if backend == "sqlite"
-        else f"journal:///{tmp_path}/s.journal"
-    )
+    storage = _storage(tmp_path, backend)
     first = run_cli(
         "pipeline.search", *BASE, "search.n_trials=2", f"search.storage={storage}", cwd=tmp_path
     )

@@ -89,10 +89,24 @@ class Run:
         return float(values[-1]) if values else math.nan
 
 
-def trials(study: optuna.Study, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
-    """The study's trials (not copied), the failed ones a rerun retried marked RETRIED."""
+def retried_numbers(study: optuna.Study) -> frozenset[int]:
+    """The trials a rerun queued again; it changes only when a command starts (prepare())."""
+    return frozenset(study.user_attrs.get(RETRIED_TRIALS) or ())
+
+
+def trials(
+    study: optuna.Study,
+    states: Container[TrialState] | None = None,
+    *,
+    retried: frozenset[int] | None = None,
+) -> list[FrozenTrial]:
+    """The study's trials (not copied), the failed ones a rerun retried marked RETRIED.
+
+    Pass `retried` (retried_numbers, read once) in a loop: reading it is a storage query.
+    """
     got = study.get_trials(deepcopy=False, states=states)
-    retried = set(study.user_attrs.get(RETRIED_TRIALS) or ())
+    if retried is None:
+        retried = retried_numbers(study)
     return [_mark_retried(t) if t.number in retried else t for t in got] if retried else got
 
 

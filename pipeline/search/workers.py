@@ -83,9 +83,10 @@ def work(
     note = progress.note if progress else _print_err
     prune = not isinstance(study.pruner, optuna.pruners.NopPruner)
     objective = Objective(cfg, space, prune=prune, note=note)
+    retried = record.retried_numbers(study)  # fixed while workers run: read it once
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-        trials = record.trials(study)
+        trials = record.trials(study, retried=retried)
         if progress is not None:
             _show(progress, budget, trials)
         # Only queued trials run: an empty queue means the others took the last places.
@@ -247,10 +248,11 @@ def _run_workers(
                 os.environ["CUDA_VISIBLE_DEVICES"] = saved
     # Worker 0, on GPU 0 (the first visible).
     work(cfg, space, budget, study, quota=quotas and quotas[0], progress=progress)
+    retried = record.retried_numbers(study)
     while any(w.is_alive() for w in workers):
         for w in workers:
             w.join(timeout=0.5)
-        _show(progress, budget, record.trials(study))
+        _show(progress, budget, record.trials(study, retried=retried))
     return sum(w.exitcode not in (0, 128 + signal.SIGINT, 128 + signal.SIGTERM) for w in workers)
 
 
