@@ -149,4 +149,4 @@ def test_fair_protocol_gives_each_family_equal_random_trials(tmp_path):
     outcome = search(cfg)
     families = collections.Counter(t.params["optimizer"] for t in outcome.trials)
     assert families == {"adam": 2, "sgd": 2, "momentum": 2}
-    assert isinstance(outcome.study.sampler, optuna.samplers.RandomSampler)
+    assert isinstance(outcome.study.sampler.for_trial(0), optuna.samplers.RandomSampler)

@@ -115,7 +115,7 @@ def test_pruners_stop_trials_and_keep_their_partial_curves(tmp_path, pruner):
     cfg = tiny_config(
         tmp_path,
         f"pruner={pruner}",
-        "search.n_trials=14",
+        "search.n_trials=22",  # the pruner sees the trials 8 back (history.LAG): 10 of them
         "trainer.max_epochs=6",
         "search.min_trials_per_family=0",
         "sampler=random",

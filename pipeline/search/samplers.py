@@ -1,6 +1,9 @@
 """Optuna's sampler and pruner, built from the sampler/ and pruner/ config groups.
 
-make_sampler(cfg, worker=i)   # each worker its own seed, so workers do not sample alike
+sampler, grid = make_sampler(cfg)   # trial n: its own seed, the history below n - LAG
+pruner = make_pruner(cfg)           # judges trial n on that same history
+
+Both are wrapped by pipeline.search.history, so a seed gives the same study in parallel.
 """
 
 from __future__ import annotations
@@ -10,25 +13,36 @@ import warnings
 import optuna
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from optuna.samplers import RandomSampler
 
 from pipeline.core.errors import ConfigError, first_line, root_cause
+from pipeline.search.history import LAG, LaggedPruner, LaggedSampler
 
 
-def make_sampler(cfg: DictConfig, *, worker: int = 0) -> tuple[optuna.samplers.BaseSampler, bool]:
+def make_sampler(cfg: DictConfig) -> tuple[optuna.samplers.BaseSampler, bool]:
     """The configured sampler; random under search.protocol=fair (see pipeline.search.study)."""
+    seed, lag = int(cfg.seed), _lag(cfg)
     if fair(cfg):
-        return optuna.samplers.RandomSampler(seed=int(cfg.seed) + 1000 * worker), False
+        return LaggedSampler(lambda s: RandomSampler(seed=s), seed=seed, lag=lag), False
     spec = OmegaConf.to_container(cfg.sampler, resolve=True)
     assert isinstance(spec, dict)
     grid = bool(spec.pop("grid", False))
-    if "seed" in spec and spec["seed"] is not None:
-        spec["seed"] = int(spec["seed"]) + 1000 * worker  # workers must not sample alike
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return instantiate(spec), grid
+            built = instantiate(spec)  # checks the config once, with one clear line
+            make = instantiate(spec, _partial_=True)
     except Exception as exc:
         raise ConfigError("sampler", first_line(root_cause(exc))) from None
+    if "seed" not in spec:  # a sampler without a seed: one instance for every trial
+        return LaggedSampler(lambda s: built, seed=seed, lag=lag), grid
+
+    def seeded(s: int) -> optuna.samplers.BaseSampler:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return make(seed=s)
+
+    return LaggedSampler(seeded, seed=seed, lag=lag), grid
 
 
 def fair(cfg: DictConfig) -> bool:
@@ -39,6 +53,20 @@ def fair(cfg: DictConfig) -> bool:
 
 def make_pruner(cfg: DictConfig) -> optuna.pruners.BasePruner:
     try:
-        return instantiate(cfg.pruner)
+        pruner = instantiate(cfg.pruner)
     except Exception as exc:
         raise ConfigError("pruner", first_line(root_cause(exc))) from None
+    if isinstance(pruner, optuna.pruners.NopPruner):
+        return pruner
+    return LaggedPruner(pruner, lag=_lag(cfg))
+
+
+def _lag(cfg: DictConfig) -> int:
+    """history.LAG, or more when more workers run (else they would wait for each other)."""
+    workers = cfg.search.get("n_workers")
+    return max(LAG, workers if isinstance(workers, int) else 0)
+
+
+def prunes(study: optuna.Study) -> bool:
+    """Whether the study's trials report to a pruner at all."""
+    return not isinstance(study.pruner, optuna.pruners.NopPruner)

@@ -29,7 +29,7 @@ from pipeline.search import confirm, cores, interrupt
 from pipeline.search.objective import Objective
 from pipeline.search.preflight import preflight
 from pipeline.search.progress import Progress, best_value, quiet
-from pipeline.search.samplers import make_pruner, make_sampler
+from pipeline.search.samplers import make_pruner, make_sampler, prunes
 from pipeline.search.space import SearchSpace
 from pipeline.search.study import Budget, prepare
 
@@ -55,9 +55,9 @@ class Outcome:
         return 0
 
 
-def load_for_worker(cfg: DictConfig, *, worker: int) -> optuna.Study:
-    """The study as a spawned worker sees it: its own sampler seed, the same pruner."""
-    sampler, _ = make_sampler(cfg, worker=worker)
+def load_for_worker(cfg: DictConfig) -> optuna.Study:
+    """The study as a spawned worker sees it: the same sampler and pruner."""
+    sampler, _ = make_sampler(cfg)
     return optuna.load_study(
         study_name=cfg.search.study_name,
         storage=open_storage(cfg.search.storage),
@@ -81,7 +81,7 @@ def work(
     worker asks for a trial when none is queued (Optuna would sample a new search trial).
     """
     note = progress.note if progress else _print_err
-    prune = not isinstance(study.pruner, optuna.pruners.NopPruner)
+    prune = prunes(study)
     objective = Objective(cfg, space, prune=prune, note=note)
     retried = record.retried_numbers(study)  # fixed while workers run: read it once
 
@@ -266,7 +266,7 @@ def _worker_main(
     quiet(bool(cfg.trainer.verbose))
     _set_threads(threads)
     space = SearchSpace.from_config(cfg)
-    study = load_for_worker(cfg, worker=index)
+    study = load_for_worker(cfg)
     try:
         work(cfg, space, budget, study, quota=quota)
     finally:

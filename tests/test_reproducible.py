@@ -1,0 +1,122 @@
+"""The same seed gives the same study in parallel: sampler and pruner see a lagged history."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import optuna
+from optuna.trial import TrialState
+
+from pipeline.core import record
+from pipeline.core.storage import load_study
+from pipeline.search.history import LAG, History, LaggedPruner, visible, wait_for_history
+from pipeline.search.stale import HOST
+from tests.conftest import TINY, run_cli
+
+# Enough trials that TPE (10 startup trials) samples from a lagged history, and the median
+# pruner (10 startup trials, warm-up 2 epochs here) prunes some of them.
+PARALLEL = (
+    *TINY,
+    "trainer.max_epochs=5",
+    "pruner.n_warmup_steps=2",
+    "search.n_trials=26",
+    "search.batch_sizes=[32,64]",
+)
+
+
+def _study(tmp_path, *overrides: str) -> list[tuple]:
+    storage = f"journal:///{tmp_path}/study.journal"
+    result = run_cli(
+        "pipeline.search", *PARALLEL, f"search.storage={storage}", *overrides, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    trials = load_study(storage, "moons").get_trials()
+    return [(t.number, t.state, t.params, t.value) for t in trials]
+
+
+def test_parallel_workers_give_the_same_study_as_one(tmp_path):
+    runs = {}
+    for name, workers in (("a", 2), ("b", 2), ("one", 1)):
+        (tmp_path / name).mkdir()
+        runs[name] = _study(tmp_path / name, f"search.n_workers={workers}", "trainer.threads=1")
+    assert runs["a"] == runs["b"] == runs["one"]
+    states = [state for _, state, _, _ in runs["a"]]
+    assert TrialState.PRUNED in states and states.count(TrialState.COMPLETE) > 10
+
+
+def _finished(study: optuna.Study, value: float, state=TrialState.COMPLETE) -> None:
+    trial = study.ask()
+    trial.report(value, 1)
+    study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+
+
+def test_history_shows_only_finished_search_trials_below_the_lag():
+    study = optuna.create_study()
+    for i in range(LAG + 3):
+        _finished(study, float(i), TrialState.PRUNED if i == 1 else TrialState.COMPLETE)
+    replicate = study.ask()
+    study._storage.set_trial_user_attr(replicate._trial_id, record.ROLE, "replicate")
+    study.tell(replicate, 0.0)
+    number = LAG + 3
+    shown = visible(study.trials, number)
+    assert [t.number for t in shown] == [0, 1, 2]
+    view = History(study, shown)
+    assert len(view.get_trials(states=(TrialState.COMPLETE,))) == 2
+    assert view._get_trials(deepcopy=False, use_cache=True) == shown
+    assert view.direction == study.direction  # everything else is the study's
+
+
+def test_pruner_judges_against_the_lagged_history_only():
+    study = optuna.create_study(
+        pruner=LaggedPruner(optuna.pruners.MedianPruner(n_startup_trials=1))
+    )
+    # Trials 0 and 1 are good, those just before the current one (inside the lag) are bad.
+    for value in (0.1, 0.1, *([9.0] * LAG)):
+        _finished(study, value)
+    trial = study.ask()
+    trial.report(1.0, 1)
+    # Against all trials the median is 9 (not pruned); against trials 0 and 1 it is 0.1.
+    assert not optuna.pruners.MedianPruner(n_startup_trials=1).prune(study, study.trials[-1])
+    assert trial.should_prune()
+
+
+def test_waiting_leaves_out_a_dead_worker_and_waits_for_a_live_one():
+    study = optuna.create_study()
+    running = study.ask()
+    for _ in range(LAG + 1):
+        _finished(study, 1.0)
+    number = LAG + 2
+    # A dead local worker: left out at once.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    study._storage.set_trial_user_attr(running._trial_id, record.WORKER, f"{HOST}:{dead.pid}")
+    started = time.monotonic()
+    assert [t.number for t in wait_for_history(study, number)] == [1]
+    assert time.monotonic() - started < 1
+    # A live worker: waited for until it finishes, then part of the history.
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        study._storage.set_trial_user_attr(running._trial_id, record.WORKER, f"{HOST}:{alive.pid}")
+        threading.Timer(0.5, lambda: study.tell(running, 2.0)).start()
+        started = time.monotonic()
+        seen = wait_for_history(study, number)
+        assert time.monotonic() - started >= 0.4
+        assert [t.number for t in seen] == [0, 1]
+    finally:
+        alive.kill()
+
+
+def test_a_trial_on_another_machine_is_waited_for_at_most_remote_wait():
+    study = optuna.create_study()
+    running = study.ask()
+    study._storage.set_trial_user_attr(running._trial_id, record.WORKER, "elsewhere:1")
+    for _ in range(LAG + 1):
+        _finished(study, 1.0)
+    notes: list[str] = []
+    started = time.monotonic()
+    seen = wait_for_history(study, LAG + 2, remote_wait=0.3, note=notes.append)
+    assert 0.3 <= time.monotonic() - started < 2
+    assert [t.number for t in seen] == [1] and "may differ on a rerun" in notes[0]
