@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from pipeline.report.budget import budget_curves, expected_best, lr_band
-from pipeline.report.confidence import assess
+from pipeline.report.confidence import assess, epoch_rates
 from pipeline.report.tables import Target
 
 TARGET = Target(0.5, "val_loss", "minimize")
@@ -68,6 +68,34 @@ def test_a_clearly_faster_family_is_the_single_winner():
     assert table.loc["sgd", "ratio"] == pytest.approx(6.8 / 2.2)
     assert table.loc["sgd", "ratio_low"] <= 6.8 / 2.2 <= table.loc["sgd", "ratio_high"]
     assert list(table["rank"]) == [1, 2, 3]
+
+
+def test_seconds_per_epoch_come_from_single_search_runs_of_the_family_and_batch_size():
+    """Replicates trained together (their seconds are a group's) are timed as single runs."""
+    replicates, curves = _study(
+        {"1": ("adam", [2, 2, 3, 2, 2]), "2": ("sgd", [4, 4, 4, 4, 4])}, epoch_seconds=0.5
+    )
+    replicates["batch_size"] = [32] * 5 + [64] * 5
+    searched = pd.DataFrame(
+        {"number": [100, 101, 102, 103], "family": ["adam"] * 3 + ["sgd"], "batch_size": [32] * 4}
+    )
+    search_curves = pd.DataFrame(
+        {
+            "trial": [t for t in searched.number for _ in range(4)],
+            "epoch": [1, 2, 3, 4] * 4,
+            # adam runs: 0.1, 0.1 and 0.4 s an epoch (median 0.1); sgd at batch 32 only
+            "seconds": [1, 1.1, 1.2, 1.3] * 2 + [1, 1.4, 1.8, 2.2] + [1, 1.2, 1.4, 1.6],
+        }
+    )
+    rates = epoch_rates(searched, search_curves)
+    assert rates.set_index("family").loc["adam", "rate"] == pytest.approx(0.1)
+    assert rates.set_index("family").loc["adam", "runs"] == 3
+    result = assess(replicates, curves, target=TARGET, seeds=5, rates=rates)
+    table = result.configs.set_index("family")
+    assert table.loc["adam", "median_time"] == pytest.approx(0.2)  # 2 epochs x 0.1 s
+    assert table.loc["adam", "measured_epoch_seconds"] == pytest.approx(0.5)
+    # No sgd search run at batch 64: its replicates' own seconds per epoch.
+    assert table.loc["sgd", "median_time"] == pytest.approx(2.0)
 
 
 def test_two_identical_families_come_out_tied():

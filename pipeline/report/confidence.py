@@ -6,11 +6,17 @@ The confirmation phase (pipeline.search.confirm) re-runs each family's leading c
 fresh seeds. Here, per replicate, the first epoch that reaches the target; a replicate that
 never does counts as infinite (AlgoPerf), and infinity takes part in the median.
 
-Seconds are estimated, not read: epochs-to-target x the config's median seconds per epoch over
-its replicates. A replicate's own seconds-to-target also holds model set-up and whatever else
-the machine was doing in that moment (20 % apart between reruns on a shared 2-core machine);
-the number of epochs is exact and the per-epoch rate is a median of R x epochs measurements.
-The raw seconds stay in the table beside it.
+Seconds are estimated, not read: epochs-to-target x the seconds per epoch of one run with the
+config's optimizer family and batch size, the median over the search trials that trained with
+them (each trial's own median gap between epochs; `epoch_rates`). The number of epochs is exact;
+the per-epoch cost depends on the family's update and the batch size, not on the lr or the
+schedule, and a median over every such search run moves far less between reruns than the
+seconds of five replicates (a replicate's own seconds-to-target also hold model set-up and
+whatever else the machine was doing in that moment: 20 % apart between reruns on a shared
+2-core machine). Replicates trained together as one vectorized group (pipeline.search.confirm)
+have no single-run seconds of their own, so single search runs are also the only honest rate for
+them. A config with no such search run uses its replicates' own median. The raw seconds stay in
+the table beside it.
 
 Two summaries per config. Its median time over seeds, a miss counting as never (AlgoPerf), with
 a 95 % interval: what one run is likely to take. And its speed, DeepOBS's: the mean over seeds
@@ -75,19 +81,55 @@ def replicate_target(
     return Target(value, metric, direction, best, tolerance, source="replicates")
 
 
+def epoch_rates(searched: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+    """Seconds per epoch of one run, per (family, batch_size): the median over search trials.
+
+    `searched` has one row per search trial (number, family, batch_size); `curves` their
+    per-epoch rows. Columns: family, batch_size, rate, runs.
+    """
+    columns = ["family", "batch_size", "rate", "runs"]
+    if searched.empty or curves.empty:
+        return pd.DataFrame(columns=columns)
+    gaps = _seconds_per_epoch(curves[curves.trial.isin(searched.number)])
+    keyed = searched[["number", "family", "batch_size"]].rename(columns={"number": "trial"})
+    per_trial = keyed.merge(gaps, on="trial").dropna(subset=["epoch_seconds", "batch_size"])
+    if per_trial.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = per_trial.groupby(["family", "batch_size"], as_index=False)["epoch_seconds"]
+    rates = grouped.agg(rate="median", runs="count")
+    return rates.astype({"batch_size": int})[columns]
+
+
 def replicate_times(
-    replicates: pd.DataFrame, curves: pd.DataFrame, *, target: Target
+    replicates: pd.DataFrame,
+    curves: pd.DataFrame,
+    *,
+    target: Target,
+    rates: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Per replicate: epochs, steps and seconds to the target (inf: never), raw and robust."""
+    """Per replicate: epochs, steps and seconds to the target (inf: never), raw and robust.
+
+    `rate` is the seconds per epoch its time uses: from `rates` (epoch_rates) when its family
+    and batch size are there, else the median of its config's replicates.
+    """
     out = replicates.copy()
     hits = _first_hits(curves, target)
-    rate = _seconds_per_epoch(curves)
-    out = out.merge(hits, on="trial", how="left").merge(rate, on="trial", how="left")
-    per_config = out.groupby("config")["epoch_seconds"].transform("median")
+    measured = _seconds_per_epoch(curves)
+    out = out.merge(hits, on="trial", how="left").merge(measured, on="trial", how="left")
+    own = out.groupby("config")["epoch_seconds"].transform("median")
+    out["rate"] = own
+    if rates is not None and not rates.empty and "batch_size" in out:
+        keys = zip(rates.family, rates.batch_size, rates.rate, strict=True)
+        lookup = {(f, int(b)): r for f, b, r in keys}
+        single = [
+            lookup.get((f, int(b))) if pd.notna(b) else None
+            for f, b in zip(out["family"], out["batch_size"], strict=True)
+        ]
+        out["rate"] = pd.Series(single, index=out.index, dtype=float).fillna(own)
     out["reached"] = out["epochs_to_target"].notna()
     for column in ("epochs_to_target", "steps_to_target", "raw_seconds_to_target"):
         out[column] = out[column].fillna(math.inf)
-    out["time"] = out["epochs_to_target"] * per_config
+    out["time"] = out["epochs_to_target"] * out["rate"]
     return out
 
 
@@ -95,9 +137,8 @@ def penalized(times: pd.DataFrame, *, budget_epochs: int) -> pd.Series:
     """DeepOBS's speed in seconds: a replicate that misses counts as one epoch past the budget,
     at the slowest config's seconds per epoch, so a miss is worse than any hit (at a config's
     own rate a quick-epoch config that never reaches the target would look fast)."""
-    per_config = times.groupby("config")["epoch_seconds"].transform("median")
-    miss = (budget_epochs + 1) * float(per_config.max())
-    return (times["epochs_to_target"] * per_config).where(times["reached"], miss)
+    miss = (budget_epochs + 1) * float(times["rate"].max())
+    return (times["epochs_to_target"] * times["rate"]).where(times["reached"], miss)
 
 
 def _first_hits(curves: pd.DataFrame, target: Target) -> pd.DataFrame:
@@ -175,13 +216,15 @@ def assess(
     resamples: int = 2000,
     seed: int = 0,
     budget_epochs: int | None = None,
+    rates: pd.DataFrame | None = None,
 ) -> Confidence:
     """Rank the confirmed configs by speed over seeds, with intervals and probabilities.
 
     `replicates` has one row per replicate trial: trial, role ("replicate" or "baseline"),
-    config (the search trial it repeats, or "baseline"), family, final.
+    config (the search trial it repeats, or "baseline"), family, batch_size, final. `rates`:
+    seconds per epoch of single runs (epoch_rates), else each config's replicates' own.
     """
-    times = replicate_times(replicates, curves, target=target)
+    times = replicate_times(replicates, curves, target=target, rates=rates)
     rng = np.random.default_rng(seed)  # fixed: the same study gives the same declaration
     if budget_epochs is None:
         budget_epochs = int(curves["epoch"].max()) if not curves.empty else 1
@@ -210,7 +253,8 @@ def assess(
                 "median_epochs": median(group["epochs_to_target"].to_numpy(dtype=float)),
                 "median_steps": median(group["steps_to_target"].to_numpy(dtype=float)),
                 "median_raw_seconds": median(group["raw_seconds_to_target"].to_numpy(dtype=float)),
-                "epoch_seconds": float(group["epoch_seconds"].median()),
+                "epoch_seconds": float(group["rate"].iloc[0]),
+                "measured_epoch_seconds": float(group["epoch_seconds"].median()),
                 "median_final": float(group["final"].median()),
             }
         )

@@ -19,7 +19,7 @@ import pandas as pd
 from pipeline.core import record
 from pipeline.report import prose
 from pipeline.report.budget import budget_curves, lr_band
-from pipeline.report.confidence import Confidence, assess, replicate_target
+from pipeline.report.confidence import Confidence, assess, epoch_rates, replicate_target
 from pipeline.report.importance import importance
 from pipeline.report.tables import (
     Target,
@@ -107,6 +107,7 @@ def collect(
             replicates,
             curves[curves.trial.isin(replicates.trial)],
             target=goal,
+            rates=epoch_rates(searched, curves),
             seeds=seeds,
             confidence=confidence,
             margin=margin,
@@ -203,6 +204,7 @@ def _confirmed_table(
                 "reached": int(row["reached"]),
                 "replicates": int(row["replicates"]),
                 "median_epochs": row["median_epochs"],
+                "seconds_per_epoch": row["epoch_seconds"],
                 "median_steps": row["median_steps"],
                 "median_raw_seconds": row["median_raw_seconds"],
                 "ratio": row["ratio"],

@@ -71,6 +71,7 @@ def declaration(results: Results) -> dict[str, Any]:
                 "median_seconds": number(row["median_seconds"]),
                 "interval_seconds": [number(row["low_seconds"]), number(row["high_seconds"])],
                 "median_epochs": number(row["median_epochs"]),
+                "seconds_per_epoch": number(row["seconds_per_epoch"]),
                 "success": f"{row['reached']}/{row['replicates']}",
                 "ratio_to_winner": number(row["ratio"]),
                 "ratio_interval": [number(row["ratio_low"]), number(row["ratio_high"])],

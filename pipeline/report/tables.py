@@ -103,7 +103,7 @@ def replicates_frame(trials: pd.DataFrame) -> pd.DataFrame:
     ]
     ended = ended.drop_duplicates(subset=["config", "replicate"], keep="first")
     return ended.rename(columns={"number": "trial", "value": "final"})[
-        ["trial", "role", "config", "family", "replicate", "final"]
+        ["trial", "role", "config", "family", "batch_size", "replicate", "final"]
     ]
 
 
