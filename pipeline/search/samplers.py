@@ -45,6 +45,11 @@ def make_sampler(cfg: DictConfig) -> tuple[optuna.samplers.BaseSampler, bool]:
     return LaggedSampler(seeded, seed=seed, lag=lag), grid
 
 
+def equal_trials(cfg: DictConfig) -> bool:
+    """search.protocol=balanced or fair: every family gets the same number of trials."""
+    return cfg.search.get("protocol", "balanced") in ("balanced", "fair")
+
+
 def fair(cfg: DictConfig) -> bool:
     """search.protocol=fair: random sampling and equal trials per family, so each family's
     results are independent draws from its own space (what expected-best-of-k assumes)."""

@@ -25,7 +25,7 @@ from pipeline import __version__
 from pipeline.core import record
 from pipeline.core.errors import ConfigError
 from pipeline.core.storage import open_storage
-from pipeline.search.samplers import fair, make_pruner, make_sampler
+from pipeline.search.samplers import equal_trials, make_pruner, make_sampler
 from pipeline.search.space import SearchSpace
 from pipeline.search.stale import fail_stale_trials
 
@@ -160,10 +160,11 @@ def queue_first_looks(study: optuna.Study, families: Sequence[str], cfg: DictCon
     Round-robin over the families first, so each gets a fair look before the sampler
     concentrates (Choi et al. 2019: rankings depend on how much search each family gets).
     Run on every start, so a look lost to a killed worker is queued again. Under
-    search.protocol=fair every trial is queued so, and families get equal numbers of trials.
+    search.protocol=balanced or fair every trial is queued so, and families get equal numbers
+    of trials; the sampler picks the other values when each runs.
     """
     per, n_trials = int(cfg.search.min_trials_per_family), int(cfg.search.n_trials)
-    if fair(cfg):  # every trial queued round-robin: equal trials per family (up to one)
+    if equal_trials(cfg):  # every trial queued round-robin: equal trials per family (up to one)
         per = math.ceil(n_trials / len(families))
     trials = [t for t in record.trials(study) if record.role(t) == "search"]
     live = [
