@@ -30,12 +30,28 @@ LABELS = {
     "seconds": "wall-clock time since the trial started (s)",
 }
 DPI = 96
+STATE_COLORS = {"complete": "tab:blue", "pruned": "tab:orange", "diverged": "tab:red"}
+
+
+def _ticks_below(fig: plt.Figure) -> None:
+    """Say that x ticks are at the bottom, in a colour that draws nothing: the same pixels.
+
+    Seaborn's whitegrid turns tick marks off on every side, which leaves matplotlib unsure where
+    they are; it then measures every x tick label of an axes again each time it places the
+    title (three times per figure). Marks that are on but transparent settle it.
+    """
+    for ax in fig.axes:
+        ax.tick_params(axis="x", which="both", bottom=True, color="none")
 
 
 def png(fig: plt.Figure) -> str:
     """The figure as a base64 PNG, and the figure closed (a report draws many)."""
+    _ticks_below(fig)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    fig.set_dpi(DPI)
+    pad = matplotlib.rcParams["savefig.pad_inches"]
+    box = fig.get_tightbbox(fig.canvas.get_renderer()).padded(pad)
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches=box)
     plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
@@ -134,30 +150,36 @@ def lr_sensitivity(results: Results) -> str | None:
     log_y = wide(data["value"])
     for ax, family in zip(axes.flat, families, strict=False):
         part = data[data.family == family]
-        sns.scatterplot(
-            data=part,
-            x="lr",
-            y="value",
-            hue="state",
+        # What sns.scatterplot(hue="state") draws, for a tenth of its time: white edges of
+        # seaborn's width, one colour per point.
+        ax.scatter(
+            part.lr,
+            part.value,
             s=22,
-            ax=ax,
-            legend=False,
-            palette={"complete": "tab:blue", "pruned": "tab:orange", "diverged": "tab:red"},
+            c=[STATE_COLORS[s] for s in part.state],
+            edgecolor="w",
+            linewidth=0.08 * math.sqrt(22),
         )
         ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # narrow ranges clutter
+        # No labels and, in this style, no marks or grid: minor ticks there only cost time.
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         if log_y:
             ax.set_yscale("log")
         width = results.lr_band.get(part.family_name.iloc[0])
         band = "" if width is None else f"; good lr band {width:.1f} decades"
         ax.set_title(f"{family} ({len(part)} trials{band})", fontsize=9)
         ax.set_xlabel("learning rate (log)")
-        ax.set_ylabel(f"final {LABELS.get(results.metric, results.metric)}")
+        # Shared y: only the first column shows its tick labels, and so its axis label.
+        ax.set_ylabel(
+            f"final {LABELS.get(results.metric, results.metric)}",
+            visible=ax.get_subplotspec().is_first_col(),
+        )
     for ax in list(axes.flat)[len(families) :]:
         ax.set_visible(False)
     fig.suptitle(
         "Learning rate against the final metric (blue complete, orange pruned)", fontsize=10
     )
+    _ticks_below(fig)
     fig.tight_layout()
     return png(fig)
 

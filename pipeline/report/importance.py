@@ -40,7 +40,7 @@ def importance(
             notes.append(f"{label}: no parameter varies across its trials")
             continue
         sub = optuna.create_study(direction=study.direction)
-        sub.add_trials([t for t in group if all(n in t.params for n in names)])
+        sub.add_trials([_bare(t) for t in group if all(n in t.params for n in names)])
         try:
             with warnings.catch_warnings():  # "some regimes have < 2 trials": said in the note
                 warnings.simplefilter("ignore", UserWarning)
@@ -55,3 +55,10 @@ def importance(
         else:
             notes.append(f"{label}: no parameter varies across its trials")
     return out, "; ".join(notes)
+
+
+def _bare(trial: FrozenTrial) -> FrozenTrial:
+    """What importance reads of a trial: the study copies each one it adds, curves and all."""
+    return optuna.trial.create_trial(
+        state=trial.state, value=trial.value, params=trial.params, distributions=trial.distributions
+    )
