@@ -261,15 +261,41 @@ def elementwise(configure: Configure, device: torch.device | str = "cpu", *, key
 
 
 def _foreach(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """Use the multi-tensor implementation where the optimizer has one and left it unset.
+    """The fastest implementation the optimizer has here, where the family left it unset.
 
-    torch picks it by itself only on CUDA; on a CPU it cuts the per-parameter Python loop of
-    each step to one call per operation (the stacked model has few, large tensors).
+    torch picks its multi-tensor (foreach) code by itself only on CUDA. A stacked model has
+    a few large tensors, so one fused kernel (Adam, AdamW, SGD, Adagrad) or one call per
+    operation (foreach) replaces the per-tensor Python loop of each step. Same arithmetic.
     """
+    fused = _fused_ok(optimizer)
     for group in optimizer.param_groups:
-        if "foreach" in group and group["foreach"] is None and not group.get("fused"):
+        if group.get("fused") or group.get("foreach") is not None:
+            continue  # the family chose
+        if fused:
+            group["fused"], group["foreach"] = True, False
+        elif "foreach" in group:
             group["foreach"] = True
     return optimizer
+
+
+_FUSED: dict[tuple[type, str], bool] = {}
+
+
+def _fused_ok(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer's class takes fused=True for tensors on its parameters' device."""
+    if "fused" not in optimizer.defaults or optimizer.defaults.get("differentiable"):
+        return False
+    device = optimizer.param_groups[0]["params"][0].device
+    key = (type(optimizer), device.type)
+    if key not in _FUSED:
+        probe = torch.zeros(1, device=device, requires_grad=True)
+        kwargs = {**optimizer.defaults, "fused": True, "foreach": None}
+        try:
+            type(optimizer)([probe], **kwargs)
+            _FUSED[key] = True
+        except (RuntimeError, ValueError, TypeError):
+            _FUSED[key] = False
+    return _FUSED[key]
 
 
 # --- the stacked group ----------------------------------------------------------------------
