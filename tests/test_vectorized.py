@@ -243,6 +243,7 @@ def test_ctrl_c_records_the_group_interrupted(tmp_path, monkeypatch):
     for t in study.trials:
         assert record.state(t) == "interrupted" and not record.counts(t)
         assert record.run_of(t).epochs == 2  # the epochs before the stop
+        assert t.user_attrs[record.GROUP] == SEEDS
 
 
 def test_confirm_vectorize_is_a_checked_key(tmp_path):

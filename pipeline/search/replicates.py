@@ -168,10 +168,13 @@ class GroupWorker:
 
     def _stackable(self, trial: FrozenTrial) -> bool:
         """Whether the trial's optimizer family updates elementwise (probed once per family)."""
-        choice = self.space.sample(optuna.trial.FixedTrial(dict(trial.system_attrs[FIXED])))
-        configure = self._configure(choice)
-        if elementwise(configure, self.device, key=(choice.optimizer, self.device.type)):
-            return True
+        try:
+            choice = self.space.sample(optuna.trial.FixedTrial(dict(trial.system_attrs[FIXED])))
+            configure = self._configure(choice)
+            if elementwise(configure, self.device, key=(choice.optimizer, self.device.type)):
+                return True
+        except Exception:  # its trial, run alone, records what is wrong
+            return False
         if choice.optimizer not in self.said:
             self.said.add(choice.optimizer)
             name = self.space.optimizers[choice.optimizer].target
@@ -195,33 +198,17 @@ class GroupWorker:
         """Train the trials (one config, R seeds) as one group and record each."""
         cfg = self.cfg
         started = time.perf_counter()
-        choices = [self.space.sample(t) for t in trials]  # writes each trial's params
-        choice = choices[0]
-        seeds = [int(t.user_attrs[record.SEED]) for t in trials]
-        datamodule = self.make_data(batch_size=choice.batch_size)
-        test = getattr(datamodule, "test_arrays", None)
-        spec = Spec(
-            batch_size=choice.batch_size,
-            epochs=self.epochs,
-            loss=str(cfg.task.loss),
-            configure=self._configure(choice),
-            metric=str(cfg.search.metric),
-            divergence_factor=float(cfg.search.divergence_factor),
-            test=test() if callable(test) else None,
-        )
-        replicates = [Replicate(seed) for seed in seeds]
-        n_params = sum(p.numel() for p in self.make_model().parameters())
-        sizes = {"n_train": datamodule.n_train, "n_val": datamodule.n_val}
+        replicates = [Replicate(int(t.user_attrs[record.SEED])) for t in trials]
+        device = describe_device(self.device)
+        sizes: dict[str, Any] = {}
 
         def runs() -> list[Run]:
             seconds = round(time.perf_counter() - started, 4)
-            device = describe_device(self.device)
             return [
                 Run(
                     curve=rep.curve,
                     device=device,
                     seed=rep.seed,
-                    n_params=n_params,
                     seconds=seconds,
                     **sizes,
                     **rep.scores,
@@ -229,7 +216,23 @@ class GroupWorker:
                 for rep in replicates
             ]
 
+        batch_size: int | None = None
         try:
+            choice = [self.space.sample(t) for t in trials][-1]  # writes each trial's params
+            batch_size = choice.batch_size
+            datamodule = self.make_data(batch_size=choice.batch_size)
+            test = getattr(datamodule, "test_arrays", None)
+            spec = Spec(
+                batch_size=choice.batch_size,
+                epochs=self.epochs,
+                loss=str(cfg.task.loss),
+                configure=self._configure(choice),
+                metric=str(cfg.search.metric),
+                divergence_factor=float(cfg.search.divergence_factor),
+                test=test() if callable(test) else None,
+            )
+            sizes["n_params"] = sum(p.numel() for p in self.make_model().parameters())
+            sizes |= {"n_train": datamodule.n_train, "n_val": datamodule.n_val}
             data = _on_device(datamodule.arrays, self.device)
             train_group(self.make_model, replicates, data, spec)
         except BaseException as exc:
@@ -243,11 +246,13 @@ class GroupWorker:
             else:
                 message = f"{type(exc).__name__}: {first_line(exc)}"
                 if is_oom(exc):
-                    message = f"OutOfMemory: out of memory at batch size {choice.batch_size}"
+                    message = f"OutOfMemory: out of memory at batch size {batch_size}"
                 attr, value = record.ERROR, message
                 self.note(f"trials {', '.join(str(t.number) for t in trials)} failed: {message}")
-            for trial, run in zip(trials, runs(), strict=True):
+            for trial, rep, run in zip(trials, replicates, runs(), strict=True):
                 write_run(trial, run)
+                if rep.group > 1 and rep.epochs:
+                    trial.set_user_attr(record.GROUP, rep.group)
                 trial.set_user_attr(attr, value)
                 study.tell(trial, state=TrialState.FAIL)
             if isinstance(exc, KeyboardInterrupt):
@@ -262,7 +267,7 @@ class GroupWorker:
                 trial.set_user_attr(record.DIVERGED, True)
                 study.tell(trial, state=TrialState.PRUNED)
             else:
-                study.tell(trial, float(rep.last(spec.metric)))
+                study.tell(trial, float(rep.last(str(cfg.search.metric))))
 
 
 def _take(storage: optuna.storages.BaseStorage, trial: FrozenTrial) -> bool:
