@@ -75,7 +75,10 @@ class GroupWorker:
         self.objective = Objective(cfg, space, prune=False, note=note)  # one by one
         self.device = torch.device("cpu")
         self.said: set[str] = set()
-        self.reason = self._why_not()
+        try:
+            self.reason = self._why_not()
+        except Exception as exc:  # the trials, run one by one, record what is wrong
+            self.reason = f"{type(exc).__name__}: {first_line(exc)}"
 
     @property
     def grouped(self) -> bool:
