@@ -105,6 +105,12 @@ def test_kill_9_during_confirmation_reruns_only_the_missing_replicates(tmp_path)
     before = load_study(storage, "moons").get_trials()
     done_before = {t.number for t in before if record.role(t) != "search" and record.counts(t)}
     assert 1 <= len(done_before) < 6
+    # Replicates of a config train as one group (confirm.vectorize): the kill takes the
+    # whole running group, a config's 3 seeds, and only that.
+    running = {
+        t.number for t in before if record.role(t) != "search" and t.state == TrialState.RUNNING
+    }
+    assert len(running) == 3
 
     result = run_cli("pipeline.search", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -115,7 +121,8 @@ def test_kill_9_during_confirmation_reruns_only_the_missing_replicates(tmp_path)
     assert len(keys) == 6 and len(set(keys)) == 6  # each replicate exactly once
     assert done_before <= {t.number for t in counted}  # nothing that finished ran again
     lost = [t for t in after if record.role(t) != "search" and record.state(t) == "lost"]
-    assert len(lost) == 1
+    assert {t.number for t in lost} == running
+    assert {t.user_attrs.get(record.GROUP) for t in counted} == {3}
     assert sum(record.counts(t) for t in after if record.role(t) == "search") == 4
 
 

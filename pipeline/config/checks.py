@@ -124,6 +124,7 @@ def _confirm(cfg: DictConfig) -> None:
     _int(cfg, "confirm.top_k", low=1)
     _int(cfg, "confirm.resamples", low=100)
     _number(cfg, "confirm.margin", low=0)
+    _bool(cfg, "confirm.vectorize")
     confidence = _number(cfg, "confirm.confidence", low=0.5, strict=True)
     if confidence >= 1:
         raise ConfigError("confirm.confidence", "must be below 1 (a probability, e.g. 0.9)")

@@ -7,7 +7,8 @@ Everything a report needs lives on the Optuna trial, so a study file is the whol
   user_attrs["run"]      a Run: the per-epoch curve, device, seed, data sizes, parameter count
   user_attrs["worker"]   host:pid of the process that ran it (to tell a dead worker's trials)
   user_attrs[...]        how it ended when not complete: stopped, diverged, interrupted,
-                         error, stale; and, for confirmation replicates, role, of, replicate
+                         error, stale; and, for confirmation replicates, role, of, replicate,
+                         seed, and group (the size of the stacked group it trained in)
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ ROLE = "role"  # "search" (absent), "replicate" or "baseline"
 OF = "of"  # the search trial number a replicate repeats
 REPLICATE = "replicate"  # its index 0..R-1
 SEED = "seed"  # the seed it trains with, when not the search's seed + trial number
+# Replicates trained as one stacked group (pipeline.search.replicates): the group's size. Their
+# curve seconds are the group's wall clock since it started, not a run of their own.
+GROUP = "group"
 
 # State labels, in the order a report lists them; MAIN are shown even when zero.
 STATES = ("complete", "pruned", "diverged", "failed", "interrupted", "lost", "running", "waiting")

@@ -11,6 +11,8 @@ the same seed, so they differ only by their settings.
 Replicates are trials of the same study, marked with the search trial they repeat (record.OF)
 and their index (record.REPLICATE), so resume, kill -9, workers and every storage work as for
 search trials. They have their own budget: a rerun enqueues only the replicates still missing.
+Where it applies (confirm.vectorize), a config's queued replicates train as one stacked group
+and are recorded trial by trial (pipeline.search.replicates).
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from pipeline.search import confirm, cores, interrupt
 from pipeline.search.objective import Objective
 from pipeline.search.preflight import preflight
 from pipeline.search.progress import Progress, best_value, quiet
+from pipeline.search.replicates import GroupWorker
 from pipeline.search.samplers import make_pruner, make_sampler, prunes
 from pipeline.search.space import SearchSpace
 from pipeline.search.study import Budget, prepare
@@ -78,15 +79,21 @@ def work(
     """Run trials here until the budget is met, `quota` trials ran, the timeout passed or a stop.
 
     The confirmation gives each worker a quota that adds up to the queued replicates, so no
-    worker asks for a trial when none is queued (Optuna would sample a new search trial).
+    worker asks for a trial when none is queued (Optuna would sample a new search trial). When
+    replicates train as groups (pipeline.search.replicates) a worker claims queued trials
+    itself and never asks Optuna for one; a group may take it past its quota, and it stops
+    early when the queue is empty.
     """
     note = progress.note if progress else _print_err
     prune = prunes(study)
     objective = Objective(cfg, space, prune=prune, note=note)
     retried = record.retried_numbers(study)  # fixed while workers run: read it once
 
+    def _trials() -> list[FrozenTrial]:
+        return record.trials(study, retried=retried)
+
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-        trials = record.trials(study, retried=retried)
+        trials = _trials()
         if progress is not None:
             _show(progress, budget, trials)
         # Only queued trials run: an empty queue means the others took the last places.
@@ -94,6 +101,13 @@ def work(
             study.stop()
 
     trials = record.trials(study)
+    if budget.role != "search" and budget.waiting(trials):
+        # A config's replicates as one stacked group where that applies (confirm.vectorize).
+        group = GroupWorker(cfg, space, note=note)
+        if group.grouped:
+            show = (lambda: _show(progress, budget, _trials())) if progress else (lambda: None)
+            group.run(study, quota=quota, after=show)
+            return
     if quota != 0 and budget.missing(trials) > 0 and budget.waiting(trials):
         study.optimize(
             objective,

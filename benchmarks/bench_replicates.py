@@ -1,0 +1,198 @@
+"""Seed replicates trained as one stacked group against the same seeds one by one, same run.
+
+    python benchmarks/bench_replicates.py [--quick] [--replicates 5] [--blocks 5]
+
+The digits task (scikit-learn, the pipeline's split), batch 64, Adam lr 1e-3, constant
+schedule, one CPU thread, R replicates (5) of one config:
+  * engine: pipeline.search.vectorized.train_group (R seeds stacked) against train_one for
+    each seed (the same plain loop, one model at a time), for the digits MLP 64-128-10 over
+    20 epochs (the torch.baddbmm path), the same MLP forced through torch.vmap (the path any
+    other nn.Module takes), and a small CNN (two conv + pool stages, 5 epochs, vmap);
+  * phase: the confirmation's replicate phase as the pipeline runs it (workers.work on a
+    queued in-memory study), confirm.vectorize true against false (each replicate its own
+    Lightning trial): what the default command gains per config.
+Each block runs both sides once, in alternating order; the table shows the medians over the
+blocks of wall seconds and of this process's CPU seconds (steadier on a shared machine),
+after one warm-up of each.
+
+Measured on the 2-core development VM, shared with other jobs (2026-11, torch 2.13 CPU,
+--blocks 5): see README.md ("Seed replicates as one group") for the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.search import vectorized
+from pipeline.search.data import digits_arrays
+from pipeline.search.vectorized import Replicate, Spec, train_group, train_one
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
+class DigitsCNN(nn.Sequential):
+    """Two 3x3 conv (16, 32 channels) + max-pool stages on the 8x8 digits, 64 hidden."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            nn.Unflatten(1, (1, 8, 8)),
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * 2 * 2, 64),
+            nn.ReLU(),
+            nn.Linear(64, 10),
+        )
+
+
+def adam(params: Any, steps_per_epoch: int) -> tuple[Any, Any, str]:
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    return optimizer, torch.optim.lr_scheduler.ConstantLR(optimizer, 1.0, 0), "epoch"
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def alternate(
+    grouped: Callable[[], Any], alone: Callable[[], Any], blocks: int
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Median (wall, cpu) seconds of each side over `blocks` alternating runs, after a warm-up."""
+    grouped(), alone()
+    g: list[tuple[float, float]] = []
+    a: list[tuple[float, float]] = []
+    for block in range(blocks):
+        for fn, out in ((grouped, g), (alone, a)) if block % 2 == 0 else ((alone, a), (grouped, g)):
+            out.append(timed(fn))
+
+    def med(xs: list[tuple[float, float]]) -> tuple[float, float]:
+        return statistics.median(x[0] for x in xs), statistics.median(x[1] for x in xs)
+
+    return med(g), med(a)
+
+
+def engine(
+    make_model: Callable[[], nn.Module], *, epochs: int, replicates: int, blocks: int, vmap: bool
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    data = digits_arrays(0.2, 0)
+    spec = Spec(batch_size=64, epochs=epochs, loss="cross_entropy", configure=adam)
+    seeds = list(range(replicates))
+    real = vectorized._mlp_forward
+    if vmap:
+        vectorized._mlp_forward = lambda base: None  # type: ignore[assignment]
+    try:
+        return alternate(
+            lambda: train_group(make_model, [Replicate(s) for s in seeds], data, spec),
+            lambda: [train_one(make_model, s, data, spec) for s in seeds],
+            blocks,
+        )
+    finally:
+        vectorized._mlp_forward = real
+
+
+def phase(
+    *, model: str, epochs: int, replicates: int, blocks: int
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The replicate phase of one config, vectorized against one Lightning trial per seed."""
+    import optuna
+    from omegaconf import OmegaConf
+
+    from pipeline.config import compose
+    from pipeline.core import record
+    from pipeline.search.confirm import replicate_seed
+    from pipeline.search.progress import quiet
+    from pipeline.search.space import SearchSpace
+    from pipeline.search.study import Budget
+    from pipeline.search.workers import work
+
+    quiet(False)  # no Lightning or Optuna log lines
+    overrides = [f"trainer.max_epochs={epochs}", "search.batch_sizes=[64]", "trainer.threads=1"]
+    if model != "mlp":
+        overrides += [f"task.model._target_={model}", "~task.model.sizes"]
+    base = compose(overrides)
+    params = {"optimizer": "adam", "schedule": "constant", "batch_size": 64, "adam.lr": 1e-3}
+    params |= {"adam.beta1": 0.9, "adam.beta2": 0.999, "adam.eps": 1e-8}
+
+    def run(vectorize: bool) -> None:
+        cfg = OmegaConf.merge(base, {"confirm": {"vectorize": vectorize}})
+        space = SearchSpace.from_config(cfg)
+        study = optuna.create_study()
+        for r in range(replicates):
+            attrs = {
+                record.ROLE: "replicate",
+                record.OF: 0,
+                record.REPLICATE: r,
+                record.SEED: replicate_seed(0, r),
+            }
+            study.enqueue_trial(params, user_attrs=attrs)
+        work(cfg, space, Budget(replicates, role="replicate"), study)
+        assert sum(record.counts(t) for t in study.trials) == replicates
+
+    return alternate(lambda: run(True), lambda: run(False), blocks)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer epochs and blocks")
+    parser.add_argument("--replicates", type=int, default=5)
+    parser.add_argument("--blocks", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    blocks = 2 if args.quick else args.blocks
+    mlp_epochs, cnn_epochs = (5, 2) if args.quick else (20, 5)
+    r = args.replicates
+    cnn = "benchmarks.bench_replicates.DigitsCNN"
+    rows = [
+        (
+            f"engine: MLP, {mlp_epochs} epochs",
+            engine(mlp, epochs=mlp_epochs, replicates=r, blocks=blocks, vmap=False),
+        ),
+        (
+            f"engine: MLP via vmap, {mlp_epochs} ep",
+            engine(mlp, epochs=mlp_epochs, replicates=r, blocks=blocks, vmap=True),
+        ),
+        (
+            f"engine: CNN, {cnn_epochs} epochs",
+            engine(DigitsCNN, epochs=cnn_epochs, replicates=r, blocks=blocks, vmap=False),
+        ),
+        (
+            f"phase: MLP, {mlp_epochs} epochs",
+            phase(model="mlp", epochs=mlp_epochs, replicates=r, blocks=blocks),
+        ),
+        (
+            f"phase: CNN, {cnn_epochs} epochs",
+            phase(model=cnn, epochs=cnn_epochs, replicates=r, blocks=blocks),
+        ),
+    ]
+    print(f"{r} replicates, 1 CPU thread, median of {blocks} blocks (wall s / CPU s)")
+    print(f"{'':<28} {'grouped':>15} {'one by one':>15} {'speed-up wall':>14} {'cpu':>6}")
+    for name, ((gw, gc), (aw, ac)) in rows:
+        print(
+            f"{name:<28} {gw:>7.3f} {gc:>7.3f} {aw:>7.3f} {ac:>7.3f} {aw / gw:>13.2f}x "
+            f"{ac / gc:>5.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()

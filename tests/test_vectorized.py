@@ -1,0 +1,351 @@
+"""Confirmation replicates trained as one stacked group match the same seeds run one by one.
+
+python -m pytest tests/test_vectorized.py
+
+"One by one" is what the pipeline runs with confirm.vectorize=false: each replicate its own
+Lightning trial (pipeline.search.trial.TrialRunner) with its seed. train_one, the plain loop
+a group falls back to for a single seed, is checked against it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+from torch import Tensor, nn
+
+from pipeline.config import check
+from pipeline.core import record
+from pipeline.core.errors import ConfigError
+from pipeline.search import interrupt, replicates, vectorized
+from pipeline.search.confirm import replicate_seed
+from pipeline.search.data import moons_arrays
+from pipeline.search.space import SearchSpace
+from pipeline.search.study import Budget
+from pipeline.search.vectorized import Replicate, Spec, train_group, train_one
+from pipeline.search.workers import work
+from tests.conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parent.parent
+FAMILIES = sorted(p.stem for p in (ROOT / "conf" / "optimizer").glob("*.yaml"))
+EPOCHS = 5
+SEEDS = 2
+
+
+@pytest.fixture(autouse=True)
+def _fresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.set_num_threads(1)
+    monkeypatch.setattr(vectorized, "_elementwise", {})  # each test probes afresh
+
+
+def _config(tmp_path: Path, *overrides: str, config_dirs: Iterable[Path] = ()) -> DictConfig:
+    return tiny_config(
+        tmp_path,
+        f"trainer.max_epochs={EPOCHS}",
+        "search.batch_sizes=[64]",
+        f"confirm.seeds={SEEDS}",
+        *overrides,
+        config_dirs=list(config_dirs),
+    )
+
+
+def _params(space: SearchSpace, family: str, schedule: str) -> dict[str, Any]:
+    """A config of the space: the family's and schedule's default values, batch 64."""
+    params: dict[str, Any] = {"optimizer": family, "schedule": schedule, "batch_size": 64}
+    for component in (space.optimizers[family], space.schedulers[schedule]):
+        for dim in component.dims:
+            value = dim.default if dim.default is not None else dim.grid_values()[0]
+            params[component.param(dim)] = value
+    return params
+
+
+def _run(cfg: DictConfig, configs: list[dict[str, Any]], *, vectorize: bool) -> optuna.Study:
+    """Queue SEEDS replicates of each config, as confirm.enqueue_missing does, and run them."""
+    cfg = OmegaConf.merge(cfg, {"confirm": {"vectorize": vectorize}})
+    space = SearchSpace.from_config(cfg)
+    study = optuna.create_study(direction=cfg.search.direction)
+    for r in range(SEEDS):
+        for i, params in enumerate(configs):
+            attrs = {
+                record.ROLE: "replicate",
+                record.OF: i,
+                record.REPLICATE: r,
+                record.SEED: replicate_seed(int(cfg.seed), r),
+            }
+            study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
+    work(cfg, space, Budget(len(configs) * SEEDS, role="replicate"), study)
+    return study
+
+
+def _key(t: FrozenTrial) -> tuple[int, int]:
+    return t.user_attrs[record.OF], t.user_attrs[record.REPLICATE]
+
+
+def assert_same_curve(got: dict[str, list[Any]], want: dict[str, list[Any]], n_val: int) -> None:
+    assert got["epoch"] == want["epoch"] and got["step"] == want["step"]
+    assert got["lr"] == pytest.approx(want["lr"], rel=1e-6)
+    for column in ("train_loss", "val_loss"):
+        for a, b in zip(got[column], want[column], strict=True):
+            assert (a is None) == (b is None), column
+            if a is not None:
+                assert a == pytest.approx(b, rel=1e-4), column
+    # A point right on a decision boundary may flip: one validation row is allowed.
+    for a, b in zip(got["val_acc"], want["val_acc"], strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert abs(a - b) <= 1.01 / n_val
+
+
+def assert_same_trials(grouped: optuna.Study, alone: optuna.Study) -> None:
+    want = {_key(t): t for t in alone.trials}
+    assert len(grouped.trials) == len(want)
+    for t in grouped.trials:
+        other = want[_key(t)]
+        assert t.state == other.state, (t.params, record.note(t), record.note(other))
+        assert t.params == other.params
+        run, ref = record.run_of(t), record.run_of(other)
+        assert run is not None and ref is not None
+        assert run.seed == ref.seed == t.user_attrs[record.SEED]
+        assert_same_curve(run.curve, ref.curve, run.n_val or 1)
+        assert (run.n_params, run.n_train, run.n_val) == (ref.n_params, ref.n_train, ref.n_val)
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "step"])  # stepped per step, per epoch
+def test_every_family_grouped_reproduces_its_seeds_run_one_by_one(tmp_path, schedule):
+    assert len(FAMILIES) >= 9
+    cfg = _config(
+        tmp_path, f"search.optimizers=[{','.join(FAMILIES)}]", f"search.schedulers=[{schedule}]"
+    )
+    space = SearchSpace.from_config(cfg)
+    configs = [_params(space, family, schedule) for family in FAMILIES]
+    if schedule == "step":  # a step every epoch, so that 5 epochs see the lr change
+        for params in configs:
+            params["step.step_size"] = 1
+    grouped = _run(cfg, configs, vectorize=True)
+    alone = _run(cfg, configs, vectorize=False)
+    assert all(t.state == TrialState.COMPLETE for t in grouped.trials)
+    assert all(t.user_attrs.get(record.GROUP) == SEEDS for t in grouped.trials)
+    assert not any(record.GROUP in t.user_attrs for t in alone.trials)
+    assert_same_trials(grouped, alone)
+    # Each replicate is its own run: the seeds differ, their curves too; seconds are the group's.
+    for i in range(len(configs)):
+        runs = [record.run_of(t) for t in grouped.trials if _key(t)[0] == i]
+        assert len({r.final("val_loss") for r in runs}) == SEEDS
+        assert len({tuple(r.curve["seconds"]) for r in runs}) == 1
+
+
+class NormScaledSGD(torch.optim.Optimizer):
+    """LARS-like: each tensor's step is scaled by its norm, which stacking would share."""
+
+    def __init__(self, params: Iterable[Tensor], lr: float = 0.1) -> None:
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    trust = p.norm() / (p.grad.norm() + 1e-12)
+                    p.add_(p.grad * trust, alpha=-group["lr"] * 0.01)
+
+
+def test_a_norm_based_optimizer_runs_one_by_one_and_says_so_once(tmp_path, monkeypatch):
+    folder = tmp_path / "conf" / "optimizer"
+    folder.mkdir(parents=True)
+    (folder / "lars.yaml").write_text(
+        "_target_: tests.test_vectorized.NormScaledSGD\n_partial_: true\n"
+        "lr: {type: float, low: 0.01, high: 1.0, log: true, default: 0.5}\n"
+    )
+    cfg = _config(
+        tmp_path,
+        "search.optimizers=[lars,adam]",
+        "search.schedulers=[constant]",
+        config_dirs=[tmp_path / "conf"],
+    )
+    space = SearchSpace.from_config(cfg)
+    notes: list[str] = []
+    monkeypatch.setattr("pipeline.search.workers._print_err", notes.append)
+    configs = [
+        _params(space, "lars", "constant"),
+        {**_params(space, "lars", "constant"), "lars.lr": 0.2},
+        _params(space, "adam", "constant"),
+    ]
+    grouped = _run(cfg, configs, vectorize=True)
+    said = [n for n in notes if "lars" in n]
+    assert said == [
+        "confirmation: lars (tests.test_vectorized.NormScaledSGD) does not update each element "
+        "on its own (a norm?): its replicates run one by one"
+    ]
+    for t in grouped.trials:
+        assert t.state == TrialState.COMPLETE
+        lars = t.params["optimizer"] == "lars"
+        assert (record.GROUP in t.user_attrs) == (not lars)
+    alone = _run(cfg, configs, vectorize=False)
+    assert_same_trials(grouped, alone)
+
+
+class Touchy(nn.Sequential):
+    """Three linear layers; built right after an even seed, its weights are blown up to diverge."""
+
+    def __init__(self) -> None:
+        super().__init__(nn.Linear(2, 16), nn.Linear(16, 16), nn.Linear(16, 2))
+        if torch.initial_seed() % 2 == 0:
+            with torch.no_grad():
+                for p in self.parameters():
+                    p.mul_(3.0)
+
+
+def test_a_diverging_replicate_is_recorded_and_the_others_go_on(tmp_path):
+    cfg = _config(
+        tmp_path,
+        "task.model._target_=tests.test_vectorized.Touchy",
+        "~task.model.sizes",
+        "search.optimizers=[sgd]",
+        "search.schedulers=[constant]",
+        "search.divergence_factor=3",
+    )
+    space = SearchSpace.from_config(cfg)
+    configs = [{**_params(space, "sgd", "constant"), "sgd.lr": 0.5}]
+    grouped = _run(cfg, configs, vectorize=True)
+    by_seed = {t.user_attrs[record.SEED] % 2: t for t in grouped.trials}
+    bad, good = by_seed[0], by_seed[1]
+    assert record.state(bad) == "diverged" and bad.state == TrialState.PRUNED
+    assert bad.user_attrs[record.STOPPED].startswith("diverged at epoch")
+    assert good.state == TrialState.COMPLETE and record.run_of(good).epochs == EPOCHS
+    assert record.run_of(bad).epochs < EPOCHS
+    assert_same_trials(grouped, _run(cfg, configs, vectorize=False))
+
+
+def test_ctrl_c_records_the_group_interrupted(tmp_path, monkeypatch):
+    cfg = _config(tmp_path, "search.optimizers=[adam]", "search.schedulers=[constant]")
+    space = SearchSpace.from_config(cfg)
+    calls, real = 0, interrupt.check
+
+    def check() -> None:  # each training step checks for a stop
+        nonlocal calls
+        calls += 1
+        if calls == 60:  # in the third epoch (25 steps an epoch)
+            interrupt._handle(2, None)
+        real()
+
+    monkeypatch.setattr(interrupt, "check", check)
+    try:
+        study = _run(cfg, [_params(space, "adam", "constant")], vectorize=True)
+    finally:
+        interrupt.reset()
+    assert len(study.trials) == SEEDS
+    for t in study.trials:
+        assert record.state(t) == "interrupted" and not record.counts(t)
+        assert record.run_of(t).epochs == 2  # the epochs before the stop
+        assert t.user_attrs[record.GROUP] == SEEDS
+
+
+def test_confirm_vectorize_is_a_checked_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"confirm\.vectorize"):
+        check(OmegaConf.merge(_config(tmp_path), {"confirm": {"vectorize": "yes"}}))
+
+
+def test_a_plain_lightning_user_task_runs_one_by_one(tmp_path):
+    cfg = _config(tmp_path, "task=user", config_dirs=[ROOT / "tests" / "conf"])
+    group = replicates.GroupWorker(cfg, SearchSpace.from_config(cfg), note=print)
+    assert not group.grouped and "TensorDataModule" in str(group.reason)
+
+
+# --- the engine, without a study ------------------------------------------------------------
+
+
+def _moons() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return moons_arrays(2000, 0.25, 0.2, 0)
+
+
+def _spec(**kw: Any) -> Spec:
+    def configure(params: Any, steps_per_epoch: int) -> tuple[Any, Any, str]:
+        optimizer = torch.optim.Adam(params, lr=3e-3)
+        return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, 1, 0.7), "epoch"
+
+    return Spec(
+        **{"batch_size": 128, "epochs": 3, "loss": "cross_entropy", **kw}, configure=configure
+    )
+
+
+class Residual(nn.Module):
+    """Not an nn.Sequential: trained through vmap and functional_call."""
+
+    def __init__(self, out: int = 2) -> None:
+        super().__init__()
+        self.a, self.b, self.out = nn.Linear(2, 16), nn.Linear(16, 16), nn.Linear(16, out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.tanh(self.a(x))
+        return self.out(h + torch.relu(self.b(h)))
+
+
+@pytest.mark.parametrize(("model", "loss"), [(Residual, "cross_entropy"), (Residual, "bce")])
+def test_the_vmap_path_matches_single_runs(model, loss):
+    x, y, xv, yv = _moons()
+    make = (lambda: model(1)) if loss == "bce" else model
+    spec = _spec(loss=loss, test=(xv, yv))
+    group = [Replicate(seed) for seed in (3, 4, 5)]
+    train_group(make, group, (x, y, xv, yv), spec)
+    for rep in group:
+        one = train_one(make, rep.seed, (x, y, xv, yv), spec)
+        assert rep.group == 3
+        assert_same_curve(rep.curve, one.curve, len(xv))
+        assert rep.scores == pytest.approx(one.scores, rel=1e-4, abs=1.01 / len(xv))
+
+
+def test_a_group_out_of_memory_is_split(monkeypatch):
+    data = _moons()
+    tried: list[int] = []
+    real = vectorized._train_stacked
+
+    def stacked(make_model: Any, group: list[Replicate], *args: Any) -> None:
+        tried.append(len(group))
+        if len(group) > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        real(make_model, group, *args)
+
+    monkeypatch.setattr(vectorized, "_train_stacked", stacked)
+    make = lambda: nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2))  # noqa: E731
+    group = [Replicate(seed) for seed in range(5)]
+    train_group(make, group, data, _spec())
+    assert tried == [5, 2, 3, 2]  # 5 -> 2 + 3; 3 -> 1 (alone, train_one) + 2
+    assert [rep.group for rep in group] == [2, 2, 1, 2, 2]
+    for rep in group:
+        assert_same_curve(rep.curve, train_one(make, rep.seed, data, _spec()).curve, 400)
+
+
+def test_other_errors_are_not_taken_for_memory(monkeypatch):
+    def stacked(*args: Any) -> None:
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(vectorized, "_train_stacked", stacked)
+    with pytest.raises(RuntimeError, match="shapes"):
+        train_group(Residual, [Replicate(0), Replicate(1)], _moons(), _spec())
+
+
+def test_a_model_drawing_random_numbers_is_not_stackable():
+    with pytest.raises(vectorized.NotStackable):
+        vectorized.check_stackable(lambda: nn.Sequential(Residual(), nn.Dropout(0.2)), _moons()[0])
+
+
+def test_train_one_reproduces_the_lightning_trial_of_its_seed(tmp_path):
+    """The plain loop a group falls back to for one seed (after halving) is the trial itself."""
+    cfg = _config(tmp_path, "search.optimizers=[nadam]", "search.schedulers=[onecycle]")
+    space = SearchSpace.from_config(cfg)
+    params = _params(space, "nadam", "onecycle")
+    alone = _run(cfg, [params], vectorize=False)
+    group = replicates.GroupWorker(cfg, space, note=print)
+    choice = space.sample(optuna.trial.FixedTrial(params))
+    spec = Spec(
+        batch_size=64, epochs=EPOCHS, loss="cross_entropy", configure=group._configure(choice)
+    )
+    for t in alone.trials:
+        one = train_one(group.make_model, t.user_attrs[record.SEED], _moons(), spec)
+        assert_same_curve(one.curve, record.run_of(t).curve, 400)
