@@ -94,8 +94,15 @@ def test_seconds_per_epoch_come_from_single_search_runs_of_the_family_and_batch_
     table = result.configs.set_index("family")
     assert table.loc["adam", "median_time"] == pytest.approx(0.2)  # 2 epochs x 0.1 s
     assert table.loc["adam", "measured_epoch_seconds"] == pytest.approx(0.5)
-    # No sgd search run at batch 64: its replicates' own seconds per epoch.
+    # No search run at batch 64 at all: its replicates' own seconds per epoch.
     assert table.loc["sgd", "median_time"] == pytest.approx(2.0)
+    # At batch 32 sgd has its own run (0.2 s); a family with none there pools every family's.
+    pooled = rates[rates.family == "*"].set_index("batch_size")
+    assert pooled.loc[32, "rate"] == pytest.approx(0.15) and pooled.loc[32, "runs"] == 4
+    replicates["batch_size"] = 32
+    replicates.loc[replicates.family == "sgd", "family"] = "momentum"
+    table = assess(replicates, curves, target=TARGET, seeds=5, rates=rates).configs
+    assert table.set_index("family").loc["momentum", "median_time"] == pytest.approx(4 * 0.15)
 
 
 def test_two_identical_families_come_out_tied():

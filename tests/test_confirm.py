@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from pipeline.core import record
 from pipeline.core.storage import load_study
-from pipeline.search.confirm import replicate_seed
+from pipeline.search.confirm import candidates, replicate_seed
 from pipeline.search.workers import search
 from tests.conftest import TINY, run_cli, tiny_config
 
@@ -184,3 +184,44 @@ def test_fair_protocol_gives_each_family_equal_random_trials(tmp_path):
     families = collections.Counter(t.params["optimizer"] for t in outcome.trials)
     assert families == {"adam": 2, "sgd": 2, "momentum": 2}
     assert isinstance(outcome.study.sampler.for_trial(0), optuna.samplers.RandomSampler)
+
+
+def _searched(number: int, family: str, batch: int, value: float, losses: list[float], gap: float):
+    run = record.Run(
+        curve={
+            "epoch": list(range(1, len(losses) + 1)),
+            "step": list(range(1, len(losses) + 1)),
+            "seconds": [0.5 + gap * e for e in range(1, len(losses) + 1)],
+            "train_loss": losses,
+            "val_loss": losses,
+            "val_acc": [0.9] * len(losses),
+            "lr": [0.1] * len(losses),
+        }
+    )
+    trial = optuna.trial.create_trial(
+        params={"optimizer": family, "batch_size": batch},
+        distributions={
+            "optimizer": optuna.distributions.CategoricalDistribution(["adam", "sgd"]),
+            "batch_size": optuna.distributions.CategoricalDistribution([16, 128]),
+        },
+        value=value,
+        user_attrs={record.RUN: run.to_attr()},
+    )
+    trial.number = number
+    return trial
+
+
+def test_each_familys_fastest_search_trial_is_confirmed_beside_its_best():
+    trials = [
+        # adam: the best two by final value are slow (batch 16); trial 2 is quick (batch 128).
+        _searched(0, "adam", 16, 0.10, [0.5, 0.3, 0.2, 0.12, 0.10], gap=1.0),
+        _searched(1, "adam", 16, 0.11, [0.5, 0.3, 0.2, 0.12, 0.11], gap=1.0),
+        _searched(2, "adam", 128, 0.13, [0.3, 0.13, 0.13, 0.13, 0.13], gap=0.2),
+        _searched(3, "sgd", 16, 0.20, [0.9, 0.5, 0.3, 0.25, 0.20], gap=1.0),
+        _searched(4, "sgd", 16, 0.30, [0.9, 0.6, 0.5, 0.4, 0.30], gap=1.0),
+    ]
+    # Provisional target: median of the family bests (0.10, 0.20) relaxed by 20 %: 0.18.
+    picked = candidates(trials, top_k=2, direction="minimize", tolerance=0.2)
+    assert [t.number for t in picked] == [0, 2, 3, 4]
+    by_value = candidates(trials, top_k=1, direction="minimize", tolerance=0.2)
+    assert [t.number for t in by_value] == [2, 3]  # top_k=1: the quick one takes the place

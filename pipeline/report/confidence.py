@@ -15,8 +15,9 @@ seconds of five replicates (a replicate's own seconds-to-target also hold model 
 whatever else the machine was doing in that moment: 20 % apart between reruns on a shared
 2-core machine). Replicates trained together as one vectorized group (pipeline.search.confirm)
 have no single-run seconds of their own, so single search runs are also the only honest rate for
-them. A config with no such search run uses its replicates' own median. The raw seconds stay in
-the table beside it.
+them. A config whose family never ran at its batch size in the search uses all families' runs
+at that batch size; one with no search run at that batch size at all, its replicates' own
+median. The raw seconds stay in the table beside it.
 
 Two summaries per config. Its median time over seeds, a miss counting as never (AlgoPerf), with
 a 95 % interval: what one run is likely to take. And its speed, DeepOBS's: the mean over seeds
@@ -42,9 +43,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from pipeline.report.tables import Target, relax
+from pipeline.core.metric import relax
+from pipeline.report.tables import Target
 
 INTERVAL = (2.5, 97.5)
+ANY = "*"  # epoch_rates' family for all families' runs at one batch size
 
 
 @dataclass
@@ -97,7 +100,11 @@ def epoch_rates(searched: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     grouped = per_trial.groupby(["family", "batch_size"], as_index=False)["epoch_seconds"]
     rates = grouped.agg(rate="median", runs="count")
-    return rates.astype({"batch_size": int})[columns]
+    # Family ANY: every family's runs at that batch size, for a config whose own family never
+    # ran at it in the search (the baseline may not have).
+    pooled = per_trial.groupby("batch_size", as_index=False)["epoch_seconds"]
+    pooled = pooled.agg(rate="median", runs="count").assign(family=ANY)
+    return pd.concat([rates, pooled]).astype({"batch_size": int})[columns]
 
 
 def replicate_times(
@@ -122,7 +129,7 @@ def replicate_times(
         keys = zip(rates.family, rates.batch_size, rates.rate, strict=True)
         lookup = {(f, int(b)): r for f, b, r in keys}
         single = [
-            lookup.get((f, int(b))) if pd.notna(b) else None
+            lookup.get((f, int(b)), lookup.get((ANY, int(b)))) if pd.notna(b) else None
             for f, b in zip(out["family"], out["batch_size"], strict=True)
         ]
         out["rate"] = pd.Series(single, index=out.index, dtype=float).fillna(own)

@@ -18,6 +18,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.core import record
+from pipeline.core.metric import relax
 from pipeline.core.record import COLUMNS
 
 TRIAL_COLUMNS = [
@@ -160,15 +161,6 @@ def derive_target(
         best,
         tolerance,
     )
-
-
-def relax(best: float, *, metric: str, direction: str, tolerance: float) -> float:
-    """A value a little worse than `best`: by the tolerance, of the error rate for accuracy."""
-    if metric == "val_acc":
-        return 1 - (1 - best) * (1 + tolerance)
-    if direction == "minimize":
-        return best + tolerance * abs(best)
-    return best - tolerance * abs(best)
 
 
 def time_to_target(

@@ -20,11 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import optuna
 from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.core import record
+from pipeline.core.metric import reaches, relax
 from pipeline.search.space import SearchSpace
 
 SEED_STRIDE = 1_000_000  # replicate seeds never meet search-trial seeds (seed + number)
@@ -49,8 +51,25 @@ class Item:
         return (self.role, self.of, self.index)
 
 
-def candidates(trials: list[FrozenTrial], *, top_k: int, direction: str) -> list[FrozenTrial]:
-    """Per family, its top_k complete search trials by final value."""
+def candidates(
+    trials: list[FrozenTrial],
+    *,
+    top_k: int,
+    direction: str,
+    metric: str = "val_loss",
+    tolerance: float = 0.2,
+) -> list[FrozenTrial]:
+    """Per family, its fastest complete search trial to a provisional target, then the best by
+    final value up to top_k.
+
+    The report ranks families by time to target, so a family's fastest setting must be among
+    those confirmed: by final value alone, a slow setting that ends a little lower (a small
+    batch) took the place of a quick one, and a family's rank hung on whether its top two by
+    value happened to be quick. The provisional target is the median over families of their
+    best final value, relaxed by `tolerance` (report.target_tolerance): about where the target
+    from replicates lands, since one seed's best value is a lucky draw. A trial's time is its
+    first epoch at the target x its median seconds per epoch.
+    """
     done = [
         t
         for t in trials
@@ -58,14 +77,41 @@ def candidates(trials: list[FrozenTrial], *, top_k: int, direction: str) -> list
     ]
     sign = 1 if direction == "minimize" else -1
     done.sort(key=lambda t: (sign * t.value, t.number))
-    picked: list[FrozenTrial] = []
-    per_family: dict[str, int] = {}
+    best: dict[str, float] = {}
+    for t in done:
+        best.setdefault(str(t.params.get("optimizer")), float(t.value))
+    quick: dict[str, FrozenTrial] = {}
+    if best:
+        target = relax(
+            float(np.median(list(best.values()))),
+            metric=metric,
+            direction=direction,
+            tolerance=tolerance,
+        )
+        timed = [(s, t) for t in done if (s := _seconds_to(t, metric, target, direction))]
+        for _, t in sorted(timed, key=lambda pair: (pair[0], pair[1].number)):
+            quick.setdefault(str(t.params.get("optimizer")), t)
+    picked = list(quick.values()) if top_k else []
+    per_family = dict.fromkeys(quick, 1) if top_k else {}
     for t in done:
         family = str(t.params.get("optimizer"))
-        if per_family.get(family, 0) < top_k:
+        if per_family.get(family, 0) < top_k and t not in picked:
             per_family[family] = per_family.get(family, 0) + 1
             picked.append(t)
     return sorted(picked, key=lambda t: t.number)
+
+
+def _seconds_to(trial: FrozenTrial, metric: str, target: float, direction: str) -> float | None:
+    """Seconds to the target at this trial's own pace; None when it never reaches it."""
+    run = record.run_of(trial)
+    if run is None or not run.epochs:
+        return None
+    values, seconds = run.curve.get(metric) or [], run.curve.get("seconds") or []
+    hit = next((i for i, v in enumerate(values) if reaches(v, target, direction=direction)), None)
+    if hit is None or len(seconds) != len(values):
+        return None
+    gaps = np.diff(seconds) if len(seconds) > 1 else np.asarray(seconds)
+    return (hit + 1) * float(np.median(gaps))
 
 
 def notes(cfg: DictConfig, space: SearchSpace) -> list[str]:
@@ -112,7 +158,13 @@ def plan(study: optuna.Study, cfg: DictConfig, space: SearchSpace) -> list[Item]
     trials = record.trials(study)
     configs = [
         ("replicate", t.number, dict(t.params))
-        for t in candidates(trials, top_k=int(cfg.confirm.top_k), direction=cfg.search.direction)
+        for t in candidates(
+            trials,
+            top_k=int(cfg.confirm.top_k),
+            direction=cfg.search.direction,
+            metric=cfg.search.metric,
+            tolerance=float(cfg.report.target_tolerance),
+        )
     ]
     base = baseline_params(cfg, space)
     if base is not None:
