@@ -10,23 +10,22 @@ when it is empty can still add one trial each. Nothing is ever run twice or lost
 
 from __future__ import annotations
 
-import multiprocessing
-import os
+import functools
 import signal
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import optuna
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.core import record
 from pipeline.core.storage import close, open_storage
 from pipeline.search import confirm, cores, interrupt
 from pipeline.search.objective import Objective
+from pipeline.search.pool import Pool
 from pipeline.search.preflight import preflight
 from pipeline.search.progress import Progress, best_value, quiet
 from pipeline.search.replicates import GroupWorker
@@ -132,27 +131,32 @@ def search(cfg: DictConfig) -> Outcome:
     started = time.perf_counter()
     quiet(bool(cfg.trainer.verbose))
     cfg = cores.resolve(cfg)  # search.n_workers=auto and trainer.threads as numbers
-    space = preflight(cfg)
-    study, budget = prepare(cfg, space)
     interrupt.reset()
-    _set_threads(int(cfg.trainer.threads))
-    if int(cfg.search.n_workers) == 1:
-        interrupt.install()
+    interrupt.install()
+    # Spawned first: the workers import torch and Lightning while this process checks the
+    # task and opens the study, and they serve both phases (pipeline.search.pool).
+    pool = Pool(cfg) if int(cfg.search.n_workers) > 1 else None
     failed_workers = 0
     planned = 0
+    study = None
     try:
-        # The study from prepare() is worker 0's: its sampler has the unshifted seed.
-        failed_workers += _phase(cfg, space, study, budget, "trials")
+        space = preflight(cfg)
+        study, budget = prepare(cfg, space)
+        set_threads(int(cfg.trainer.threads))
+        failed_workers += _phase(cfg, space, study, budget, "trials", pool)
         trials = record.trials(study)
         if int(cfg.confirm.seeds) > 0 and not interrupt.requested() and budget.done(trials):
             _, planned = confirm.enqueue_missing(study, cfg, space)
             for line in confirm.notes(cfg, space):
                 _print_err(line)
             replicates = Budget(planned, role="replicate")
-            failed_workers += _phase(cfg, space, study, replicates, "replicates")
+            failed_workers += _phase(cfg, space, study, replicates, "replicates", pool)
     finally:
-        trials = record.trials(study)
-        close(study)
+        if pool is not None:
+            pool.close()
+        if study is not None:
+            trials = record.trials(study)
+            close(study)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return Outcome(
@@ -166,7 +170,12 @@ def search(cfg: DictConfig) -> Outcome:
 
 
 def _phase(
-    cfg: DictConfig, space: SearchSpace, study: optuna.Study, budget: Budget, label: str
+    cfg: DictConfig,
+    space: SearchSpace,
+    study: optuna.Study,
+    budget: Budget,
+    label: str,
+    pool: Pool | None,
 ) -> int:
     """Run what `budget` is missing on every worker, with a progress bar; failed workers."""
     trials = record.trials(study)
@@ -184,10 +193,19 @@ def _phase(
     failed = 0
     try:
         if missing > 0:
-            if n_workers == 1:
-                work(cfg, space, budget, study, quota=quotas and quotas[0], progress=progress)
+            here = functools.partial(
+                work, cfg, space, budget, study, quota=quotas[0], progress=progress
+            )
+            if pool is None:
+                here()
             else:
-                failed = _run_workers(cfg, space, budget, progress, study, quotas)
+                retried = record.retried_numbers(study)
+                failed = pool.run(
+                    budget,
+                    list(quotas[1:]),
+                    here=here,
+                    tick=lambda: _show(progress, budget, record.trials(study, retried=retried)),
+                )
     finally:
         _show(progress, budget, record.trials(study))
         progress.close()
@@ -208,111 +226,7 @@ def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (i < total % parts) for i in range(parts)]
 
 
-def _set_threads(n: int) -> None:
+def set_threads(n: int) -> None:
     import torch
 
     torch.set_num_threads(n)
-
-
-def _run_workers(
-    cfg: DictConfig,
-    space: SearchSpace,
-    budget: Budget,
-    progress: Progress,
-    study: optuna.Study,
-    quotas: list[int] | None,
-) -> int:
-    """Worker 0 runs here (its imports are done); workers 1..n-1 are spawned processes.
-
-    This process also shows progress and relays Ctrl-C / SIGTERM to the others.
-    """
-    context = multiprocessing.get_context("spawn")  # fork after torch/threads is unsafe
-    config = OmegaConf.to_container(cfg, resolve=True)
-    threads = int(cfg.trainer.threads)
-    workers = [
-        context.Process(
-            target=_worker_main,
-            args=(config, i, threads, budget, quotas and quotas[i]),
-            name=f"pipeline-worker-{i}",
-        )
-        for i in range(1, int(cfg.search.n_workers))
-    ]
-
-    def relay(signum: int, frame: object) -> None:
-        interrupt._handle(signum, frame)
-        for w in workers:
-            if w.pid is not None and w.is_alive():
-                os.kill(w.pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGINT, relay)
-    signal.signal(signal.SIGTERM, relay)
-    gpus = _visible_gpus()
-    for i, w in enumerate(workers, start=1):
-        # One GPU per worker when there are several: worker i sees only GPU i mod count.
-        # Set before the spawn so the child's CUDA never sees the others.
-        saved = os.environ.get("CUDA_VISIBLE_DEVICES")
-        if len(gpus) > 1:
-            os.environ["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
-        try:
-            w.start()
-        finally:
-            if saved is None:
-                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-            else:
-                os.environ["CUDA_VISIBLE_DEVICES"] = saved
-    # Worker 0, on GPU 0 (the first visible).
-    work(cfg, space, budget, study, quota=quotas and quotas[0], progress=progress)
-    retried = record.retried_numbers(study)
-    while any(w.is_alive() for w in workers):
-        for w in workers:
-            w.join(timeout=0.5)
-        _show(progress, budget, record.trials(study, retried=retried))
-    return sum(w.exitcode not in (0, 128 + signal.SIGINT, 128 + signal.SIGTERM) for w in workers)
-
-
-def _worker_main(
-    config: dict[str, Any], index: int, threads: int, budget: Budget, quota: int | None
-) -> None:
-    """A worker process: the same config and budget, its own sampler seed, a share of cores."""
-    cfg = OmegaConf.create(config)
-    interrupt.install()
-    _stop_with_parent()
-    quiet(bool(cfg.trainer.verbose))
-    _set_threads(threads)
-    space = SearchSpace.from_config(cfg)
-    study = load_for_worker(cfg)
-    try:
-        work(cfg, space, budget, study, quota=quota)
-    finally:
-        close(study)
-    if interrupt.requested():
-        sys.exit(interrupt.exit_code())
-
-
-def _stop_with_parent() -> None:
-    """SIGTERM this worker when the command that started it dies, even by kill -9.
-
-    Without it a killed command leaves its workers running on (they are not daemons, so that
-    they can finish recording a trial); with it they record their trial as interrupted and
-    exit. Linux's prctl(PR_SET_PDEATHSIG); elsewhere the check below is all there is.
-    """
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() == 1:  # the parent died before the signal was armed
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _visible_gpus() -> list[str]:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [d.strip() for d in visible.split(",") if d.strip()]
-    try:
-        import torch
-
-        return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception:
-        return []

@@ -1,0 +1,184 @@
+"""Worker processes that live for the whole command: spawned once, they run every phase.
+
+    pool = Pool(cfg)                 # spawns workers 1..n-1; they import while this prepares
+    failed = pool.run(budget, quotas[1:], here=lambda: work(...), tick=show)   # one phase
+    pool.close()
+
+A spawned worker first imports torch and Lightning (2-4 s of a core). Spawned per phase, the
+search and the confirmation each paid that while the other core trained; one pool pays it
+once, and early, while this process runs the preflight and opens the study. Worker 0 is this
+process (its imports are done). Ctrl-C and SIGTERM are relayed to the workers; a killed
+command's workers get SIGTERM from the kernel (PR_SET_PDEATHSIG) and record their trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.search import interrupt
+
+DONE = "done"
+ENDED_BY_SIGNAL = (0, 128 + signal.SIGINT, 128 + signal.SIGTERM)
+
+
+class Pool:
+    """Workers 1..n-1 of search.n_workers, each waiting for a phase to run."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        context = multiprocessing.get_context("spawn")  # fork after torch/threads is unsafe
+        config = OmegaConf.to_container(cfg, resolve=True)
+        threads = int(cfg.trainer.threads)
+        self.links: list[Connection] = []
+        self.workers: list[Any] = []
+        gpus = _visible_gpus()
+        for i in range(1, int(cfg.search.n_workers)):
+            mine, theirs = context.Pipe()
+            worker = context.Process(
+                target=_main, args=(config, threads, theirs), name=f"pipeline-worker-{i}"
+            )
+            # One GPU per worker when there are several: worker i sees only GPU i mod count.
+            # Set before the spawn so the child's CUDA never sees the others.
+            saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+            if len(gpus) > 1:
+                os.environ["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+            try:
+                worker.start()
+            finally:
+                if saved is None:
+                    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+                else:
+                    os.environ["CUDA_VISIBLE_DEVICES"] = saved
+            theirs.close()
+            self.links.append(mine)
+            self.workers.append(worker)
+        signal.signal(signal.SIGINT, self._relay)
+        signal.signal(signal.SIGTERM, self._relay)
+
+    def _relay(self, signum: int, frame: object) -> None:
+        interrupt._handle(signum, frame)
+        for w in self.workers:
+            if w.pid is not None and w.is_alive():
+                os.kill(w.pid, signal.SIGTERM)
+
+    def run(
+        self,
+        budget: Any,
+        quotas: list[int | None],
+        *,
+        here: Callable[[], None],
+        tick: Callable[[], None],
+    ) -> int:
+        """One phase: each worker runs its quota of `budget`, this process runs `here`.
+
+        Returns how many workers died during it (not counting a stop by Ctrl-C or SIGTERM).
+        """
+        waiting = []
+        for link, worker, quota in zip(self.links, self.workers, quotas, strict=True):
+            if worker.is_alive():
+                try:
+                    link.send((budget, quota))
+                    waiting.append((link, worker))
+                except (BrokenPipeError, OSError):
+                    pass
+        here()
+        failed = 0
+        while waiting:
+            for link, worker in list(waiting):
+                try:
+                    if link.poll(0.5 / len(waiting)) and link.recv() == DONE:
+                        waiting.remove((link, worker))
+                        continue
+                except (EOFError, OSError):
+                    pass
+                if not worker.is_alive():
+                    worker.join()
+                    failed += worker.exitcode not in ENDED_BY_SIGNAL
+                    waiting.remove((link, worker))
+            tick()
+        return failed
+
+    def close(self) -> int:
+        """End the workers; how many ended badly."""
+        for link in self.links:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                link.send(None)
+        failed = 0
+        for w in self.workers:
+            w.join(timeout=30)
+            if w.is_alive():
+                w.terminate()
+                w.join()
+            failed += w.exitcode not in ENDED_BY_SIGNAL
+        return failed
+
+
+def _main(config: dict[str, Any], threads: int, link: Connection) -> None:
+    """A worker process: the same config, a share of the cores; runs phases until told to stop."""
+    interrupt.install()
+    _stop_with_parent()
+    # Imported here: the parent imports this module before it has anything to run.
+    from pipeline.core.storage import close
+    from pipeline.search.progress import quiet
+    from pipeline.search.space import SearchSpace
+    from pipeline.search.workers import load_for_worker, set_threads, work
+
+    cfg = OmegaConf.create(config)
+    quiet(bool(cfg.trainer.verbose))
+    set_threads(threads)
+    space = SearchSpace.from_config(cfg)
+    study = None
+    try:
+        while not interrupt.requested():
+            try:
+                message = link.recv()
+            except (EOFError, OSError):  # the command is gone
+                break
+            if message is None:
+                break
+            budget, quota = message
+            study = study or load_for_worker(cfg)
+            work(cfg, space, budget, study, quota=quota)
+            link.send(DONE)
+    finally:
+        if study is not None:
+            close(study)
+    if interrupt.requested():
+        sys.exit(interrupt.exit_code())
+
+
+def _stop_with_parent() -> None:
+    """SIGTERM this worker when the command that started it dies, even by kill -9.
+
+    Without it a killed command leaves its workers running on (they are not daemons, so that
+    they can finish recording a trial); with it they record their trial as interrupted and
+    exit. Linux's prctl(PR_SET_PDEATHSIG); elsewhere the check below is all there is.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the parent died before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _visible_gpus() -> list[str]:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip()]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:
+        return []
