@@ -10,14 +10,18 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
 from pipeline.config.cli import run
 from pipeline.core import record
-from pipeline.search.progress import best_value
-from pipeline.search.workers import Outcome, search
+from pipeline.search import cores
+from pipeline.search.pool import Pool
+
+if TYPE_CHECKING:
+    from pipeline.search.workers import Outcome
 
 
 def summary(outcome: Outcome, cfg: DictConfig) -> list[str]:
@@ -43,6 +47,8 @@ def summary(outcome: Outcome, cfg: DictConfig) -> list[str]:
             f"({cfg.confirm.seeds} seeds for each family's top {cfg.confirm.top_k} and the "
             "baseline)"
         )
+    from pipeline.search.progress import best_value
+
     best = best_value(searched, cfg.search.direction)
     if best is not None:
         top = next(t for t in searched if t.state == TrialState.COMPLETE and t.value == best)
@@ -66,7 +72,13 @@ def summary(outcome: Outcome, cfg: DictConfig) -> list[str]:
 
 
 def command(args: argparse.Namespace, cfg: DictConfig) -> int:
-    outcome = search(cfg)
+    cfg = cores.resolve(cfg)
+    # The workers start before this process imports Lightning and the trial code, so both
+    # import at once instead of one after the other (pipeline.search.pool).
+    pool = Pool(cfg) if int(cfg.search.n_workers) > 1 else None
+    from pipeline.search.workers import search
+
+    outcome = search(cfg, pool=pool)
     for line in summary(outcome, cfg):
         print(line, file=sys.stderr if line.startswith(("error", "interrupted")) else sys.stdout)
     return outcome.exit_code

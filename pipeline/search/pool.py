@@ -34,6 +34,7 @@ class Pool:
     """Workers 1..n-1 of search.n_workers, each waiting for a phase to run."""
 
     def __init__(self, cfg: DictConfig) -> None:
+        interrupt.reset()
         context = multiprocessing.get_context("spawn")  # fork after torch/threads is unsafe
         config = OmegaConf.to_container(cfg, resolve=True)
         threads = int(cfg.trainer.threads)

@@ -126,16 +126,22 @@ def _print_err(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def search(cfg: DictConfig) -> Outcome:
-    """Prepare the study, run the missing trials, then the missing confirmation replicates."""
+def search(cfg: DictConfig, *, pool: Pool | None = None) -> Outcome:
+    """Prepare the study, run the missing trials, then the missing confirmation replicates.
+
+    `pool`: worker processes already started for this config (the command starts them before
+    its own imports); made here otherwise. Either way this call closes it.
+    """
     started = time.perf_counter()
     quiet(bool(cfg.trainer.verbose))
     cfg = cores.resolve(cfg)  # search.n_workers=auto and trainer.threads as numbers
-    interrupt.reset()
-    interrupt.install()
-    # Spawned first: the workers import torch and Lightning while this process checks the
-    # task and opens the study, and they serve both phases (pipeline.search.pool).
-    pool = Pool(cfg) if int(cfg.search.n_workers) > 1 else None
+    if pool is None:
+        # Spawned first: the workers import torch and Lightning while this process checks
+        # the task and opens the study, and they serve both phases (pipeline.search.pool).
+        pool = Pool(cfg) if int(cfg.search.n_workers) > 1 else None
+    if pool is None:
+        interrupt.reset()
+        interrupt.install()  # with a pool, its handlers also pass the signal on
     failed_workers = 0
     planned = 0
     study = None
