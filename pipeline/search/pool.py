@@ -38,6 +38,7 @@ class Pool:
         context = multiprocessing.get_context("spawn")  # fork after torch/threads is unsafe
         config = OmegaConf.to_container(cfg, resolve=True)
         threads = int(cfg.trainer.threads)
+        self.ran = False
         self.links: list[Connection] = []
         self.workers: list[Any] = []
         gpus = _visible_gpus()
@@ -82,6 +83,7 @@ class Pool:
 
         Returns how many workers died during it (not counting a stop by Ctrl-C or SIGTERM).
         """
+        self.ran = True
         waiting = []
         for link, worker, quota in zip(self.links, self.workers, quotas, strict=True):
             if worker.is_alive():
@@ -109,6 +111,9 @@ class Pool:
 
     def close(self) -> int:
         """End the workers; how many ended badly."""
+        if not self.ran:  # a bad config or a stop before any phase: nothing to record
+            for w in self.workers:
+                w.kill()
         for link in self.links:
             with contextlib.suppress(BrokenPipeError, OSError):
                 link.send(None)
@@ -118,7 +123,7 @@ class Pool:
             if w.is_alive():
                 w.terminate()
                 w.join()
-            failed += w.exitcode not in ENDED_BY_SIGNAL
+            failed += self.ran and w.exitcode not in ENDED_BY_SIGNAL
         return failed
 
 
