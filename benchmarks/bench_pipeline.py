@@ -42,7 +42,7 @@ from pipeline.search.models import MLP
 from pipeline.search.progress import quiet
 from pipeline.search.space import SearchSpace
 from pipeline.search.study import Budget, prepare
-from pipeline.search.workers import work
+from pipeline.search.work import work
 
 OUT = Path(__file__).resolve().parent / "out"
 ADAM = {"adam.lr": 1e-3, "adam.beta1": 0.9, "adam.beta2": 0.999, "adam.eps": 1e-8}

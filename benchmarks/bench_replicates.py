@@ -8,7 +8,7 @@ schedule, one CPU thread, R replicates (5) of one config:
     each seed (the same plain loop, one model at a time), for the digits MLP 64-128-10 over
     20 epochs (the torch.baddbmm path), the same MLP forced through torch.vmap (the path any
     other nn.Module takes), and a small CNN (two conv + pool stages, 5 epochs, vmap);
-  * phase: the confirmation's replicate phase as the pipeline runs it (workers.work on a
+  * phase: the confirmation's replicate phase as the pipeline runs it (work.work on a
     queued in-memory study), confirm.vectorize true against false (each replicate its own
     Lightning trial): what the default command gains per config.
 Each block runs both sides once, in alternating order; the table shows the medians over the
@@ -124,7 +124,7 @@ def phase(
     from pipeline.search.progress import quiet
     from pipeline.search.space import SearchSpace
     from pipeline.search.study import Budget
-    from pipeline.search.workers import work
+    from pipeline.search.work import work
 
     quiet(False)  # no Lightning or Optuna log lines
     overrides = [f"trainer.max_epochs={epochs}", "search.batch_sizes=[64]", "trainer.threads=1"]

@@ -29,7 +29,7 @@ from pipeline.search.data import moons_arrays
 from pipeline.search.space import SearchSpace
 from pipeline.search.study import Budget
 from pipeline.search.vectorized import Replicate, Spec, train_group, train_one
-from pipeline.search.workers import work
+from pipeline.search.work import work
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,7 +170,7 @@ def test_a_norm_based_optimizer_runs_one_by_one_and_says_so_once(tmp_path, monke
     )
     space = SearchSpace.from_config(cfg)
     notes: list[str] = []
-    monkeypatch.setattr("pipeline.search.workers._print_err", notes.append)
+    monkeypatch.setattr("pipeline.search.work.print_err", notes.append)
     configs = [
         _params(space, "lars", "constant"),
         {**_params(space, "lars", "constant"), "lars.lr": 0.2},

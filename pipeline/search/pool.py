@@ -135,7 +135,7 @@ def _main(config: dict[str, Any], threads: int, link: Connection) -> None:
     from pipeline.core.storage import close
     from pipeline.search.progress import quiet
     from pipeline.search.space import SearchSpace
-    from pipeline.search.workers import load_for_worker, set_threads, work
+    from pipeline.search.work import load_for_worker, set_threads, work
 
     cfg = OmegaConf.create(config)
     quiet(bool(cfg.trainer.verbose))

@@ -1,6 +1,6 @@
 """The confirmation's replicates of one config trained together: one stacked model, R trials.
 
-    pipeline.search.workers.work() runs the replicate phase with GroupWorker when it applies
+    pipeline.search.work.work() runs the replicate phase with GroupWorker when it applies
     (confirm.vectorize, on by default; false runs every replicate as its own Lightning trial).
 
 It applies to a plain nn.Module on a TensorDataModule (the embedded tasks and any in-memory
@@ -124,7 +124,7 @@ class GroupWorker:
     ) -> None:
         """Claim and run queued replicates until none is queued, `quota` ran, or a stop.
 
-        The quota is this worker's share (workers.work): a group may take it past it, and
+        The quota is this worker's share (work.work): a group may take it past it, and
         the workers' quotas add up to the queue, so together they still empty it.
         """
         ran = 0

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import functools
 import signal
-import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import optuna
@@ -22,16 +20,14 @@ from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.core import record
-from pipeline.core.storage import close, open_storage
+from pipeline.core.storage import close
 from pipeline.search import confirm, cores, interrupt
-from pipeline.search.objective import Objective
 from pipeline.search.pool import Pool
 from pipeline.search.preflight import preflight
-from pipeline.search.progress import Progress, best_value, quiet
-from pipeline.search.replicates import GroupWorker
-from pipeline.search.samplers import make_pruner, make_sampler, prunes
+from pipeline.search.progress import Progress, quiet
 from pipeline.search.space import SearchSpace
 from pipeline.search.study import Budget, prepare
+from pipeline.search.work import print_err, set_threads, show, work
 
 
 @dataclass
@@ -53,77 +49,6 @@ class Outcome:
         if ended and all(t.state == TrialState.FAIL for t in ended):
             return 1
         return 0
-
-
-def load_for_worker(cfg: DictConfig) -> optuna.Study:
-    """The study as a spawned worker sees it: the same sampler and pruner."""
-    sampler, _ = make_sampler(cfg)
-    return optuna.load_study(
-        study_name=cfg.search.study_name,
-        storage=open_storage(cfg.search.storage),
-        sampler=sampler,
-        pruner=make_pruner(cfg),
-    )
-
-
-def work(
-    cfg: DictConfig,
-    space: SearchSpace,
-    budget: Budget,
-    study: optuna.Study,
-    *,
-    quota: int | None = None,
-    progress: Progress | None = None,
-) -> None:
-    """Run trials here until the budget is met, `quota` trials ran, the timeout passed or a stop.
-
-    The confirmation gives each worker a quota that adds up to the queued replicates, so no
-    worker asks for a trial when none is queued (Optuna would sample a new search trial). When
-    replicates train as groups (pipeline.search.replicates) a worker claims queued trials
-    itself and never asks Optuna for one; a group may take it past its quota, and it stops
-    early when the queue is empty.
-    """
-    note = progress.note if progress else _print_err
-    prune = prunes(study)
-    objective = Objective(cfg, space, prune=prune, note=note)
-    retried = record.retried_numbers(study)  # fixed while workers run: read it once
-
-    def _trials() -> list[FrozenTrial]:
-        return record.trials(study, retried=retried)
-
-    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-        trials = _trials()
-        if progress is not None:
-            _show(progress, budget, trials)
-        # Only queued trials run: an empty queue means the others took the last places.
-        if interrupt.requested() or budget.missing(trials) <= 0 or not budget.waiting(trials):
-            study.stop()
-
-    trials = record.trials(study)
-    if budget.role != "search" and budget.waiting(trials):
-        # A config's replicates as one stacked group where that applies (confirm.vectorize).
-        group = GroupWorker(cfg, space, note=note)
-        if group.grouped:
-            show = (lambda: _show(progress, budget, _trials())) if progress else (lambda: None)
-            group.run(study, quota=quota, after=show)
-            return
-    if quota != 0 and budget.missing(trials) > 0 and budget.waiting(trials):
-        study.optimize(
-            objective,
-            n_trials=quota,
-            timeout=cfg.search.timeout if budget.role == "search" else None,
-            catch=(Exception,),
-            callbacks=[after_trial],
-            gc_after_trial=False,
-        )
-
-
-def _show(progress: Progress, budget: Budget, trials: Sequence[FrozenTrial]) -> None:
-    progress.update(budget.done(trials), best_value(trials, progress.direction))
-
-
-def _print_err(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def search(cfg: DictConfig, *, pool: Pool | None = None) -> Outcome:
@@ -154,7 +79,7 @@ def search(cfg: DictConfig, *, pool: Pool | None = None) -> Outcome:
         if int(cfg.confirm.seeds) > 0 and not interrupt.requested() and budget.done(trials):
             _, planned = confirm.enqueue_missing(study, cfg, space)
             for line in confirm.notes(cfg, space):
-                _print_err(line)
+                print_err(line)
             replicates = Budget(planned, role="replicate")
             failed_workers += _phase(cfg, space, study, replicates, "replicates", pool)
     finally:
@@ -188,7 +113,7 @@ def _phase(
     progress = Progress(
         budget.n_trials, label=label, metric=cfg.search.metric, direction=cfg.search.direction
     )
-    _show(progress, budget, trials)
+    show(progress, budget, trials)
     missing = budget.missing(trials)
     n_workers = int(cfg.search.n_workers)
     if budget.role == "search" and not budget.grid:
@@ -210,10 +135,10 @@ def _phase(
                     budget,
                     list(quotas[1:]),
                     here=here,
-                    tick=lambda: _show(progress, budget, record.trials(study, retried=retried)),
+                    tick=lambda: show(progress, budget, record.trials(study, retried=retried)),
                 )
     finally:
-        _show(progress, budget, record.trials(study))
+        show(progress, budget, record.trials(study))
         progress.close()
     return failed
 
@@ -230,9 +155,3 @@ def _queue_places(study: optuna.Study, count: int) -> None:
 
 def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (i < total % parts) for i in range(parts)]
-
-
-def set_threads(n: int) -> None:
-    import torch
-
-    torch.set_num_threads(n)
