@@ -75,8 +75,8 @@ def work(
         # A config's replicates as one stacked group where that applies (confirm.vectorize).
         group = GroupWorker(cfg, space, note=note)
         if group.grouped:
-            show = (lambda: show(progress, budget, _trials())) if progress else (lambda: None)
-            group.run(study, quota=quota, after=show)
+            tick = (lambda: show(progress, budget, _trials())) if progress else (lambda: None)
+            group.run(study, quota=quota, after=tick)
             return
     if quota != 0 and budget.missing(trials) > 0 and budget.waiting(trials):
         study.optimize(
