@@ -36,11 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.search import vectorized
 from pipeline.search.data import digits_arrays
+from pipeline.search.models import MLP
 from pipeline.search.vectorized import Replicate, Spec, train_group, train_one
 
 
 def mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    return MLP([64, 128, 10])  # the digits task's net
 
 
 class DigitsCNN(nn.Sequential):

@@ -72,6 +72,15 @@ def run_cli(
     )
 
 
+def assert_refused_in_one_line(code: int, err: str, *, key: str, hint: str, cwd: Path) -> None:
+    """Bad input: exit 2, one line naming the key (with `hint` in it), no study written."""
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {key}: "), err
+    assert hint in lines[0]
+    assert not (cwd / "studies").exists()
+
+
 def require_service(reason: str) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(f"{reason} (PIPELINE_REQUIRE_SERVICES=1: CI must provide it)")

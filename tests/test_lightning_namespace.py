@@ -8,7 +8,7 @@ from optuna.trial import TrialState
 from pipeline.core.record import counts
 from pipeline.core.storage import load_study
 from pipeline.search.__main__ import main as search_main
-from tests.conftest import USER_CONF, default_storage, run_cli
+from tests.conftest import USER_CONF, assert_refused_in_one_line, default_storage, run_cli
 
 ARGS = ("--config-dir", str(USER_CONF), "trainer.max_epochs=2", "confirm.seeds=0")
 
@@ -80,8 +80,4 @@ def test_mixed_packages_are_refused_in_one_line(
     monkeypatch.chdir(tmp_path)  # the default storage is studies/ under the working directory
     code = search_main([*ARGS, *overrides, "search.n_trials=1"])
     err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {key}: "), err
-    assert hint in lines[0]
-    assert not (tmp_path / "studies").exists()
+    assert_refused_in_one_line(code, err, key=key, hint=hint, cwd=tmp_path)

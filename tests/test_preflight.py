@@ -10,7 +10,7 @@ from pipeline.config import check, compose
 from pipeline.search import cores
 from pipeline.search.__main__ import main as search_main
 from pipeline.search.preflight import preflight
-from tests.conftest import TINY, USER_CONF
+from tests.conftest import TINY, USER_CONF, assert_refused_in_one_line
 
 CASES = [
     # No GPU on this machine (CI's neither).
@@ -33,11 +33,7 @@ def test_what_cannot_be_built_is_refused_before_any_study(
     monkeypatch.chdir(tmp_path)  # the default storage is studies/ under the working directory
     code = search_main(["--config-dir", str(USER_CONF), *TINY, *overrides, "search.n_trials=1"])
     err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {key}: "), err
-    assert hint in lines[0]
-    assert not (tmp_path / "studies").exists()
+    assert_refused_in_one_line(code, err, key=key, hint=hint, cwd=tmp_path)
 
 
 def test_the_corrected_command_then_runs(tmp_path, monkeypatch, capsys):

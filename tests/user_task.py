@@ -14,6 +14,16 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 
+def blobs(n: int) -> tuple[TensorDataset, TensorDataset]:
+    """Three Gaussian blobs in 4-D, split 80/20 into train and validation."""
+    g = torch.Generator().manual_seed(0)
+    centers = torch.tensor([[2.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 2.0, 0]])
+    y = torch.arange(n) % 3
+    x = centers[y] + torch.randn(n, 4, generator=g)
+    cut = int(n * 0.8)
+    return TensorDataset(x[:cut], y[:cut]), TensorDataset(x[cut:], y[cut:])
+
+
 class Blobs(pl.LightningDataModule):
     """Three Gaussian blobs in 4-D, served through an ordinary per-sample DataLoader."""
 
@@ -22,12 +32,7 @@ class Blobs(pl.LightningDataModule):
         self.batch_size, self.n = batch_size, n
 
     def setup(self, stage: str | None = None) -> None:
-        g = torch.Generator().manual_seed(0)
-        centers = torch.tensor([[2.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 2.0, 0]])
-        y = torch.arange(self.n) % 3
-        x = centers[y] + torch.randn(self.n, 4, generator=g)
-        cut = int(self.n * 0.8)
-        self.train, self.val = TensorDataset(x[:cut], y[:cut]), TensorDataset(x[cut:], y[cut:])
+        self.train, self.val = blobs(self.n)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train, batch_size=self.batch_size, shuffle=True)

@@ -38,7 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.core import record
 from pipeline.search import interrupt
-from pipeline.search.stale import HOST, _alive, worker_id
+from pipeline.search.stale import dead_worker, worker_id
 
 LAG = 8  # more workers than this wait for each other; fewer never notice (trials run in order)
 REMOTE_WAIT = 600.0  # seconds to wait for a trial running on another machine
@@ -82,19 +82,11 @@ class History:
 
 def visible(trials: Sequence[FrozenTrial], number: int, *, lag: int = LAG) -> list[FrozenTrial]:
     """The finished search trials numbered below number - lag."""
-    return [
-        t
-        for t in trials
-        if t.number < number - lag and t.state in FINISHED and record.role(t) == "search"
-    ]
+    return [t for t in _below(trials, number, lag) if t.state in FINISHED]
 
 
-def _pending(trials: Sequence[FrozenTrial], number: int, lag: int) -> list[FrozenTrial]:
-    return [
-        t
-        for t in trials
-        if t.number < number - lag and t.state == TrialState.RUNNING and record.role(t) == "search"
-    ]
+def _below(trials: Sequence[FrozenTrial], number: int, lag: int) -> list[FrozenTrial]:
+    return [t for t in trials if t.number < number - lag and record.role(t) == "search"]
 
 
 def wait_for_history(
@@ -110,15 +102,13 @@ def wait_for_history(
     Running trials of dead local workers are left out (the stale reaper fails them later).
     """
     started = time.monotonic()
-    gone: set[int] = set()
     while True:
         trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
-        pending = [t for t in _pending(trials, number, lag) if t.number not in gone]
-        for t in pending:
-            host, pid = record.worker_of(t)
-            if pid is not None and host == HOST and not _alive(pid):
-                gone.add(t.number)
-        pending = [t for t in pending if t.number not in gone]
+        pending = [
+            t
+            for t in _below(trials, number, lag)
+            if t.state == TrialState.RUNNING and not dead_worker(t)
+        ]
         late = time.monotonic() - started > remote_wait
         if not pending or interrupt.requested() or late:
             if pending and late and note is not None:

@@ -39,7 +39,7 @@ def fail_stale_trials(study: optuna.Study, *, claim_seconds: float = CLAIM_SECON
         host, pid = record.worker_of(trial)
         if pid is None and trial.number in unnamed:
             why = "its worker died before it started (no worker claimed it)"
-        elif pid is not None and host == HOST and not _alive(pid):
+        elif dead_worker(trial):
             why = f"worker {host}:{pid} died"
         else:
             continue
@@ -50,6 +50,12 @@ def fail_stale_trials(study: optuna.Study, *, claim_seconds: float = CLAIM_SECON
         except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
             pass  # another process got there first
     return stale
+
+
+def dead_worker(trial: FrozenTrial) -> bool:
+    """The worker recorded on `trial` is a process of this machine that has ended."""
+    host, pid = record.worker_of(trial)
+    return pid is not None and host == HOST and not _alive(pid)
 
 
 def _running(study: optuna.Study) -> list[FrozenTrial]:
