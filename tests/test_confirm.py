@@ -14,6 +14,8 @@ from optuna.trial import TrialState
 from pipeline.core import record
 from pipeline.core.storage import load_study
 from pipeline.search.confirm import candidates, replicate_seed
+from pipeline.search.space import SearchSpace
+from pipeline.search.study import prepare
 from pipeline.search.workers import search
 from tests.conftest import TINY, run_cli, tiny_config
 
@@ -226,3 +228,31 @@ def test_each_familys_fastest_search_trial_is_confirmed_beside_its_best():
     assert [t.number for t in picked] == [0, 2, 3, 4]
     by_value = candidates(trials, top_k=1, direction="minimize", tolerance=0.2)
     assert [t.number for t in by_value] == [2, 3]  # top_k=1: the quick one takes the place
+
+
+def test_places_two_commands_queued_at_once_are_marked_unused_not_run_as_replicates(tmp_path):
+    # Two commands started in the same instant both queue the study's places. Here the second
+    # command's queue is planted by hand: prepare() once, then the same places queued again.
+    options = (
+        "search.optimizers=[adam,sgd]",
+        "confirm.seeds=2",
+        "confirm.top_k=1",
+        "confirm.baseline=null",
+        "confirm.vectorize=false",  # one by one: Optuna's ask pops the oldest queued trial
+    )
+    cfg = tiny_config(tmp_path, "search.n_trials=4", *options)
+    study, _ = prepare(cfg, SearchSpace.from_config(cfg))
+    for family in ("adam", "sgd", "adam"):
+        study.enqueue_trial({"optimizer": family}, skip_if_exists=False)
+    outcome = search(cfg)
+    assert outcome.exit_code == 0
+    roles = _by_role(outcome.trials)
+    assert sum(record.counts(t) for t in roles["search"]) == 4  # the budget, not 7
+    unused = [t for t in roles["search"] if record.state(t) == "unused"]
+    assert len(unused) == 3 and not any(record.counts(t) for t in unused)
+    assert not [t for t in outcome.trials if t.state in (TrialState.WAITING, TrialState.RUNNING)]
+    replicates = roles["replicate"]  # every replicate ran as one, none lost to a search place
+    assert len(replicates) == 2 * 2 and all(t.state == TrialState.COMPLETE for t in replicates)
+    # A later run with a larger budget queues its own places; the unused stay as history.
+    bigger = search(tiny_config(tmp_path, "search.n_trials=6", *options))
+    assert sum(record.counts(t) for t in _by_role(bigger.trials)["search"]) == 6

@@ -7,8 +7,8 @@ Everything a report needs lives on the Optuna trial, so a study file is the whol
   user_attrs["run"]      a Run: the per-epoch curve, device, seed, data sizes, parameter count
   user_attrs["worker"]   host:pid of the process that ran it (to tell a dead worker's trials)
   user_attrs[...]        how it ended when not complete: stopped, diverged, interrupted,
-                         error, stale; and, for confirmation replicates, role, of, replicate,
-                         seed, and group (the size of the stacked group it trained in)
+                         error, stale, unused; and, for confirmation replicates, role, of,
+                         replicate, seed, and group (the size of the stacked group it trained in)
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ DIVERGED = "diverged"
 INTERRUPTED = "interrupted"  # Ctrl-C / SIGTERM: kept as history, not counted
 ERROR = "error"  # the trial's own failure, one line
 STALE = "stale"  # its worker died (kill -9, crash): marked failed by a later run
+# A queued place left over when two commands queued the same places at once: never run.
+UNUSED = "unused"
 GRID_POINT = "grid_point"
 RETRIED = "retried"  # a failed trial whose config was queued again after the user's fix
 # Optuna refuses any change to a finished trial, so the failed trials a rerun queued again are
@@ -47,7 +49,17 @@ SEED = "seed"  # the seed it trains with, when not the search's seed + trial num
 GROUP = "group"
 
 # State labels, in the order a report lists them; MAIN are shown even when zero.
-STATES = ("complete", "pruned", "diverged", "failed", "interrupted", "lost", "running", "waiting")
+STATES = (
+    "complete",
+    "pruned",
+    "diverged",
+    "failed",
+    "interrupted",
+    "lost",
+    "unused",
+    "running",
+    "waiting",
+)
 MAIN = ("complete", "pruned", "failed")
 
 
@@ -140,6 +152,8 @@ def state(trial: FrozenTrial) -> str:
             return "failed"
         if trial.user_attrs.get(INTERRUPTED):
             return "interrupted"
+        if trial.user_attrs.get(UNUSED):
+            return "unused"
         return "lost"  # its worker was killed, or the heartbeat stopped
     return trial.state.name.lower()
 

@@ -47,7 +47,7 @@ from pipeline.search.data import TensorDataModule, _on_device
 from pipeline.search.objective import Objective
 from pipeline.search.packages import lightning_package
 from pipeline.search.space import Choice, SearchSpace
-from pipeline.search.stale import worker_id
+from pipeline.search.stale import take
 from pipeline.search.trial import factory, trainer_kwargs
 from pipeline.search.vectorized import (
     LOSSES,
@@ -156,7 +156,7 @@ class GroupWorker:
             if record.role(t) != "search"
         ]
         for first in queued:
-            if not _take(storage, first):
+            if not take(storage, first):
                 continue
             group = [first]
             if self.grouped and self._stackable(first):
@@ -164,7 +164,7 @@ class GroupWorker:
                 group += [
                     t
                     for t in queued
-                    if t is not first and _group_key(t) == key and _take(storage, t)
+                    if t is not first and _group_key(t) == key and take(storage, t)
                 ]
             return sorted(group, key=lambda t: int(t.user_attrs.get(record.REPLICATE, 0)))
         return []
@@ -271,17 +271,6 @@ class GroupWorker:
                 study.tell(trial, state=TrialState.PRUNED)
             else:
                 study.tell(trial, float(rep.last(str(cfg.search.metric))))
-
-
-def _take(storage: optuna.storages.BaseStorage, trial: FrozenTrial) -> bool:
-    """Claim a queued trial as Optuna's own queue does; False when another worker has it."""
-    try:
-        if not storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
-            return False
-    except optuna.exceptions.UpdateFinishedTrialError:
-        return False
-    storage.set_trial_user_attr(trial._trial_id, record.WORKER, worker_id())
-    return True
 
 
 def _group_key(trial: FrozenTrial) -> tuple[str, Any, str]:

@@ -75,3 +75,14 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def take(storage: optuna.storages.BaseStorage, trial: FrozenTrial) -> bool:
+    """Claim a queued trial as Optuna's own queue does; False when another worker has it."""
+    try:
+        if not storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    storage.set_trial_user_attr(trial._trial_id, record.WORKER, worker_id())
+    return True

@@ -27,7 +27,7 @@ from pipeline.core.errors import ConfigError
 from pipeline.core.storage import open_storage
 from pipeline.search.samplers import equal_trials, make_pruner, make_sampler
 from pipeline.search.space import SearchSpace
-from pipeline.search.stale import fail_stale_trials
+from pipeline.search.stale import fail_stale_trials, take
 
 # Config keys a resumed study may change without becoming a different study: the budget,
 # where the storage is reached from, how trials are run and picked, the report.
@@ -180,6 +180,29 @@ def queue_first_looks(study: optuna.Study, families: Sequence[str], cfg: DictCon
                 have[family] += 1
                 queued += 1
     return queued
+
+
+def retire_surplus(study: optuna.Study, budget: Budget) -> int:
+    """Mark unused the queued search places left once the budget is met; returns how many.
+
+    Two commands that start in the same instant can each queue the study's places. Left
+    queued, the surplus would be taken by the next Optuna ask: a confirmation replicate run
+    one by one would get a search trial instead. Claimed as Optuna claims a queued trial
+    (WAITING -> RUNNING is refused when another worker got there first), then failed with
+    record.UNUSED: it does not count, and a later rerun with a larger budget queues anew.
+    A grid keeps its unrun points queued: a larger search.n_trials runs them later.
+    """
+    trials = record.trials(study)
+    if budget.grid or budget.role != "search" or budget.missing(trials) > 0:
+        return 0
+    storage, retired = study._storage, 0
+    for trial in budget._own(trials):
+        if trial.state != TrialState.WAITING or not take(storage, trial):
+            continue  # another worker took it to run
+        storage.set_trial_user_attr(trial._trial_id, record.UNUSED, True)
+        storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        retired += 1
+    return retired
 
 
 def _family(trial: FrozenTrial) -> str | None:

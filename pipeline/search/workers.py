@@ -26,7 +26,7 @@ from pipeline.search.pool import Pool
 from pipeline.search.preflight import preflight
 from pipeline.search.progress import Progress, quiet
 from pipeline.search.space import SearchSpace
-from pipeline.search.study import Budget, prepare
+from pipeline.search.study import Budget, prepare, retire_surplus
 from pipeline.search.work import print_err, set_threads, show, work
 
 
@@ -75,6 +75,8 @@ def search(cfg: DictConfig, *, pool: Pool | None = None) -> Outcome:
         study, budget = prepare(cfg, space)
         set_threads(int(cfg.trainer.threads))
         failed_workers += _phase(cfg, space, study, budget, "trials", pool)
+        if not interrupt.requested():
+            retire_surplus(study, budget)
         trials = record.trials(study)
         if int(cfg.confirm.seeds) > 0 and not interrupt.requested() and budget.done(trials):
             _, planned = confirm.enqueue_missing(study, cfg, space)
