@@ -23,7 +23,8 @@ def _study(configs: dict[str, tuple[str, list[int | None]]], *, epoch_seconds: f
     for config, (family, hits) in configs.items():
         for index, hit in enumerate(hits):
             for epoch in range(1, EPOCHS + 1):
-                value = 0.4 if hit is not None and epoch >= hit else 0.9
+                # At the target (0.5) exactly at `hit`: the interpolated crossing is `hit`.
+                value = 0.9 if hit is None or epoch < hit else (0.5 if epoch == hit else 0.4)
                 curves.append(
                     {
                         "trial": trial,
@@ -203,3 +204,52 @@ def test_budget_curves_and_lr_band_use_search_trials_only():
     # adam: 0.10 (lr 1e-3) and 0.105 (lr 1e-2) are within 10 % of the best: one decade.
     assert band["adam"] == pytest.approx(1.0)
     assert band["sgd"] == pytest.approx(0.0)
+
+
+def test_the_crossing_is_interpolated_between_the_evaluations_around_the_target():
+    replicates = pd.DataFrame(
+        {"trial": [0, 1], "role": "replicate", "config": ["1", "2"], "family": ["adam", "sgd"]}
+    ).assign(replicate=0, final=0.4)
+    curves = pd.DataFrame(
+        {
+            "trial": [0, 0, 0, 1, 1, 1],
+            "epoch": [1, 2, 3] * 2,
+            "step": [10, 20, 30] * 2,
+            "seconds": [1.0, 2.0, 3.0] * 2,
+            # Trial 0 crosses 0.5 (0.7 - 0.5) / (0.7 - 0.45) = 0.8 of the way from epoch 2 to
+            # epoch 3. Trial 1 is past it at its first evaluation.
+            "val_loss": [0.9, 0.7, 0.45, 0.3, 0.2, 0.1],
+        }
+    )
+    result = assess(replicates, curves, target=TARGET, seeds=1)
+    times = result.replicates.set_index("trial")
+    assert times.loc[0, "epochs_to_target"] == pytest.approx(2.8)
+    assert times.loc[0, "steps_to_target"] == pytest.approx(28)
+    assert times.loc[0, "raw_seconds_to_target"] == pytest.approx(2.8)
+    assert times.loc[1, "epochs_to_target"] == 1  # no evaluation short of it to start from
+
+
+def test_a_familys_cost_factor_carries_to_batch_sizes_it_never_ran_at():
+    # adam ran at batch 32 only, at 1.5x the batch's median; sgd ran at 32 and 64.
+    searched = pd.DataFrame(
+        {
+            "number": [0, 1, 2, 3, 4, 5],
+            "family": ["adam", "adam", "sgd", "sgd", "sgd", "sgd"],
+            "batch_size": [32, 32, 32, 32, 64, 64],
+        }
+    )
+    per_epoch = {0: 0.3, 1: 0.3, 2: 0.2, 3: 0.2, 4: 0.1, 5: 0.1}
+    curves = pd.DataFrame(
+        [
+            {"trial": t, "epoch": e, "seconds": 1.0 + e * rate}
+            for t, rate in per_epoch.items()
+            for e in range(1, 5)
+        ]
+    )
+    rates = epoch_rates(searched, curves).set_index(["family", "batch_size"])["rate"]
+    # Batch 32's median over all four runs is 0.25: adam's factor 1.2, sgd's 0.8 there and
+    # 1.0 at 64 (median 0.9).
+    assert rates["*", 32] == pytest.approx(0.25) and rates["*", 64] == pytest.approx(0.1)
+    assert rates["adam", 32] == pytest.approx(0.3)
+    assert rates["adam", 64] == pytest.approx(0.12)
+    assert rates["sgd", 64] == pytest.approx(0.09)
