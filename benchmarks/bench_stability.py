@@ -1,6 +1,6 @@
 """Does the recommendation survive a rerun? The default job with 5 master seeds, and one seed twice.
 
-    python benchmarks/bench_stability.py [--seeds 0 1 2 3 4] [--repeat 0] [OVERRIDE ...]
+    python benchmarks/bench_stability.py [--seeds 0 1 2 3 4] [--repeat 0] [--out DIR] [OVERRIDE ...]
 
 Each run is the whole default command (`python -m pipeline seed=S`, search, confirmation and
 report) in its own folder under benchmarks/out/stability/, timed from outside. It prints the
@@ -26,8 +26,8 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parent / "out" / "stability"
 
 
-def run(seed: int, tag: str, overrides: list[str]) -> dict:
-    folder = OUT / tag
+def run(seed: int, tag: str, overrides: list[str], *, out: Path = OUT) -> dict:
+    folder = out / tag
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     started = time.perf_counter()
@@ -59,10 +59,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--repeat", type=int, default=0, help="the seed to run a second time")
+    parser.add_argument("--out", type=Path, default=OUT, help="where each run's folder goes")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    rows = [run(s, f"seed{s}", args.overrides) for s in args.seeds]
-    again = run(args.repeat, f"seed{args.repeat}-again", args.overrides)
+    rows = [run(s, f"seed{s}", args.overrides, out=args.out) for s in args.seeds]
+    again = run(args.repeat, f"seed{args.repeat}-again", args.overrides, out=args.out)
     print(f"{'run':<14} {'seconds':>8}  declaration")
     for row in [*rows, again]:
         print(f"{row['tag']:<14} {row['seconds']:8.1f}  {describe(row)}")

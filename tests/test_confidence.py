@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from pipeline.report.budget import budget_curves, expected_best, lr_band
-from pipeline.report.confidence import assess, epoch_rates
+from pipeline.report.confidence import EpochCost, assess
 from pipeline.report.tables import Target
 
 TARGET = Target(0.5, "val_loss", "minimize")
@@ -88,10 +88,11 @@ def test_seconds_per_epoch_come_from_single_search_runs_of_the_family_and_batch_
             "seconds": [1, 1.1, 1.2, 1.3] * 2 + [1, 1.4, 1.8, 2.2] + [1, 1.2, 1.4, 1.6],
         }
     )
-    rates = epoch_rates(searched, search_curves)
+    cost = EpochCost.measure(searched, search_curves)
+    rates = cost.rates()
     assert rates.set_index("family").loc["adam", "rate"] == pytest.approx(0.1)
     assert rates.set_index("family").loc["adam", "runs"] == 3
-    result = assess(replicates, curves, target=TARGET, seeds=5, rates=rates)
+    result = assess(replicates, curves, target=TARGET, seeds=5, cost=cost)
     table = result.configs.set_index("family")
     assert table.loc["adam", "median_time"] == pytest.approx(0.2)  # 2 epochs x 0.1 s
     assert table.loc["adam", "measured_epoch_seconds"] == pytest.approx(0.5)
@@ -102,7 +103,7 @@ def test_seconds_per_epoch_come_from_single_search_runs_of_the_family_and_batch_
     assert pooled.loc[32, "rate"] == pytest.approx(0.15) and pooled.loc[32, "runs"] == 4
     replicates["batch_size"] = 32
     replicates.loc[replicates.family == "sgd", "family"] = "momentum"
-    table = assess(replicates, curves, target=TARGET, seeds=5, rates=rates).configs
+    table = assess(replicates, curves, target=TARGET, seeds=5, cost=cost).configs
     assert table.set_index("family").loc["momentum", "median_time"] == pytest.approx(4 * 0.15)
 
 
@@ -246,10 +247,47 @@ def test_a_familys_cost_factor_carries_to_batch_sizes_it_never_ran_at():
             for e in range(1, 5)
         ]
     )
-    rates = epoch_rates(searched, curves).set_index(["family", "batch_size"])["rate"]
+    rates = EpochCost.measure(searched, curves).rates().set_index(["family", "batch_size"])["rate"]
     # Batch 32's median over all four runs is 0.25: adam's factor 1.2, sgd's 0.8 there and
     # 1.0 at 64 (median 0.9).
     assert rates["*", 32] == pytest.approx(0.25) and rates["*", 64] == pytest.approx(0.1)
     assert rates["adam", 32] == pytest.approx(0.3)
     assert rates["adam", 64] == pytest.approx(0.12)
     assert rates["sgd", 64] == pytest.approx(0.09)
+
+
+def _runs(per_epoch: dict[str, list[float]], batch_size: int = 32):
+    """Search trials of each family at one batch size, with these seconds per epoch."""
+    rows = [(f, s) for f, seconds in per_epoch.items() for s in seconds]
+    searched = pd.DataFrame(
+        {"number": range(len(rows)), "family": [f for f, _ in rows], "batch_size": batch_size}
+    )
+    curves = pd.DataFrame(
+        [
+            {"trial": i, "epoch": e, "seconds": 1.0 + e * s}
+            for i, (_, s) in enumerate(rows)
+            for e in range(1, 5)
+        ]
+    )
+    return EpochCost.measure(searched, curves)
+
+
+def test_a_lead_that_rests_on_uncertain_seconds_per_epoch_is_not_called_a_win():
+    # Both families reach the target at epoch 5 in every seed: only their cost per epoch differs.
+    replicates, curves = _study({"1": ("adam", [5] * 5), "2": ("sgd", [5] * 5)})
+    replicates["batch_size"] = 32
+    # sgd's epochs cost 1.3x adam's, measured the same in every run: a clear lead.
+    steady = _runs({"adam": [0.1] * 8, "sgd": [0.13] * 8})
+    sure = assess(replicates, curves, target=TARGET, seeds=5, cost=steady)
+    assert sure.decided and sure.winner == "adam"
+    # The same medians, from runs that scatter from half to twice that: no longer separable.
+    noisy = _runs(
+        {
+            "adam": [0.05, 0.07, 0.1, 0.1, 0.1, 0.14, 0.2],
+            "sgd": [0.065, 0.09, 0.13, 0.13, 0.13, 0.18, 0.26],
+        }
+    )
+    unsure = assess(replicates, curves, target=TARGET, seeds=5, cost=noisy)
+    table = unsure.families.set_index("family")
+    assert table.loc["sgd", "ratio"] == pytest.approx(1.3)
+    assert table.loc["sgd", "p_winner_faster"] < 0.9 and sorted(unsure.group) == ["adam", "sgd"]

@@ -3,36 +3,38 @@
     confidence = assess(trials, curves, metric="val_loss", direction="minimize", ...)
 
 The confirmation phase (pipeline.search.confirm) re-runs each family's leading configs with R
-fresh seeds. Here, per replicate, the first epoch that reaches the target; a replicate that
-never does counts as infinite (AlgoPerf), and infinity takes part in the median.
+fresh seeds. Here, per replicate, where its validation curve first reaches the target,
+interpolated between the evaluations either side (_first_hits); a replicate that never does
+counts as infinite (AlgoPerf), and infinity takes part in the median.
 
 Seconds are estimated, not read: epochs-to-target x the seconds per epoch of one run with the
-config's optimizer family and batch size, the median over the search trials that trained with
-them (each trial's own median gap between epochs; `epoch_rates`). The number of epochs is exact;
-the per-epoch cost depends on the family's update and the batch size, not on the lr or the
-schedule, and a median over every such search run moves far less between reruns than the
-seconds of five replicates (a replicate's own seconds-to-target also hold model set-up and
-whatever else the machine was doing in that moment: 20 % apart between reruns on a shared
-2-core machine). Replicates trained together as one vectorized group (pipeline.search.confirm)
-have no single-run seconds of their own, so single search runs are also the only honest rate for
-them. A config whose family never ran at its batch size in the search uses all families' runs
-at that batch size; one with no search run at that batch size at all, its replicates' own
-median. The raw seconds stay in the table beside it.
+config's optimizer family and batch size (EpochCost: the batch size's median over all search
+runs x the family's factor). The number of epochs is exact; the per-epoch cost depends on the
+family's update and the batch size, not on the lr or the schedule, and estimated from every
+search run it moves far less between reruns than the seconds of the replicates themselves (a
+replicate's own seconds-to-target also hold model set-up and whatever else the machine was
+doing in that moment: 20 % apart between reruns on a shared 2-core machine). Replicates
+trained together as one vectorized group (pipeline.search.replicates) have no single-run
+seconds of their own, so single search runs are also the only honest rate for them. A config
+with no search run at its batch size uses its replicates' own median. The raw seconds stay in
+the table beside it.
 
 Two summaries per config. Its median time over seeds, a miss counting as never (AlgoPerf), with
 a 95 % interval: what one run is likely to take. And its speed, DeepOBS's: the mean over seeds
 with a miss counted as one epoch past the budget. The ranking, the ratios and the probabilities
-use the speed: a median of 5 seeds with misses among them jumps between a time and "never"
+use the speed: a median of a few seeds with misses among them jumps between a time and "never"
 when the seeds are resampled, so a setting that misses 2 seeds in 5 looked neither better nor
 worse than one that always misses, and which family led changed from rerun to rerun; the
 mean with a finite penalty ranks reliability and time together. Each config's R seeds are
-resampled with replacement; the 2.5 and 97.5 percentiles give the intervals, and the share of
-resamples in which the winner's speed is more than `margin` (10 %) better than another
-family's estimates the probability that the winner is faster. The margin
-is there because a few per cent is what wall-clock timing moves by between two runs of the
-same setting on a shared machine: a smaller lead is not a lead. A single winner is named only
-when that probability reaches `confidence` (0.9) against every other family; otherwise the
-families it cannot separate are named together.
+resampled with replacement, and with them the search runs behind the seconds per epoch; the
+2.5 and 97.5 percentiles give the intervals, and the share of resamples in which the winner's
+speed is more than `margin` (10 %) better than another family's estimates the probability that
+the winner is faster. Resampling the seconds per epoch matters for a rerun: the estimate moves
+by a few per cent between two runs of the same study, and a probability that left that out
+moved across the 0.9 line with it. The margin is there because a lead of a few per cent is
+within what timing can explain. A single winner is named only when that probability reaches
+`confidence` (0.9) against every other family; otherwise the families it cannot separate are
+named together.
 """
 
 from __future__ import annotations
@@ -84,42 +86,76 @@ def replicate_target(
     return Target(value, metric, direction, best, tolerance, source="replicates")
 
 
-def epoch_rates(searched: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
-    """Seconds per epoch of one run, per (family, batch_size): the batch size's x the family's.
+@dataclass(frozen=True)
+class EpochCost:
+    """Seconds per epoch of one run, per (family, batch size): the batch size's x the family's.
 
     An epoch's cost is set mostly by the batch size (how many steps) and a little by the
     family's update (Adam's costs more than SGD's). Measured per (family, batch size) cell, a
     rate rested on the one to three search runs in it and moved up to 20 % between reruns,
     enough to reorder close families. Here the batch size's rate is the median over every
     search run at it, and the family's factor is the median over its runs, at any batch
-    size, of their rate over their batch size's; each rests on ten or more runs.
+    size, of their rate over their batch size's; each rests on ten or more runs. Even so a
+    rerun moves them by a few per cent, so the bootstrap draws them too (draws()).
 
-    `searched` has one row per search trial (number, family, batch_size); `curves` their
-    per-epoch rows. Columns: family, batch_size, rate, runs (the runs behind the family's
-    factor; for family ANY, every family's runs at that batch size, factor 1).
+    `runs`: one row per search trial: trial, family, batch_size, epoch_seconds.
     """
-    columns = ["family", "batch_size", "rate", "runs"]
-    if searched.empty or curves.empty:
-        return pd.DataFrame(columns=columns)
-    gaps = _seconds_per_epoch(curves[curves.trial.isin(searched.number)])
-    keyed = searched[["number", "family", "batch_size"]].rename(columns={"number": "trial"})
-    per_trial = keyed.merge(gaps, on="trial").dropna(subset=["epoch_seconds", "batch_size"])
-    per_trial = per_trial[per_trial.epoch_seconds > 0]
-    if per_trial.empty:
-        return pd.DataFrame(columns=columns)
-    per_trial = per_trial.astype({"batch_size": int})
-    by_size = per_trial.groupby("batch_size")["epoch_seconds"].agg(["median", "count"])
-    relative = per_trial.epoch_seconds / per_trial.batch_size.map(by_size["median"])
-    factors = relative.groupby(per_trial.family).agg(["median", "count"])
-    rows = [
-        (family, size, by_size.at[size, "median"] * factor, runs)
-        for family, factor, runs in factors.itertuples()
-        for size in by_size.index
-    ]
-    # Family ANY, factor 1: for a config whose family never ran in the search (the baseline
-    # may not have).
-    rows += [(ANY, size, rate, runs) for size, rate, runs in by_size.itertuples()]
-    return pd.DataFrame(rows, columns=columns).astype({"batch_size": int, "runs": int})
+
+    runs: pd.DataFrame
+
+    @classmethod
+    def measure(cls, searched: pd.DataFrame, curves: pd.DataFrame) -> EpochCost:
+        """From the search trials (number, family, batch_size) and their per-epoch rows."""
+        columns = ["trial", "family", "batch_size", "epoch_seconds"]
+        if searched.empty or curves.empty:
+            return cls(pd.DataFrame(columns=columns))
+        gaps = _seconds_per_epoch(curves[curves.trial.isin(searched.number)])
+        keyed = searched[["number", "family", "batch_size"]].rename(columns={"number": "trial"})
+        runs = keyed.merge(gaps, on="trial").dropna(subset=["epoch_seconds", "batch_size"])
+        runs = runs[runs.epoch_seconds > 0].astype({"batch_size": int})
+        return cls(runs[columns].reset_index(drop=True))
+
+    def rates(self) -> pd.DataFrame:
+        """Columns family, batch_size, rate, runs (the runs behind the family's factor; for
+        family ANY, factor 1: every family's runs at that batch size)."""
+        columns = ["family", "batch_size", "rate", "runs"]
+        runs = self.runs
+        if runs.empty:
+            return pd.DataFrame(columns=columns)
+        by_size = runs.groupby("batch_size")["epoch_seconds"].agg(["median", "count"])
+        relative = runs.epoch_seconds / runs.batch_size.map(by_size["median"])
+        factors = relative.groupby(runs.family).agg(["median", "count"])
+        rows = [
+            (family, size, by_size.at[size, "median"] * factor, count)
+            for family, factor, count in factors.itertuples()
+            for size in by_size.index
+        ]
+        # Family ANY, factor 1: for a config whose family never ran in the search (the
+        # baseline may not have).
+        rows += [(ANY, size, rate, count) for size, rate, count in by_size.itertuples()]
+        return pd.DataFrame(rows, columns=columns).astype({"batch_size": int, "runs": int})
+
+    def draws(self, *, n: int, rng: np.random.Generator) -> dict[tuple[str, int], np.ndarray]:
+        """n bootstrap draws of each rate: the runs at each batch size and each family's runs
+        resampled with replacement, the rates recomputed from them. Draw i of every rate comes
+        from the same resample, so configs at one batch size share its uncertainty."""
+        runs = self.runs
+        if runs.empty:
+            return {}
+        seconds = runs.epoch_seconds.to_numpy(dtype=float)
+        sizes = runs.batch_size.to_numpy()
+        pooled = {}
+        for size in np.unique(sizes):
+            mine = seconds[sizes == size]
+            pooled[int(size)] = np.median(mine[rng.integers(0, len(mine), (n, len(mine)))], 1)
+        out: dict[tuple[str, int], np.ndarray] = {(ANY, b): r for b, r in pooled.items()}
+        for family, rows in runs.groupby("family").indices.items():
+            # Each run over its batch size's rate in the same draw, then resampled.
+            relative = seconds[rows] / np.stack([pooled[int(b)] for b in sizes[rows]], axis=1)
+            pick = rng.integers(0, len(rows), (n, len(rows)))
+            factor = np.median(np.take_along_axis(relative, pick, axis=1), axis=1)
+            out.update({(str(family), b): r * factor for b, r in pooled.items()})
+        return out
 
 
 def replicate_times(
@@ -131,8 +167,8 @@ def replicate_times(
 ) -> pd.DataFrame:
     """Per replicate: epochs, steps and seconds to the target (inf: never), raw and robust.
 
-    `rate` is the seconds per epoch its time uses: from `rates` (epoch_rates) when its family
-    and batch size are there, else the median of its config's replicates.
+    `rate` is the seconds per epoch its time uses: from `rates` (EpochCost.rates) when its
+    family and batch size are there, else the median of its config's replicates.
     """
     out = replicates.copy()
     hits = _first_hits(curves, target)
@@ -249,26 +285,37 @@ def assess(
     resamples: int = 2000,
     seed: int = 0,
     budget_epochs: int | None = None,
-    rates: pd.DataFrame | None = None,
+    cost: EpochCost | None = None,
 ) -> Confidence:
     """Rank the confirmed configs by speed over seeds, with intervals and probabilities.
 
     `replicates` has one row per replicate trial: trial, role ("replicate" or "baseline"),
-    config (the search trial it repeats, or "baseline"), family, batch_size, final. `rates`:
-    seconds per epoch of single runs (epoch_rates), else each config's replicates' own.
+    config (the search trial it repeats, or "baseline"), family, batch_size, final. `cost`:
+    seconds per epoch of single search runs, else each config's replicates' own.
     """
+    rates = cost.rates() if cost is not None else None
     times = replicate_times(replicates, curves, target=target, rates=rates)
     rng = np.random.default_rng(seed)  # fixed: the same study gives the same declaration
+    draws = cost.draws(n=resamples, rng=rng) if cost is not None else {}
     if budget_epochs is None:
         budget_epochs = int(curves["epoch"].max()) if not curves.empty else 1
     times["speed"] = penalized(times, budget_epochs=budget_epochs)
+    miss = float(times.loc[~times.reached, "speed"].max()) if (~times.reached).any() else 0.0
     speeds: dict[str, np.ndarray] = {}
     rows = []
     for config, group in times.groupby("config", sort=False):
         values = group["time"].to_numpy(dtype=float)
         low, high = interval(bootstrap_medians(values, n=resamples, rng=rng))
         speed = group["speed"].to_numpy(dtype=float)
-        speeds[str(config)] = bootstrap_means(speed, n=resamples, rng=rng)
+        rate = _rate_draws(draws, group)
+        if rate is None:
+            speeds[str(config)] = bootstrap_means(speed, n=resamples, rng=rng)
+        else:  # the seeds and the seconds per epoch resampled together
+            epochs = group["epochs_to_target"].to_numpy(dtype=float)
+            picked = epochs[rng.integers(0, len(epochs), size=(resamples, len(epochs)))]
+            with np.errstate(invalid="ignore"):
+                drawn = np.where(np.isfinite(picked), picked * rate[:, None], miss)
+            speeds[str(config)] = drawn.mean(axis=1)
         speed_low, speed_high = interval(speeds[str(config)])
         rows.append(
             {
@@ -344,6 +391,14 @@ def assess(
             "replicates": int(b["replicates"]),
         }
     return result
+
+
+def _rate_draws(draws: dict[tuple[str, int], np.ndarray], group: pd.DataFrame) -> np.ndarray | None:
+    """The draws of the seconds per epoch a config's time used (None: its replicates' own)."""
+    if not draws or "batch_size" not in group or pd.isna(group["batch_size"].iloc[0]):
+        return None
+    size = int(group["batch_size"].iloc[0])
+    return draws.get((str(group["family"].iloc[0]), size), draws.get((ANY, size)))
 
 
 def bootstrap_means(values: np.ndarray, *, n: int, rng: np.random.Generator) -> np.ndarray:

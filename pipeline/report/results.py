@@ -19,7 +19,7 @@ import pandas as pd
 from pipeline.core import record
 from pipeline.report import prose
 from pipeline.report.budget import budget_curves, lr_band
-from pipeline.report.confidence import Confidence, assess, epoch_rates, replicate_target
+from pipeline.report.confidence import Confidence, EpochCost, assess, replicate_target
 from pipeline.report.importance import importance
 from pipeline.report.tables import (
     Target,
@@ -107,7 +107,7 @@ def collect(
             replicates,
             curves[curves.trial.isin(replicates.trial)],
             target=goal,
-            rates=epoch_rates(searched, curves),
+            cost=EpochCost.measure(searched, curves),
             seeds=seeds,
             confidence=confidence,
             margin=margin,
