@@ -43,6 +43,7 @@ from pipeline.search.progress import quiet
 from pipeline.search.space import SearchSpace
 from pipeline.search.study import Budget, prepare
 from pipeline.search.work import work
+from pipeline.search.workers import queue_places
 
 OUT = Path(__file__).resolve().parent / "out"
 ADAM = {"adam.lr": 1e-3, "adam.beta1": 0.9, "adam.beta2": 0.999, "adam.eps": 1e-8}
@@ -88,6 +89,14 @@ def _config(tmp: str, name: str, *overrides: str) -> Any:
     )
 
 
+def run_to(cfg: Any, space: SearchSpace, study: Any, total: int) -> None:
+    """Run the study here until it holds `total` search trials (workers run queued ones)."""
+    budget = Budget(total)
+    trials = study.get_trials(deepcopy=False)
+    queue_places(study, budget.missing(trials) - budget.waiting(trials))
+    work(cfg, space, budget, study)
+
+
 def pipeline_trials(cfg: Any, n: int, fixed: dict[str, Any] | None) -> list[float]:
     """Seconds per trial through the whole pipeline (Optuna + Lightning + recording).
 
@@ -100,7 +109,7 @@ def pipeline_trials(cfg: Any, n: int, fixed: dict[str, Any] | None) -> list[floa
     for _ in range(n + 1):
         if fixed is not None:
             study.enqueue_trial(fixed)
-    work(cfg, space, Budget(done + n + 1), study)
+    run_to(cfg, space, study, done + n + 1)
     ends = [t.datetime_complete for t in study.get_trials()][done:]
     return [(b - a).total_seconds() for a, b in itertools.pairwise(ends)]
 
@@ -248,7 +257,7 @@ def bench_bookkeeping(tmp: str, trials: int) -> list[dict[str, Any]]:
         done = 0
         for target in (100, trials):
             t0 = time.perf_counter()
-            work(cfg, space, Budget(target), study)
+            run_to(cfg, space, study, target)
             marks[target] = (time.perf_counter() - t0) / (target - done)
             done = target
         inside = [t.user_attrs["run"]["seconds"] for t in study.get_trials()]
@@ -285,7 +294,7 @@ def bench_memory(tmp: str, trials: int) -> list[dict[str, Any]]:
     rss = {}
     done = 0
     for mark in sorted({m for m in (10, 50, trials) if m <= trials}):
-        work(cfg, space, Budget(mark), study)
+        run_to(cfg, space, study, mark)
         done = mark
         rss[mark] = _rss_mb()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # KiB on Linux

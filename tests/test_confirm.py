@@ -138,6 +138,12 @@ def test_replicates_run_on_parallel_workers_without_surplus_trials(tmp_path):
         "confirm.top_k=1",
         "search.n_workers=2",
         f"search.storage=journal:///{tmp_path}/study.journal",
+        # Replicates one by one, long enough each (about 0.3 s) that both workers get some:
+        # workers claim from one queue, so a quick phase can be run by whichever is ready.
+        "confirm.vectorize=false",
+        "trainer.max_epochs=20",
+        "search.batch_sizes=[16]",
+        "confirm.baseline.batch_size=16",
     )
     outcome = search(cfg)
     assert outcome.exit_code == 0

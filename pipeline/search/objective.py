@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import optuna
 from omegaconf import DictConfig
+from optuna.trial import TrialState
 
 from pipeline.core import record
 from pipeline.core.errors import first_line
@@ -17,6 +18,9 @@ from pipeline.search.callbacks import Diverged
 from pipeline.search.space import SearchSpace
 from pipeline.search.stale import worker_id
 from pipeline.search.trial import TrialRunner
+
+# Under Optuna's logger, so its verbosity (pipeline.search.progress.quiet) applies.
+_logger = optuna.logging.get_logger("optuna.pipeline")
 
 
 class TrialError(Exception):
@@ -58,3 +62,28 @@ class Objective:
             trial.set_user_attr(record.ERROR, message)
             self.note(f"trial {trial.number} failed: {message}")
             raise TrialError(message) from exc
+
+
+def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) -> None:
+    """Run a claimed trial through the objective and tell the study, as study.optimize would,
+    with the same log lines (shown with -v)."""
+    try:
+        value = objective(trial)
+    except optuna.TrialPruned as exc:
+        study.tell(trial, state=TrialState.PRUNED)
+        _logger.info(f"Trial {trial.number} pruned. {exc}")
+    except KeyboardInterrupt:
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    except Exception as exc:  # recorded on the trial by the objective (error or interrupted)
+        study.tell(trial, state=TrialState.FAIL)
+        _logger.warning(
+            f"Trial {trial.number} failed with parameters: {trial.params} because of the "
+            f"following error: {exc!r}.",
+            exc_info=True,
+        )
+    else:
+        study.tell(trial, value)
+        _logger.info(
+            f"Trial {trial.number} finished with value: {value} and parameters: {trial.params}."
+        )

@@ -1,7 +1,7 @@
 """Worker processes that live for the whole command: spawned once, they run every phase.
 
     pool = Pool(cfg)                 # spawns workers 1..n-1; they import while this prepares
-    failed = pool.run(budget, quotas[1:], here=lambda: work(...), tick=show)   # one phase
+    failed = pool.run(budget, here=lambda: work(...), tick=show)   # one phase
     pool.close()
 
 A spawned worker first imports torch and Lightning (2-4 s of a core). Spawned per phase, the
@@ -74,21 +74,20 @@ class Pool:
     def run(
         self,
         budget: Any,
-        quotas: list[int | None],
         *,
         here: Callable[[], None],
         tick: Callable[[], None],
     ) -> int:
-        """One phase: each worker runs its quota of `budget`, this process runs `here`.
+        """One phase: every worker runs queued trials of `budget`, this process runs `here`.
 
         Returns how many workers died during it (not counting a stop by Ctrl-C or SIGTERM).
         """
         self.ran = True
         waiting = []
-        for link, worker, quota in zip(self.links, self.workers, quotas, strict=True):
+        for link, worker in zip(self.links, self.workers, strict=True):
             if worker.is_alive():
                 try:
-                    link.send((budget, quota))
+                    link.send(budget)
                     waiting.append((link, worker))
                 except (BrokenPipeError, OSError):
                     pass
@@ -150,9 +149,8 @@ def _main(config: dict[str, Any], threads: int, link: Connection) -> None:
                 break
             if message is None:
                 break
-            budget, quota = message
             study = study or load_for_worker(cfg)
-            work(cfg, space, budget, study, quota=quota)
+            work(cfg, space, message, study)
             link.send(DONE)
     finally:
         if study is not None:

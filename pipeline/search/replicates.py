@@ -27,7 +27,6 @@ marks them lost and queues them again; Ctrl-C records them interrupted.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,7 +34,6 @@ from typing import Any
 import optuna
 import torch
 from omegaconf import DictConfig
-from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.core import record
@@ -44,7 +42,7 @@ from pipeline.core.record import Run, write_run
 from pipeline.search import interrupt
 from pipeline.search.callbacks import describe_device
 from pipeline.search.data import TensorDataModule, _on_device
-from pipeline.search.objective import Objective
+from pipeline.search.objective import Objective, run_trial
 from pipeline.search.packages import lightning_package
 from pipeline.search.space import Choice, SearchSpace
 from pipeline.search.stale import take
@@ -115,46 +113,16 @@ class GroupWorker:
             return reason
         return None
 
-    def run(
-        self,
-        study: optuna.Study,
-        *,
-        quota: int | None = None,
-        after: Callable[[], None] = lambda: None,
-    ) -> None:
-        """Claim and run queued replicates until none is queued, `quota` ran, or a stop.
+    def run(self, trials: list[optuna.Trial]) -> None:
+        """Run claimed replicates: one through the Lightning trial path, several as a group."""
+        if len(trials) == 1:
+            run_trial(trials[0].study, trials[0], self.objective)
+        else:
+            self._group(trials[0].study, trials)
 
-        The quota is this worker's share (work.work): a group may take it past it, and
-        the workers' quotas add up to the queue, so together they still empty it.
-        """
-        ran = 0
-        while not interrupt.requested() and (quota is None or ran < quota):
-            claimed = self._claim(study)
-            if not claimed:
-                return
-            ran += len(claimed)
-            trials = [optuna.Trial(study, t._trial_id) for t in claimed]
-            with contextlib.ExitStack() as stack:
-                for trial in trials:
-                    stack.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))
-                if len(trials) == 1:
-                    _tell_alone(study, trials[0], self.objective)
-                else:
-                    self._group(study, trials)
-            after()
-
-    # --- claiming ---------------------------------------------------------------------------
-
-    def _claim(self, study: optuna.Study) -> list[FrozenTrial]:
+    def claim(self, study: optuna.Study, queued: list[FrozenTrial]) -> list[FrozenTrial]:
         """A queued replicate and, when its config can train as a group, its queued siblings."""
         storage = study._storage
-        queued = [
-            t
-            for t in storage.get_all_trials(
-                study._study_id, deepcopy=False, states=(TrialState.WAITING,)
-            )
-            if record.role(t) != "search"
-        ]
         for first in queued:
             if not take(storage, first):
                 continue
@@ -277,18 +245,3 @@ def _group_key(trial: FrozenTrial) -> tuple[str, Any, str]:
     """Replicates of one config: the same role, the same search trial, the same params."""
     fixed = trial.system_attrs.get(FIXED) or {}
     return (record.role(trial), trial.user_attrs.get(record.OF), repr(sorted(fixed.items())))
-
-
-def _tell_alone(study: optuna.Study, trial: optuna.Trial, objective: Objective) -> None:
-    """One replicate through the Lightning trial path, told as study.optimize would."""
-    try:
-        value = objective(trial)
-    except optuna.TrialPruned:
-        study.tell(trial, state=TrialState.PRUNED)
-    except KeyboardInterrupt:
-        study.tell(trial, state=TrialState.FAIL)
-        raise
-    except Exception:  # recorded on the trial by the objective (error or interrupted)
-        study.tell(trial, state=TrialState.FAIL)
-    else:
-        study.tell(trial, value)

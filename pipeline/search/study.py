@@ -57,13 +57,13 @@ class Budget:
     role: str = "search"
 
     def done(self, trials: Sequence[FrozenTrial]) -> int:
-        return sum(record.counts(t) for t in self._own(trials))
+        return sum(record.counts(t) for t in self.own(trials))
 
     def waiting(self, trials: Sequence[FrozenTrial]) -> int:
-        return sum(t.state == TrialState.WAITING for t in self._own(trials))
+        return sum(t.state == TrialState.WAITING for t in self.own(trials))
 
     def missing(self, trials: Sequence[FrozenTrial]) -> int:
-        own = self._own(trials)
+        own = self.own(trials)
         if self.role != "search":  # replicates: whatever is still queued
             return sum(t.state == TrialState.WAITING for t in own)
         running = sum(t.state == TrialState.RUNNING for t in own)
@@ -72,7 +72,7 @@ class Budget:
             left = min(left, sum(t.state == TrialState.WAITING for t in own))
         return left
 
-    def _own(self, trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    def own(self, trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
         if self.role == "search":
             return [t for t in trials if record.role(t) == "search"]
         return [t for t in trials if record.role(t) != "search"]
@@ -196,7 +196,7 @@ def retire_surplus(study: optuna.Study, budget: Budget) -> int:
     if budget.grid or budget.role != "search" or budget.missing(trials) > 0:
         return 0
     storage, retired = study._storage, 0
-    for trial in budget._own(trials):
+    for trial in budget.own(trials):
         if trial.state != TrialState.WAITING or not take(storage, trial):
             continue  # another worker took it to run
         storage.set_trial_user_attr(trial._trial_id, record.UNUSED, True)

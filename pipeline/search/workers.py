@@ -3,9 +3,11 @@
     python -m pipeline.search search.n_workers=2 search.storage=journal:///studies/s.journal
 
 The missing trials are queued first (empty: the sampler still picks every value when a trial
-runs) and each worker runs its share of the queue, so the study ends with exactly the trials
-wanted. Separate commands on one storage share the queue; two that ask in the same instant
-when it is empty can still add one trial each. Nothing is ever run twice or lost.
+runs) and every worker claims queued trials until none is left (pipeline.search.work), so the
+study ends with exactly the trials wanted and the workers end together. Separate commands on
+one storage share the queue; two that start in the same instant can each queue the missing
+places, and the ones left over once the budget is met are marked unused. Nothing is ever run
+twice or lost.
 """
 
 from __future__ import annotations
@@ -117,25 +119,20 @@ def _phase(
     )
     show(progress, budget, trials)
     missing = budget.missing(trials)
-    n_workers = int(cfg.search.n_workers)
     if budget.role == "search" and not budget.grid:
-        _queue_places(study, missing - budget.waiting(trials))
-    # Every trial a worker runs is queued, and the quotas add up to the queue: no worker asks
-    # when nothing is queued, so the study ends with exactly the trials wanted.
-    quotas = _split(missing, n_workers)
+        queue_places(study, missing - budget.waiting(trials))
+    # Every trial a worker runs is claimed from the queue (work.work), so the study ends with
+    # exactly the trials wanted.
     failed = 0
     try:
         if missing > 0:
-            here = functools.partial(
-                work, cfg, space, budget, study, quota=quotas[0], progress=progress
-            )
+            here = functools.partial(work, cfg, space, budget, study, progress=progress)
             if pool is None:
                 here()
             else:
                 retried = record.retried_numbers(study)
                 failed = pool.run(
                     budget,
-                    list(quotas[1:]),
                     here=here,
                     tick=lambda: show(progress, budget, record.trials(study, retried=retried)),
                 )
@@ -145,15 +142,10 @@ def _phase(
     return failed
 
 
-def _queue_places(study: optuna.Study, count: int) -> None:
+def queue_places(study: optuna.Study, count: int) -> None:
     """Queue `count` empty trials: the sampler still picks every value when one is run.
 
-    Without a queue, parallel workers that check the budget at the same instant each ask for
-    a new trial and the study ends with up to n_workers - 1 trials too many.
+    Workers only run queued trials (work.work), so the queue is the budget.
     """
     for _ in range(max(0, count)):
         study.enqueue_trial({}, skip_if_exists=False)
-
-
-def _split(total: int, parts: int) -> list[int]:
-    return [total // parts + (i < total % parts) for i in range(parts)]
