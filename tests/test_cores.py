@@ -70,3 +70,23 @@ def test_a_study_of_the_old_sqlite_default_is_not_silently_left_behind(tmp_path)
     assert result.stderr.startswith("error: search.storage: studies/study.db holds a study")
     assert "search.storage=sqlite:///studies/study.db" in result.stderr
     assert not (tmp_path / "studies" / "study.journal").exists()
+
+
+def test_torch_is_asked_for_gpus_only_where_a_gpu_driver_has_device_nodes(tmp_path, monkeypatch):
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    (dev / "null").touch()
+    assert not cores.gpu_driver_present(dev)
+    (dev / "nvidiactl").touch()  # the control node alone is not a GPU
+    assert not cores.gpu_driver_present(dev)
+    (dev / "nvidia0").touch()
+    assert cores.gpu_driver_present(dev)
+    (dev / "nvidia0").unlink()
+    (dev / "kfd").touch()  # AMD ROCm
+    assert cores.gpu_driver_present(dev)
+    assert cores.gpu_driver_present(tmp_path / "no-dev")  # not Linux: torch decides
+    # No driver: auto resolves without importing torch (a second sooner for the workers).
+    monkeypatch.setattr(cores.gpu_driver_present, "__defaults__", (tmp_path / "empty",))
+    (tmp_path / "empty").mkdir()
+    cfg = tiny_config(tmp_path, "search.n_workers=auto", f"search.storage=journal:///{tmp_path}/s")
+    assert cores.visible_gpus(cfg) == 0

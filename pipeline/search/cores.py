@@ -53,8 +53,19 @@ def usable_cores(root: Path = CGROUP) -> int:
     return max(1, cores)
 
 
+def gpu_driver_present(dev: Path = Path("/dev")) -> bool:
+    """Whether this machine has a GPU driver's device nodes (NVIDIA, or AMD's ROCm), at all.
+
+    Checked before importing torch: importing it takes about a second, and on a machine
+    without a GPU the worker processes can start that much sooner (pipeline.search.pool).
+    """
+    if not dev.is_dir():
+        return True  # not Linux: ask torch
+    return (dev / "kfd").exists() or any(dev.glob("nvidia[0-9]*"))
+
+
 def visible_gpus(cfg: DictConfig) -> int:
-    if cfg.trainer.accelerator not in ("auto", "gpu", "cuda"):
+    if cfg.trainer.accelerator not in ("auto", "gpu", "cuda") or not gpu_driver_present():
         return 0
     import torch
 

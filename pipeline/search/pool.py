@@ -25,6 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.search import interrupt
+from pipeline.search.cores import gpu_driver_present
 
 DONE = "done"
 ENDED_BY_SIGNAL = (0, 128 + signal.SIGINT, 128 + signal.SIGTERM)
@@ -108,14 +109,21 @@ class Pool:
             tick()
         return failed
 
-    def close(self) -> int:
-        """End the workers; how many ended badly."""
+    def close(self, *, wait: bool = True) -> int:
+        """End the workers; how many ended badly (0 without `wait`).
+
+        Without `wait` the workers are told to stop and left to exit (closing the storage and
+        tearing down torch take them about a second) while this process goes on to write the
+        report; Python joins them when it exits.
+        """
         if not self.ran:  # a bad config or a stop before any phase: nothing to record
             for w in self.workers:
                 w.kill()
         for link in self.links:
             with contextlib.suppress(BrokenPipeError, OSError):
                 link.send(None)
+        if not wait:
+            return 0
         failed = 0
         for w in self.workers:
             w.join(timeout=30)
@@ -180,6 +188,8 @@ def _visible_gpus() -> list[str]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return [d.strip() for d in visible.split(",") if d.strip()]
+    if not gpu_driver_present():
+        return []
     try:
         import torch
 

@@ -123,7 +123,9 @@ class GroupWorker:
     def claim(self, study: optuna.Study, queued: list[FrozenTrial]) -> list[FrozenTrial]:
         """A queued replicate and, when its config can train as a group, its queued siblings."""
         storage = study._storage
-        for first in queued:
+        # Longest groups first (the smallest batch: the most steps), so that the last groups
+        # are short and the workers end the phase close together.
+        for first in sorted(queued, key=lambda t: (_batch_size(t), t.number)):
             if not take(storage, first):
                 continue
             group = [first]
@@ -239,6 +241,11 @@ class GroupWorker:
                 study.tell(trial, state=TrialState.PRUNED)
             else:
                 study.tell(trial, float(rep.last(str(cfg.search.metric))))
+
+
+def _batch_size(trial: FrozenTrial) -> float:
+    size = (trial.system_attrs.get(FIXED) or {}).get("batch_size")
+    return float(size) if isinstance(size, int | float) else float("inf")
 
 
 def _group_key(trial: FrozenTrial) -> tuple[str, Any, str]:

@@ -88,7 +88,7 @@ def search(cfg: DictConfig, *, pool: Pool | None = None) -> Outcome:
             failed_workers += _phase(cfg, space, study, replicates, "replicates", pool)
     finally:
         if pool is not None:
-            pool.close()
+            pool.close(wait=False)  # phases report their failed workers; the exit joins them
         if study is not None:
             trials = record.trials(study)
             close(study)
