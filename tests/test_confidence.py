@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.core.cost import EpochCost
 from pipeline.report.budget import budget_curves, expected_best, lr_band
-from pipeline.report.confidence import EpochCost, assess
+from pipeline.report.confidence import assess
 from pipeline.report.tables import Target
 
 TARGET = Target(0.5, "val_loss", "minimize")

@@ -262,3 +262,19 @@ def test_places_two_commands_queued_at_once_are_marked_unused_not_run_as_replica
     # A later run with a larger budget queues its own places; the unused stay as history.
     bigger = search(tiny_config(tmp_path, "search.n_trials=6", *options))
     assert sum(record.counts(t) for t in _by_role(bigger.trials)["search"]) == 6
+
+
+def test_the_quick_setting_is_chosen_on_epochs_not_on_a_trials_own_seconds():
+    # Two adam settings at batch 16: trial 1 needs more epochs but its own epochs happened to
+    # be timed fast (a quiet moment on the machine). Both are priced at adam's batch-16 rate
+    # from every search run, so the one with fewer epochs is the quick one, whatever the clock
+    # did: the same seed confirms the same settings on every rerun.
+    trials = [
+        _searched(0, "adam", 16, 0.10, [0.5, 0.3, 0.15, 0.12, 0.10], gap=1.0),
+        _searched(1, "adam", 16, 0.10, [0.5, 0.4, 0.3, 0.15, 0.10], gap=0.5),
+        _searched(2, "adam", 16, 0.11, [0.5, 0.4, 0.3, 0.2, 0.11], gap=1.0),
+        _searched(3, "sgd", 16, 0.20, [0.9, 0.5, 0.3, 0.25, 0.20], gap=1.0),
+    ]
+    # Provisional target: median of the family bests (0.10, 0.20) relaxed by 20 %: 0.18.
+    picked = candidates(trials, top_k=1, direction="minimize", tolerance=0.2)
+    assert [t.number for t in picked] == [0, 3]

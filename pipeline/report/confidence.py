@@ -4,13 +4,14 @@
 
 The confirmation phase (pipeline.search.confirm) re-runs each family's leading configs with R
 fresh seeds. Here, per replicate, where its validation curve first reaches the target,
-interpolated between the evaluations either side (_first_hits); a replicate that never does
+interpolated between the evaluations either side (core.cost.crossing); a replicate that never does
 counts as infinite (AlgoPerf), and infinity takes part in the median.
 
 Seconds are estimated, not read: epochs-to-target x the seconds per epoch of one run with the
-config's optimizer family and batch size (EpochCost: the batch size's median over all search
-runs x the family's factor). The number of epochs is exact; the per-epoch cost depends on the
-family's update and the batch size, not on the lr or the schedule, and estimated from every
+config's optimizer family and batch size (core.cost.EpochCost: the batch size's median over
+all search runs x the family's factor; the confirmation picks its settings with the same).
+The number of epochs is exact; the per-epoch cost depends on the family's update and the
+batch size, not on the lr or the schedule, and estimated from every
 search run it moves far less between reruns than the seconds of the replicates themselves (a
 replicate's own seconds-to-target also hold model set-up and whatever else the machine was
 doing in that moment: 20 % apart between reruns on a shared 2-core machine). Replicates
@@ -45,11 +46,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from pipeline.core.cost import ANY, EpochCost, at, crossing, epoch_seconds
 from pipeline.core.metric import relax
 from pipeline.report.tables import Target
 
 INTERVAL = (2.5, 97.5)
-ANY = "*"  # epoch_rates' family for all families' runs at one batch size
 
 
 @dataclass
@@ -84,78 +85,6 @@ def replicate_target(
     best = float(medians.min() if direction == "minimize" else medians.max())
     value = relax(best, metric=metric, direction=direction, tolerance=tolerance)
     return Target(value, metric, direction, best, tolerance, source="replicates")
-
-
-@dataclass(frozen=True)
-class EpochCost:
-    """Seconds per epoch of one run, per (family, batch size): the batch size's x the family's.
-
-    An epoch's cost is set mostly by the batch size (how many steps) and a little by the
-    family's update (Adam's costs more than SGD's). Measured per (family, batch size) cell, a
-    rate rested on the one to three search runs in it and moved up to 20 % between reruns,
-    enough to reorder close families. Here the batch size's rate is the median over every
-    search run at it, and the family's factor is the median over its runs, at any batch
-    size, of their rate over their batch size's; each rests on ten or more runs. Even so a
-    rerun moves them by a few per cent, so the bootstrap draws them too (draws()).
-
-    `runs`: one row per search trial: trial, family, batch_size, epoch_seconds.
-    """
-
-    runs: pd.DataFrame
-
-    @classmethod
-    def measure(cls, searched: pd.DataFrame, curves: pd.DataFrame) -> EpochCost:
-        """From the search trials (number, family, batch_size) and their per-epoch rows."""
-        columns = ["trial", "family", "batch_size", "epoch_seconds"]
-        if searched.empty or curves.empty:
-            return cls(pd.DataFrame(columns=columns))
-        gaps = _seconds_per_epoch(curves[curves.trial.isin(searched.number)])
-        keyed = searched[["number", "family", "batch_size"]].rename(columns={"number": "trial"})
-        runs = keyed.merge(gaps, on="trial").dropna(subset=["epoch_seconds", "batch_size"])
-        runs = runs[runs.epoch_seconds > 0].astype({"batch_size": int})
-        return cls(runs[columns].reset_index(drop=True))
-
-    def rates(self) -> pd.DataFrame:
-        """Columns family, batch_size, rate, runs (the runs behind the family's factor; for
-        family ANY, factor 1: every family's runs at that batch size)."""
-        columns = ["family", "batch_size", "rate", "runs"]
-        runs = self.runs
-        if runs.empty:
-            return pd.DataFrame(columns=columns)
-        by_size = runs.groupby("batch_size")["epoch_seconds"].agg(["median", "count"])
-        relative = runs.epoch_seconds / runs.batch_size.map(by_size["median"])
-        factors = relative.groupby(runs.family).agg(["median", "count"])
-        rows = [
-            (family, size, by_size.at[size, "median"] * factor, count)
-            for family, factor, count in factors.itertuples()
-            for size in by_size.index
-        ]
-        # Family ANY, factor 1: for a config whose family never ran in the search (the
-        # baseline may not have).
-        rows += [(ANY, size, rate, count) for size, rate, count in by_size.itertuples()]
-        return pd.DataFrame(rows, columns=columns).astype({"batch_size": int, "runs": int})
-
-    def draws(self, *, n: int, rng: np.random.Generator) -> dict[tuple[str, int], np.ndarray]:
-        """n bootstrap draws of each rate: the runs at each batch size and each family's runs
-        resampled with replacement, the rates recomputed from them. Draw i of every rate comes
-        from the same resample, so configs at one batch size share its uncertainty."""
-        runs = self.runs
-        if runs.empty:
-            return {}
-        seconds = runs.epoch_seconds.to_numpy(dtype=float)
-        sizes = runs.batch_size.to_numpy()
-        pooled = {}
-        for size in np.unique(sizes):
-            mine = seconds[sizes == size]
-            pooled[int(size)] = np.median(mine[rng.integers(0, len(mine), (n, len(mine)))], 1)
-        out: dict[tuple[str, int], np.ndarray] = {(ANY, b): r for b, r in pooled.items()}
-        for family, rows in runs.groupby("family").indices.items():
-            # Each run over its batch size's rate in the same draw, then resampled.
-            relative = seconds[rows] / np.stack([pooled[int(b)] for b in sizes[rows]], axis=1)
-            pick = rng.integers(0, len(rows), (n, len(rows)))
-            factor = np.median(np.take_along_axis(relative, pick, axis=1), axis=1)
-            out.update({(str(family), b): r * factor for b, r in pooled.items()})
-        return out
 
 
 def replicate_times(
@@ -200,48 +129,25 @@ def penalized(times: pd.DataFrame, *, budget_epochs: int) -> pd.Series:
 
 
 def _first_hits(curves: pd.DataFrame, target: Target) -> pd.DataFrame:
-    """Per trial: where its curve first reaches the target, interpolated between evaluations.
-
-    The metric is evaluated once an epoch, so the first epoch at the target overstates the time
-    by up to one epoch: at 7-10 epochs to target a step of 10-15 %, as large as the differences
-    being ranked, and a rerun moves a config across it. The crossing is placed between the last
-    evaluation short of the target and the first at it, by linear interpolation of the metric,
-    in epochs, steps and seconds alike; a curve at the target from its first evaluation keeps
-    that evaluation.
-    """
+    """Per trial that reaches the target: where, interpolated between evaluations (crossing)."""
     columns = ["trial", "epochs_to_target", "steps_to_target", "raw_seconds_to_target"]
-    if curves.empty:
-        return pd.DataFrame(columns=columns)
-    ordered = curves.sort_values(["trial", "epoch"])
-    values = ordered[target.metric]
-    hit = (values <= target.value) if target.direction == "minimize" else (values >= target.value)
-    kept = [target.metric, "epoch", "step", "seconds"]
-    before = ordered.groupby("trial")[kept].shift(1)
-    first = ordered[hit].groupby("trial").head(1)
-    last_short = before.loc[first.index]
-    gap = last_short[target.metric] - first[target.metric]
-    share = ((last_short[target.metric] - target.value) / gap).where(gap != 0).clip(0, 1)
-    out = pd.DataFrame({"trial": first["trial"]})
-    for column, name in zip(kept[1:], columns[1:], strict=True):
-        between = last_short[column] + share * (first[column] - last_short[column])
-        out[name] = between.fillna(first[column]).astype(float)
-    return out.reset_index(drop=True)
+    rows = []
+    for trial, curve in curves.sort_values(["trial", "epoch"]).groupby("trial", sort=False):
+        values = curve[target.metric].to_numpy(dtype=float)
+        where = crossing(list(values), target.value, direction=target.direction)
+        if where is not None:
+            columns_at = (curve[c].to_numpy(dtype=float) for c in ("epoch", "step", "seconds"))
+            rows.append((trial, *(at(where, list(v)) for v in columns_at)))
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _seconds_per_epoch(curves: pd.DataFrame) -> pd.DataFrame:
-    """Median wall-clock seconds between consecutive epochs (set-up before epoch 1 left out)."""
+    """Per trial, its own seconds per epoch (core.cost.epoch_seconds)."""
     if curves.empty:
         return pd.DataFrame(columns=["trial", "epoch_seconds"])
     ordered = curves.sort_values(["trial", "epoch"])
-    gaps = ordered.groupby("trial")["seconds"].diff()
-    first = ordered.groupby("trial")["seconds"].transform("first")
-    gaps = gaps.fillna(first)  # a one-epoch run: its only epoch, set-up included
-    return (
-        ordered.assign(gap=gaps)
-        .groupby("trial", as_index=False)["gap"]
-        .median()
-        .rename(columns={"gap": "epoch_seconds"})
-    )
+    gaps = ordered.groupby("trial")["seconds"].agg(lambda s: epoch_seconds(list(s)))
+    return gaps.rename("epoch_seconds").reset_index()
 
 
 def bootstrap_medians(values: np.ndarray, *, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -17,9 +17,10 @@ import optuna
 import pandas as pd
 
 from pipeline.core import record
+from pipeline.core.cost import EpochCost
 from pipeline.report import prose
 from pipeline.report.budget import budget_curves, lr_band
-from pipeline.report.confidence import Confidence, EpochCost, assess, replicate_target
+from pipeline.report.confidence import Confidence, assess, replicate_target
 from pipeline.report.importance import importance
 from pipeline.report.tables import (
     Target,

@@ -26,7 +26,8 @@ from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.core import record
-from pipeline.core.metric import reaches, relax
+from pipeline.core.cost import ANY, EpochCost, crossing
+from pipeline.core.metric import relax
 from pipeline.search.space import SearchSpace
 
 SEED_STRIDE = 1_000_000  # replicate seeds never meet search-trial seeds (seed + number)
@@ -68,7 +69,9 @@ def candidates(
     value happened to be quick. The provisional target is the median over families of their
     best final value, relaxed by `tolerance` (report.target_tolerance): about where the target
     from replicates lands, since one seed's best value is a lucky draw. A trial's time is its
-    first epoch at the target x its median seconds per epoch.
+    epochs to the target x its family's seconds per epoch at its batch size, measured over all
+    search trials (core.cost), as the report times replicates: a trial's own seconds move by up
+    to 20 % between two runs of one seed, and which setting was confirmed moved with them.
     """
     done = [
         t
@@ -88,7 +91,12 @@ def candidates(
             direction=direction,
             tolerance=tolerance,
         )
-        timed = [(s, t) for t in done if (s := _seconds_to(t, metric, target, direction))]
+        rates = EpochCost.from_trials(trials).lookup()
+        timed = [
+            (s, t)
+            for t in done
+            if (s := _seconds_to(t, rates, target, metric=metric, direction=direction))
+        ]
         for _, t in sorted(timed, key=lambda pair: (pair[0], pair[1].number)):
             quick.setdefault(str(t.params.get("optimizer")), t)
     picked = list(quick.values()) if top_k else []
@@ -101,17 +109,25 @@ def candidates(
     return sorted(picked, key=lambda t: t.number)
 
 
-def _seconds_to(trial: FrozenTrial, metric: str, target: float, direction: str) -> float | None:
-    """Seconds to the target at this trial's own pace; None when it never reaches it."""
+def _seconds_to(
+    trial: FrozenTrial,
+    rates: dict[tuple[str, int], float],
+    target: float,
+    *,
+    metric: str,
+    direction: str,
+) -> float | None:
+    """Epochs to the target (interpolated) x the family's seconds per epoch at its batch size,
+    as the report times a replicate (core.cost); None when it never reaches it."""
     run = record.run_of(trial)
     if run is None or not run.epochs:
         return None
-    values, seconds = run.curve.get(metric) or [], run.curve.get("seconds") or []
-    hit = next((i for i, v in enumerate(values) if reaches(v, target, direction=direction)), None)
-    if hit is None or len(seconds) != len(values):
+    where = crossing(run.curve.get(metric) or [], target, direction=direction)
+    size = trial.params.get("batch_size")
+    rate = rates.get((str(trial.params.get("optimizer")), size), rates.get((ANY, size)))
+    if where is None or rate is None:
         return None
-    gaps = np.diff(seconds) if len(seconds) > 1 else np.asarray(seconds)
-    return (hit + 1) * float(np.median(gaps))
+    return (where + 1) * rate
 
 
 def notes(cfg: DictConfig, space: SearchSpace) -> list[str]:
