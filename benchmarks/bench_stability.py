@@ -45,9 +45,9 @@ def run(seed: int, tag: str, overrides: list[str], *, out: Path = OUT) -> dict:
 
 
 def describe(row: dict) -> str:
-    if row["decided"]:
-        return f"winner {row['winner']}"
-    return "tied " + "{" + ", ".join(row["group"]) + "}"
+    said = f"winner {row['winner']}" if row["decided"] else "tied {" + ", ".join(row["group"]) + "}"
+    near = row.get("borderline") or []
+    return said + (f"  (at the line: {', '.join(near)})" if near else "")
 
 
 def declaration(row: dict) -> tuple[bool, frozenset[str]]:

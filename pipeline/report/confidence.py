@@ -51,6 +51,10 @@ from pipeline.core.metric import relax
 from pipeline.report.tables import Target
 
 INTERVAL = (2.5, 97.5)
+# A probability this close to `confidence` may fall on the other side in a rerun of the same
+# seed: the seconds per epoch are timed afresh, and one seed run twice moved a family's
+# probability by 0.02 (benchmarks/bench_stability.py, 0.9415 against 0.9215).
+BORDER = 0.03
 
 
 @dataclass
@@ -72,6 +76,15 @@ class Confidence:
     @property
     def decided(self) -> bool:
         return self.winner is not None and len(self.group) == 1
+
+    @property
+    def borderline(self) -> list[str]:
+        """Families whose place in or out of the group a rerun may change (BORDER)."""
+        if self.winner is None or self.families.empty:
+            return []
+        others = self.families.iloc[1:]
+        near = (others["p_winner_faster"] - self.confidence).abs() < BORDER
+        return [str(f) for f in others.loc[near, "family"]]
 
 
 def replicate_target(

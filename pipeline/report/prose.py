@@ -101,7 +101,7 @@ def sentence(r: Results) -> str:
         return (
             f"{lead}. It is the fastest: more than {sure.margin:.0%} faster than the runner-up, "
             f"{family_label(runner['family'])}, with probability {runner['p_winner_faster']:.2f} "
-            f"({_times(runner)})."
+            f"({_times(runner)})." + _border(sure)
         )
     tied = table[table.family.isin(sure.group)]
     weakest = tied.iloc[1:]["p_winner_faster"].min()
@@ -111,7 +111,22 @@ def sentence(r: Results) -> str:
         "is only "
         f"{tied.iloc[1]['p_winner_faster']:.2f} (a single winner needs "
         f"{sure.confidence:.2f} against each; the weakest is {weakest:.2f}). Any of them is a "
-        "good choice."
+        "good choice." + _border(sure)
+    )
+
+
+def _border(sure: Any) -> str:
+    """What a rerun of the same command may change: families at the line, said by name."""
+    near = sure.borderline
+    if not near:
+        return ""
+    rows = sure.families.set_index("family").loc[near]
+    probabilities = ", ".join(f"{p:.2f}" for p in rows["p_winner_faster"])
+    verb = "is" if len(near) == 1 else "are"
+    return (
+        f" {names(near)} {verb} at the line ({probabilities} against the "
+        f"{sure.confidence:.2f} needed): a rerun times the epochs afresh and may count "
+        f"{'it' if len(near) == 1 else 'them'} in or out of the group."
     )
 
 

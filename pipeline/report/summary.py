@@ -39,6 +39,7 @@ def declaration(results: Results) -> dict[str, Any]:
         "decided": False,
         "winner": None,
         "group": [],
+        "borderline": [],
         "sentence": results.sentence,
     }
     if table.empty:
@@ -55,6 +56,7 @@ def declaration(results: Results) -> dict[str, Any]:
         "decided": sure.decided,
         "winner": sure.winner,
         "group": list(sure.group),
+        "borderline": sure.borderline,  # a rerun may move these in or out of the group
         "seeds": sure.seeds,
         "confidence": sure.confidence,
         "baseline": {k: number(v) for k, v in sure.baseline.items()} if sure.baseline else None,
