@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.core.cost import EpochCost
+from pipeline.core.cost import EpochCost, quick_epoch_seconds
 from pipeline.report.budget import budget_curves, expected_best, lr_band
 from pipeline.report.confidence import assess
 from pipeline.report.tables import Target
@@ -255,6 +255,24 @@ def test_a_familys_cost_factor_carries_to_batch_sizes_it_never_ran_at():
     assert rates["adam", 32] == pytest.approx(0.3)
     assert rates["adam", 64] == pytest.approx(0.12)
     assert rates["sgd", 64] == pytest.approx(0.09)
+
+
+def test_a_runs_cost_per_epoch_is_its_expected_fastest_of_four_epochs():
+    # Epochs take 1, 2, 3, 4, 5 s after 2 s of set-up: of the five ways to draw four of them,
+    # four include the 1 s epoch and one's fastest is 2 s, so (4 x 1 + 2) / 5 = 1.2 s.
+    seconds = np.cumsum([2.0, 1, 2, 3, 4, 5])
+    assert quick_epoch_seconds(seconds) == pytest.approx(1.2)
+    # Four epochs or fewer: the fastest of them.
+    assert quick_epoch_seconds([0.5, 0.8, 1.0, 1.5]) == pytest.approx(0.2)
+    # Another process slows 11 of a run's 19 timed epochs from 0.1 to 0.4 s: the median is
+    # 0.4 s, the expected fastest of four stays near the run's own 0.1 s.
+    steady = np.arange(1, 21) * 0.1
+    slowed = steady + np.cumsum(np.where(np.arange(20) >= 9, 0.3, 0.0))
+    assert np.median(np.diff(slowed)) == pytest.approx(0.4)
+    assert quick_epoch_seconds(slowed) == pytest.approx(0.1 + 0.3 * 330 / 3876)  # C(11,4)/C(19,4)
+    # As long a run as short a one, for steady epochs: a pruned run is costed like a finished one.
+    assert quick_epoch_seconds(steady[:5]) == pytest.approx(quick_epoch_seconds(steady))
+    assert quick_epoch_seconds([]) is None
 
 
 def _runs(per_epoch: dict[str, list[float]], batch_size: int = 32):

@@ -262,7 +262,7 @@ def seed_times(results: Results) -> str | None:
     ax.set_yticks(range(len(order)))
     ax.set_yticklabels([labels[c] for c in order])
     ax.invert_yaxis()
-    ax.set_xlabel("time to target (s): epochs x median seconds per epoch")
+    ax.set_xlabel("time to target (s): epochs x seconds per epoch of one run")
     return titled(
         fig,
         ax,
