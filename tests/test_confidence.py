@@ -340,3 +340,7 @@ def test_families_at_the_confidence_line_are_named_as_a_rerun_may_move_them():
     assert "Adam" not in said.replace("Nadam", "")
     sure.families = families.assign(p_winner_faster=[math.nan, 0.95, 0.62, 0.999])
     assert sure.borderline == [] and _border(sure) == ""
+    # Just under the line reads as under it, not as "0.90 against the 0.90 needed".
+    sure.families = families.assign(p_winner_faster=[math.nan, 0.8985, 0.62, 0.999])
+    assert sure.borderline == ["nadam"]
+    assert "Nadam is at the line (0.898 against the 0.90 needed)" in _border(sure)

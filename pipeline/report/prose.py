@@ -53,6 +53,17 @@ def setting(row: Any) -> str:
     )
 
 
+def chance(p: float, *, line: float) -> str:
+    """A probability in two decimals, or more where two would round it onto the other side of
+    the line: 0.898 against a 0.90 line is not "only 0.90"."""
+    text = f"{p:.2f}"
+    for digits in (3, 4):
+        if (float(text) >= line) == (p >= line):
+            break
+        text = f"{p:.{digits}f}"
+    return text
+
+
 def seconds(value: float) -> str:
     return "never" if math.isinf(value) else f"{value:.2f} s"
 
@@ -100,17 +111,18 @@ def sentence(r: Results) -> str:
         runner = table.iloc[1]
         return (
             f"{lead}. It is the fastest: more than {sure.margin:.0%} faster than the runner-up, "
-            f"{family_label(runner['family'])}, with probability {runner['p_winner_faster']:.2f} "
+            f"{family_label(runner['family'])}, with probability "
+            f"{chance(runner['p_winner_faster'], line=sure.confidence)} "
             f"({_times(runner)})." + _border(sure)
         )
     tied = table[table.family.isin(sure.group)]
     weakest = tied.iloc[1:]["p_winner_faster"].min()
+    line = sure.confidence
     return (
         f"{names(sure.group)} cannot be separated on this evidence: {lead}, but the chance that "
         f"it is more than {sure.margin:.0%} faster than {family_label(tied.iloc[1]['family'])} "
-        "is only "
-        f"{tied.iloc[1]['p_winner_faster']:.2f} (a single winner needs "
-        f"{sure.confidence:.2f} against each; the weakest is {weakest:.2f}). Any of them is a "
+        f"is only {chance(tied.iloc[1]['p_winner_faster'], line=line)} (a single winner needs "
+        f"{line:.2f} against each; the weakest is {chance(weakest, line=line)}). Any of them is a "
         "good choice." + _border(sure)
     )
 
@@ -121,7 +133,7 @@ def _border(sure: Any) -> str:
     if not near:
         return ""
     rows = sure.families.set_index("family").loc[near]
-    probabilities = ", ".join(f"{p:.2f}" for p in rows["p_winner_faster"])
+    probabilities = ", ".join(chance(p, line=sure.confidence) for p in rows["p_winner_faster"])
     verb = "is" if len(near) == 1 else "are"
     return (
         f" {names(near)} {verb} at the line ({probabilities} against the "
