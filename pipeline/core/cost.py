@@ -30,19 +30,22 @@ COLUMNS = ["trial", "family", "batch_size", "epoch_seconds"]
 QUICK_OF = 4
 
 
-def epoch_seconds(seconds: Sequence[float]) -> float | None:
-    """Median seconds between consecutive epochs (set-up before epoch 1 left out); a one-epoch
-    run's only epoch, set-up included."""
+def _gaps(seconds: Sequence[float]) -> np.ndarray:
+    """Seconds between consecutive epochs (set-up before epoch 1 left out); for a one-epoch
+    run, its only epoch, set-up included."""
     values = np.asarray([s for s in seconds if s is not None], dtype=float)
-    if len(values) == 0:
-        return None
-    gaps = np.diff(values) if len(values) > 1 else values
-    return float(np.median(gaps))
+    return np.diff(values) if len(values) > 1 else values
+
+
+def epoch_seconds(seconds: Sequence[float]) -> float | None:
+    """A run's median seconds per epoch (the raw figure the report shows beside the cost)."""
+    gaps = _gaps(seconds)
+    return float(np.median(gaps)) if len(gaps) else None
 
 
 def quick_epoch_seconds(seconds: Sequence[float], *, of: int = QUICK_OF) -> float | None:
     """A run's cost per epoch when nothing else slows it: the expected fastest of `of` of its
-    epochs drawn at random (set-up before epoch 1 left out).
+    epochs drawn at random.
 
     Another process on the machine only ever adds time to an epoch, so the fast epochs are the
     run's own cost (timeit reports the minimum for this reason) and the median carries the
@@ -52,11 +55,10 @@ def quick_epoch_seconds(seconds: Sequence[float], *, of: int = QUICK_OF) -> floa
     make a family whose runs are pruned look slower; the expected fastest of 4 is 0.90-0.93
     of the median whatever the length.
     """
-    values = np.asarray([s for s in seconds if s is not None], dtype=float)
-    if len(values) == 0:
-        return None
-    gaps = np.sort(np.diff(values) if len(values) > 1 else values)
+    gaps = np.sort(_gaps(seconds))
     n = len(gaps)
+    if n == 0:
+        return None
     if n <= of:
         return float(gaps[0])
     # P(the i-th fastest is the fastest of `of` drawn without replacement) = C(n-i, of-1) / C(n, of)
