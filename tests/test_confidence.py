@@ -72,40 +72,35 @@ def test_a_clearly_faster_family_is_the_single_winner():
     assert list(table["rank"]) == [1, 2, 3]
 
 
-def test_seconds_per_epoch_come_from_single_search_runs_of_the_family_and_batch_size():
-    """Replicates trained together (their seconds are a group's) are timed as single runs."""
+def test_seconds_per_epoch_are_the_batch_sizes_pooled_runs_plus_the_familys_timed_step():
+    """Replicates trained together (their seconds are a group's) are timed as single runs: the
+    search runs at their batch size, pooled over families, with each run's own optimizer steps
+    taken out and the replicate's family's put in."""
     replicates, curves = _study(
         {"1": ("adam", [2, 2, 3, 2, 2]), "2": ("sgd", [4, 4, 4, 4, 4])}, epoch_seconds=0.5
     )
     replicates["batch_size"] = [32] * 5 + [64] * 5
-    searched = pd.DataFrame(
-        {"number": [100, 101, 102, 103], "family": ["adam"] * 3 + ["sgd"], "batch_size": [32] * 4}
+    # Four search runs at batch 32, 10 steps an epoch: adam's at 0.12, 0.12 and 0.42 s an
+    # epoch, sgd's at 0.21 s; an adam step takes 2 ms, an sgd step 1 ms.
+    cost = _runs(
+        {"adam": [0.12, 0.12, 0.42], "sgd": [0.21]}, step_seconds={"adam": 2e-3, "sgd": 1e-3}
     )
-    search_curves = pd.DataFrame(
-        {
-            "trial": [t for t in searched.number for _ in range(4)],
-            "epoch": [1, 2, 3, 4] * 4,
-            # adam runs: 0.1, 0.1 and 0.4 s an epoch (median 0.1); sgd at batch 32 only
-            "seconds": [1, 1.1, 1.2, 1.3] * 2 + [1, 1.4, 1.8, 2.2] + [1, 1.2, 1.4, 1.6],
-        }
-    )
-    cost = EpochCost.measure(searched, search_curves)
-    rates = cost.rates()
-    assert rates.set_index("family").loc["adam", "rate"] == pytest.approx(0.1)
-    assert rates.set_index("family").loc["adam", "runs"] == 3
+    rates = cost.rates().set_index(["family", "batch_size"])
+    # Less their steps the runs take 0.10, 0.10, 0.40 and 0.20 s: median 0.15.
+    assert rates.loc[("adam", 32), "rate"] == pytest.approx(0.15 + 10 * 2e-3)
+    assert rates.loc[("sgd", 32), "rate"] == pytest.approx(0.15 + 10 * 1e-3)
+    assert rates.loc[("adam", 32), "runs"] == 4
     result = assess(replicates, curves, target=TARGET, seeds=5, cost=cost)
     table = result.configs.set_index("family")
-    assert table.loc["adam", "median_time"] == pytest.approx(0.2)  # 2 epochs x 0.1 s
+    assert table.loc["adam", "median_time"] == pytest.approx(2 * 0.17)
     assert table.loc["adam", "measured_epoch_seconds"] == pytest.approx(0.5)
     # No search run at batch 64 at all: its replicates' own seconds per epoch.
-    assert table.loc["sgd", "median_time"] == pytest.approx(2.0)
-    # At batch 32 sgd has its own run (0.2 s); a family with none there pools every family's.
-    pooled = rates[rates.family == "*"].set_index("batch_size")
-    assert pooled.loc[32, "rate"] == pytest.approx(0.15) and pooled.loc[32, "runs"] == 4
+    assert table.loc["sgd", "median_time"] == pytest.approx(4 * 0.5)
+    # A family whose step was not timed is costed with the median family's step (1.5 ms).
     replicates["batch_size"] = 32
     replicates.loc[replicates.family == "sgd", "family"] = "momentum"
     table = assess(replicates, curves, target=TARGET, seeds=5, cost=cost).configs
-    assert table.set_index("family").loc["momentum", "median_time"] == pytest.approx(4 * 0.15)
+    assert table.set_index("family").loc["momentum", "median_time"] == pytest.approx(4 * 0.165)
 
 
 def test_two_identical_families_come_out_tied():
@@ -231,8 +226,8 @@ def test_the_crossing_is_interpolated_between_the_evaluations_around_the_target(
     assert times.loc[1, "epochs_to_target"] == 1  # no evaluation short of it to start from
 
 
-def test_a_familys_cost_factor_carries_to_batch_sizes_it_never_ran_at():
-    # adam ran at batch 32 only, at 1.5x the batch's median; sgd ran at 32 and 64.
+def test_a_familys_busy_moments_do_not_change_its_cost_only_its_timed_step_does():
+    # The machine was busy while adam's runs ran: 0.3 s an epoch at batch 32 against sgd's 0.2.
     searched = pd.DataFrame(
         {
             "number": [0, 1, 2, 3, 4, 5],
@@ -241,20 +236,33 @@ def test_a_familys_cost_factor_carries_to_batch_sizes_it_never_ran_at():
         }
     )
     per_epoch = {0: 0.3, 1: 0.3, 2: 0.2, 3: 0.2, 4: 0.1, 5: 0.1}
+    steps = {32: 10, 64: 5}
     curves = pd.DataFrame(
         [
-            {"trial": t, "epoch": e, "seconds": 1.0 + e * rate}
-            for t, rate in per_epoch.items()
+            {"trial": t, "epoch": e, "step": e * steps[b], "seconds": 1.0 + e * rate}
+            for (t, rate), b in zip(per_epoch.items(), searched.batch_size, strict=True)
             for e in range(1, 5)
         ]
     )
-    rates = EpochCost.measure(searched, curves).rates().set_index(["family", "batch_size"])["rate"]
-    # Batch 32's median over all four runs is 0.25: adam's factor 1.2, sgd's 0.8 there and
-    # 1.0 at 64 (median 0.9).
-    assert rates["*", 32] == pytest.approx(0.25) and rates["*", 64] == pytest.approx(0.1)
-    assert rates["adam", 32] == pytest.approx(0.3)
-    assert rates["adam", 64] == pytest.approx(0.12)
-    assert rates["sgd", 64] == pytest.approx(0.09)
+
+    def rates(step_seconds):
+        cost = EpochCost.measure(searched, curves, step_seconds=step_seconds)
+        return cost.rates().set_index(["family", "batch_size"])["rate"]
+
+    # Steps timed alike: both families cost their batch size's pooled figure, even at batch
+    # 64, where adam never ran. Less 10 x 1 ms, batch 32's runs take 0.29, 0.29, 0.19, 0.19.
+    same = rates({"adam": 1e-3, "sgd": 1e-3})
+    assert same["adam", 32] == pytest.approx(0.25) and same["sgd", 32] == pytest.approx(0.25)
+    assert same["adam", 64] == pytest.approx(0.1) and same["sgd", 64] == pytest.approx(0.1)
+    # Adam's step timed at 3 ms: 2 ms more a step, 20 ms more an epoch at 32, 10 ms at 64.
+    # Less their steps, batch 32's runs take 0.27, 0.27, 0.19, 0.19: median 0.23.
+    timed = rates({"adam": 3e-3, "sgd": 1e-3})
+    assert timed["adam", 32] == pytest.approx(0.23 + 0.03)
+    assert timed["sgd", 32] == pytest.approx(0.23 + 0.01)
+    assert timed["adam", 64] - timed["sgd", 64] == pytest.approx(5 * 2e-3)
+    # A study from before the steps were timed: every family's epoch costs the same.
+    old = rates(None)
+    assert old["adam", 32] == old["sgd", 32] == old["*", 32] == pytest.approx(0.25)
 
 
 def test_a_runs_cost_per_epoch_is_its_expected_fastest_of_four_epochs():
@@ -275,7 +283,13 @@ def test_a_runs_cost_per_epoch_is_its_expected_fastest_of_four_epochs():
     assert quick_epoch_seconds([]) is None
 
 
-def _runs(per_epoch: dict[str, list[float]], batch_size: int = 32):
+def _runs(
+    per_epoch: dict[str, list[float]],
+    batch_size: int = 32,
+    *,
+    steps: int = 10,
+    step_seconds: dict[str, float] | None = None,
+):
     """Search trials of each family at one batch size, with these seconds per epoch."""
     rows = [(f, s) for f, seconds in per_epoch.items() for s in seconds]
     searched = pd.DataFrame(
@@ -283,33 +297,51 @@ def _runs(per_epoch: dict[str, list[float]], batch_size: int = 32):
     )
     curves = pd.DataFrame(
         [
-            {"trial": i, "epoch": e, "seconds": 1.0 + e * s}
+            {"trial": i, "epoch": e, "step": e * steps, "seconds": 1.0 + e * s}
             for i, (_, s) in enumerate(rows)
             for e in range(1, 5)
         ]
     )
-    return EpochCost.measure(searched, curves)
+    return EpochCost.measure(searched, curves, step_seconds=step_seconds)
+
+
+def _joined(*costs: EpochCost) -> EpochCost:
+    runs = pd.concat([c.runs.assign(trial=c.runs.trial + 100 * i) for i, c in enumerate(costs)])
+    return EpochCost(runs.reset_index(drop=True), costs[0].step_seconds)
 
 
 def test_a_lead_that_rests_on_uncertain_seconds_per_epoch_is_not_called_a_win():
-    # Both families reach the target at epoch 5 in every seed: only their cost per epoch differs.
+    # Both families reach the target at epoch 5 in every seed, adam's config at batch 32 and
+    # sgd's at 64: only their batch sizes' cost per epoch differs.
     replicates, curves = _study({"1": ("adam", [5] * 5), "2": ("sgd", [5] * 5)})
-    replicates["batch_size"] = 32
-    # sgd's epochs cost 1.3x adam's, measured the same in every run: a clear lead.
-    steady = _runs({"adam": [0.1] * 8, "sgd": [0.13] * 8})
+    replicates["batch_size"] = [32] * 5 + [64] * 5
+    # Batch 64's epochs cost 1.3x batch 32's, measured the same in every run: a clear lead.
+    steady = _joined(_runs({"adam": [0.1] * 8}), _runs({"sgd": [0.13] * 8}, 64))
     sure = assess(replicates, curves, target=TARGET, seeds=5, cost=steady)
     assert sure.decided and sure.winner == "adam"
     # The same medians, from runs that scatter from half to twice that: no longer separable.
-    noisy = _runs(
-        {
-            "adam": [0.05, 0.07, 0.1, 0.1, 0.1, 0.14, 0.2],
-            "sgd": [0.065, 0.09, 0.13, 0.13, 0.13, 0.18, 0.26],
-        }
+    noisy = _joined(
+        _runs({"adam": [0.05, 0.07, 0.1, 0.1, 0.1, 0.14, 0.2]}),
+        _runs({"sgd": [0.065, 0.09, 0.13, 0.13, 0.13, 0.18, 0.26]}, 64),
     )
     unsure = assess(replicates, curves, target=TARGET, seeds=5, cost=noisy)
     table = unsure.families.set_index("family")
     assert table.loc["sgd", "ratio"] == pytest.approx(1.3)
     assert table.loc["sgd", "p_winner_faster"] < 0.9 and sorted(unsure.group) == ["adam", "sgd"]
+
+
+def test_a_lead_from_a_cheaper_step_at_one_batch_size_survives_noisy_runs():
+    # Both at batch 32, both at the target at epoch 5: sgd's step is timed at 1 ms, adam's at
+    # 10 ms, so at 10 steps an epoch adam's epochs cost 0.09 s more, whatever the runs say.
+    replicates, curves = _study({"1": ("adam", [5] * 5), "2": ("sgd", [5] * 5)})
+    replicates["batch_size"] = 32
+    noisy = [0.05, 0.07, 0.1, 0.1, 0.1, 0.14, 0.2]
+    cost = _runs({"adam": noisy, "sgd": noisy}, step_seconds={"adam": 1e-2, "sgd": 1e-3})
+    sure = assess(replicates, curves, target=TARGET, seeds=5, cost=cost)
+    assert sure.decided and sure.winner == "sgd"
+    # Each family's runs scatter 4x about the model, so its cost is drawn wide too; the lead
+    # (1.8x) still holds in nearly every draw.
+    assert sure.families.set_index("family").loc["adam", "p_winner_faster"] >= 0.95
 
 
 def test_families_at_the_confidence_line_are_named_as_a_rerun_may_move_them():
@@ -344,3 +376,21 @@ def test_families_at_the_confidence_line_are_named_as_a_rerun_may_move_them():
     sure.families = families.assign(p_winner_faster=[math.nan, 0.8985, 0.62, 0.999])
     assert sure.borderline == ["nadam"]
     assert "Nadam is at the line (0.898 against the 0.90 needed)" in _border(sure)
+
+
+def test_draws_centre_on_the_model_and_are_wider_for_a_family_whose_runs_scatter():
+    # sgd's runs agree with the model, adam's scatter 0.5x-2x about it.
+    cost = _runs(
+        {"sgd": [0.11] * 9, "adam": [0.06, 0.08, 0.12, 0.12, 0.12, 0.16, 0.24]},
+        step_seconds={"adam": 2e-3, "sgd": 1e-3},
+    )
+    rates = cost.lookup()
+    draws = cost.draws(n=2000, rng=np.random.default_rng(0))
+    for family in ("adam", "sgd"):
+        assert np.median(draws[family, 32]) == pytest.approx(rates[family, 32], rel=0.05)
+
+    def width(values):
+        low, high = np.percentile(values, [2.5, 97.5])
+        return (high - low) / np.median(values)
+
+    assert width(draws["adam", 32]) > 2 * width(draws["sgd", 32])

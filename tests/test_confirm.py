@@ -56,9 +56,17 @@ def test_replicates_repeat_each_familys_best_with_shared_seeds_and_their_own_bud
         assert run.epochs == 3 and t.state == TrialState.COMPLETE  # full length, never pruned
     assert {t.params["optimizer"] for t in baseline} == {"adam"}
     assert {t.params["adam.lr"] for t in baseline} == {0.001}
-    # A rerun finds nothing missing.
+    # Each family's optimizer step was timed once, before the confirmation was planned.
+    study = load_study(cfg.search.storage, outcome.study.study_name)
+    timed = study.user_attrs[record.STEP_SECONDS]
+    assert set(timed) == {"sgd", "adam", "momentum"} and all(s > 0 for s in timed.values())
+    # A rerun finds nothing missing, and keeps the timing.
     again = search(cfg)
     assert len(again.trials) == len(outcome.trials)
+    assert (
+        load_study(cfg.search.storage, outcome.study.study_name).user_attrs[record.STEP_SECONDS]
+        == timed
+    )
 
 
 def _replicate_states(db) -> list[str]:

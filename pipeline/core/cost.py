@@ -1,7 +1,8 @@
 """Time to a target, in epochs and seconds, measured the same way by the search and the report.
 
-    cost = EpochCost.measure(searched, curves); cost.rate("adam", 64)   # seconds per epoch
-    crossing([0.9, 0.7, 0.45], 0.5, direction="minimize")                 # 1.8 (0-based)
+    cost = EpochCost.measure(searched, curves, step_seconds=study.user_attrs["step_seconds"])
+    cost.lookup()[("adam", 64)]                                  # seconds per epoch of one run
+    crossing([0.9, 0.7, 0.45], 0.5, direction="minimize")        # 1.8 (0-based)
 
 pipeline.search.confirm picks each family's quickest search trial with them, and
 pipeline.report.confidence times the confirmation replicates with them. Both need the same
@@ -12,8 +13,8 @@ one seed, enough to confirm another setting or reorder close families.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -22,8 +23,8 @@ from optuna.trial import FrozenTrial
 from pipeline.core import record
 from pipeline.core.metric import reaches
 
-ANY = "*"  # EpochCost's family for every family's runs at one batch size (factor 1)
-COLUMNS = ["trial", "family", "batch_size", "epoch_seconds"]
+ANY = "*"  # EpochCost's family for a family whose step was not timed (the median family's)
+COLUMNS = ["trial", "family", "batch_size", "steps", "epoch_seconds"]
 # A run's cost per epoch is its expected fastest of this many epochs (quick_epoch_seconds):
 # under the default pruner every search run has at least 4 timed epochs (its warm-up is 5), so
 # pruned and finished runs are measured alike.
@@ -96,70 +97,119 @@ def at(position: float, values: Sequence[float]) -> float:
 
 @dataclass(frozen=True)
 class EpochCost:
-    """Seconds per epoch of one run, per (family, batch size): the batch size's x the family's.
+    """Seconds per epoch of one run, per (family, batch size): the batch size's cost without the
+    optimizer step, plus its steps per epoch x the family's step.
 
     An epoch's cost is set mostly by the batch size (how many steps) and a little by the
-    family's update (Adam's costs more than SGD's). Measured per (family, batch size) cell, a
-    rate rested on the one to three search runs in it and moved up to 20 % between reruns,
-    enough to reorder close families. Here each run's cost is its expected fastest of four
-    epochs (quick_epoch_seconds), the batch size's rate is the median over every search run
-    at it, and the family's factor is the median over its runs, at any batch
-    size, of their rate over their batch size's; each rests on ten or more runs. Even so a
-    rerun moves them by a few per cent, so the report's bootstrap draws them too (draws()).
+    family's update (Adam's step costs more than SGD's). That part is timed apart, on the
+    task's model, when the confirmation starts (pipeline.search.steptime: `step_seconds`, one
+    figure per family, stored on the study): a few hundred steps timed in interleaved rounds
+    give it to 2 %, where a factor read off the search runs moved 15-20 % between two runs of
+    one seed (Adam's was 0.91 of its batch size's median in one and 1.10 in the other), because
+    a family's runs meet whatever else the machine is doing at their moments. The rest, which no
+    family changes, is pooled over every search run at the batch size: each run's cost per epoch
+    is its expected fastest of four epochs (quick_epoch_seconds) less its steps x its family's
+    step; the batch size's figure is their median, over ten or more runs.
 
-    `runs`: one row per search trial: trial, family, batch_size, epoch_seconds.
+    Configs at one batch size then differ only by their steps to the target and their family's
+    step, both steady from rerun to rerun. The report's bootstrap still draws the pooled figure
+    and each family's scatter about the model (draws()). A study without `step_seconds` (made
+    before they were timed) costs every family's epoch alike.
+
+    `runs`: one row per search trial: trial, family, batch_size, steps (per epoch), epoch_seconds.
     """
 
     runs: pd.DataFrame
+    step_seconds: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
-    def measure(cls, searched: pd.DataFrame, curves: pd.DataFrame) -> EpochCost:
+    def measure(
+        cls,
+        searched: pd.DataFrame,
+        curves: pd.DataFrame,
+        *,
+        step_seconds: Mapping[str, float] | None = None,
+    ) -> EpochCost:
         """From the search trials (number, family, batch_size) and their per-epoch rows."""
+        steps = dict(step_seconds or {})
         if searched.empty or curves.empty:
-            return cls(pd.DataFrame(columns=COLUMNS))
+            return cls(pd.DataFrame(columns=COLUMNS), steps)
         ordered = curves[curves.trial.isin(searched.number)].sort_values(["trial", "epoch"])
-        per_trial = ordered.groupby("trial")["seconds"].agg(lambda s: quick_epoch_seconds(list(s)))
-        gaps = per_trial.rename("epoch_seconds").reset_index()
+        by_trial = ordered.groupby("trial")
+        per_trial = by_trial["seconds"].agg(lambda s: quick_epoch_seconds(list(s)))
+        frame = per_trial.rename("epoch_seconds").reset_index()
+        if "step" in ordered:
+            last = by_trial[["step", "epoch"]].last()
+            frame["steps"] = frame.trial.map(last["step"] / last["epoch"])
         keyed = searched[["number", "family", "batch_size"]].rename(columns={"number": "trial"})
-        return cls._kept(keyed.merge(gaps, on="trial"))
+        return cls._kept(keyed.merge(frame, on="trial"), steps)
 
     @classmethod
-    def from_trials(cls, trials: Iterable[FrozenTrial]) -> EpochCost:
+    def from_trials(
+        cls, trials: Iterable[FrozenTrial], *, step_seconds: Mapping[str, float] | None = None
+    ) -> EpochCost:
         """From search trials as the study holds them (what the search itself can see)."""
         rows = []
         for t in trials:
             run = record.run_of(t)
             if record.role(t) == "search" and run is not None and run.epochs:
                 seconds = quick_epoch_seconds(run.curve.get("seconds") or [])
-                rows.append(
-                    (t.number, t.params.get("optimizer"), t.params.get("batch_size"), seconds)
-                )
-        return cls._kept(pd.DataFrame(rows, columns=COLUMNS))
+                done = [s for s in run.curve.get("step") or [] if s is not None]
+                steps = done[-1] / run.epochs if done else None
+                family, size = t.params.get("optimizer"), t.params.get("batch_size")
+                rows.append((t.number, family, size, steps, seconds))
+        return cls._kept(pd.DataFrame(rows, columns=COLUMNS), dict(step_seconds or {}))
 
     @classmethod
-    def _kept(cls, runs: pd.DataFrame) -> EpochCost:
+    def _kept(cls, runs: pd.DataFrame, step_seconds: dict[str, float]) -> EpochCost:
+        if "steps" not in runs:
+            runs = runs.assign(steps=np.nan)
         runs = runs.dropna(subset=["family", "epoch_seconds", "batch_size"])
-        runs = runs[runs.epoch_seconds > 0].astype({"batch_size": int, "epoch_seconds": float})
-        return cls(runs[COLUMNS].reset_index(drop=True))
+        runs = runs[runs.epoch_seconds > 0].astype(
+            {"batch_size": int, "steps": float, "epoch_seconds": float}
+        )
+        return cls(runs[COLUMNS].reset_index(drop=True), step_seconds)
+
+    def step(self, family: str) -> float:
+        """Seconds of one optimizer step of `family`: timed, else the median family's (0 when
+        none was timed: every family's epoch then costs the same)."""
+        if family in self.step_seconds:
+            return float(self.step_seconds[family])
+        return float(np.median(list(self.step_seconds.values()))) if self.step_seconds else 0.0
+
+    def _rest(self) -> pd.DataFrame:
+        """Per run: batch_size, steps, `own` (the seconds of its optimizer steps in an epoch)
+        and `rest`, its cost per epoch less those (unknown steps count as none)."""
+        runs = self.runs
+        own = runs.steps.fillna(0.0) * runs.family.map(self.step).astype(float)
+        return pd.DataFrame(
+            {
+                "batch_size": runs.batch_size,
+                "steps": runs.steps,
+                "own": own,
+                "rest": runs.epoch_seconds - own,
+            }
+        )
+
+    def _families(self) -> list[str]:
+        return sorted({str(f) for f in self.runs.family} | set(self.step_seconds))
 
     def rates(self) -> pd.DataFrame:
-        """Columns family, batch_size, rate, runs (the runs behind the family's factor; for
-        family ANY, factor 1: every family's runs at that batch size)."""
+        """Columns family, batch_size, rate, runs (the search runs behind the batch size's
+        figure; family ANY: the median family's step)."""
         columns = ["family", "batch_size", "rate", "runs"]
-        runs = self.runs
-        if runs.empty:
+        if self.runs.empty:
             return pd.DataFrame(columns=columns)
-        by_size = runs.groupby("batch_size")["epoch_seconds"].agg(["median", "count"])
-        relative = runs.epoch_seconds / runs.batch_size.map(by_size["median"])
-        factors = relative.groupby(runs.family).agg(["median", "count"])
+        by_size = (
+            self._rest()
+            .groupby("batch_size")
+            .agg(rest=("rest", "median"), steps=("steps", "median"), runs=("rest", "size"))
+        )
         rows = [
-            (family, size, by_size.at[size, "median"] * factor, count)
-            for family, factor, count in factors.itertuples()
-            for size in by_size.index
+            (family, size, rest + _steps(steps) * self.step(family), count)
+            for family in [*self._families(), ANY]
+            for size, rest, steps, count in by_size.itertuples()
         ]
-        # Family ANY, factor 1: for a config whose family never ran in the search (the
-        # baseline may not have).
-        rows += [(ANY, size, rate, count) for size, rate, count in by_size.itertuples()]
         return pd.DataFrame(rows, columns=columns).astype({"batch_size": int, "runs": int})
 
     def lookup(self) -> dict[tuple[str, int], float]:
@@ -171,23 +221,32 @@ class EpochCost:
         }
 
     def draws(self, *, n: int, rng: np.random.Generator) -> dict[tuple[str, int], np.ndarray]:
-        """n bootstrap draws of each rate: the runs at each batch size and each family's runs
-        resampled with replacement, the rates recomputed from them. Draw i of every rate comes
-        from the same resample, so configs at one batch size share its uncertainty."""
-        runs = self.runs
-        if runs.empty:
+        """n bootstrap draws of each rate, centred on rates(): the runs at each batch size
+        resampled with replacement and the batch size's figure recomputed from them (draw i of
+        every rate at one batch size comes from the same resample); then each family's own
+        runs resampled, their cost over what the model predicts for them, the median of the
+        resample over the median of all: how far the family's runs, timed in place, scatter
+        about the model. The centre comes from the timed step; how sure it is, from the runs."""
+        if self.runs.empty:
             return {}
-        seconds = runs.epoch_seconds.to_numpy(dtype=float)
-        sizes = runs.batch_size.to_numpy()
-        pooled = {}
-        for size in np.unique(sizes):
-            mine = seconds[sizes == size]
-            pooled[int(size)] = np.median(mine[rng.integers(0, len(mine), (n, len(mine)))], 1)
-        out: dict[tuple[str, int], np.ndarray] = {(ANY, b): r for b, r in pooled.items()}
-        for family, rows in runs.groupby("family").indices.items():
-            # Each run over its batch size's rate in the same draw, then resampled.
-            relative = seconds[rows] / np.stack([pooled[int(b)] for b in sizes[rows]], axis=1)
-            pick = rng.integers(0, len(rows), (n, len(rows)))
-            factor = np.median(np.take_along_axis(relative, pick, axis=1), axis=1)
-            out.update({(str(family), b): r * factor for b, r in pooled.items()})
+        rest = self._rest()
+        predicted = rest.groupby("batch_size")["rest"].transform("median") + rest["own"]
+        scatter = (self.runs.epoch_seconds / predicted).to_numpy(dtype=float)
+        spread: dict[str, np.ndarray] = {}
+        for family, rows in self.runs.groupby("family").indices.items():
+            mine = scatter[rows]
+            picked = np.median(mine[rng.integers(0, len(mine), (n, len(mine)))], axis=1)
+            spread[str(family)] = picked / np.median(mine)
+        out: dict[tuple[str, int], np.ndarray] = {}
+        for size, runs in rest.groupby("batch_size"):
+            values = runs["rest"].to_numpy(dtype=float)
+            drawn = np.median(values[rng.integers(0, len(values), (n, len(values)))], axis=1)
+            steps = _steps(runs["steps"].median())
+            for family in [*self._families(), ANY]:
+                rate = drawn + steps * self.step(family)
+                out[(family, int(size))] = rate * spread.get(family, 1.0)
         return out
+
+
+def _steps(value: float) -> float:
+    return 0.0 if pd.isna(value) else float(value)

@@ -39,6 +39,9 @@ RETRIED = "retried"  # a failed trial whose config was queued again after the us
 # Optuna refuses any change to a finished trial, so the failed trials a rerun queued again are
 # listed on the study (by number) and trials() marks them RETRIED as it reads them.
 RETRIED_TRIALS = "retried_trials"
+# Seconds of one optimizer step per family on the task's model, timed once per study before the
+# confirmation (pipeline.search.steptime); the cost model reads them (core.cost.EpochCost).
+STEP_SECONDS = "step_seconds"
 # Confirmation replicates (pipeline.search.confirm): which search trial they repeat.
 ROLE = "role"  # "search" (absent), "replicate" or "baseline"
 OF = "of"  # the search trial number a replicate repeats

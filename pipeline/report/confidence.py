@@ -8,11 +8,11 @@ interpolated between the evaluations either side (core.cost.crossing); a replica
 counts as infinite (AlgoPerf), and infinity takes part in the median.
 
 Seconds are estimated, not read: epochs-to-target x the seconds per epoch of one run with the
-config's optimizer family and batch size (core.cost.EpochCost: the batch size's median over
-all search runs x the family's factor; the confirmation picks its settings with the same).
-The number of epochs is exact; the per-epoch cost depends on the family's update and the
-batch size, not on the lr or the schedule, and estimated from every
-search run it moves far less between reruns than the seconds of the replicates themselves (a
+config's optimizer family and batch size (core.cost.EpochCost: the batch size's search runs,
+their optimizer steps taken out, plus the family's step timed on the model; the confirmation
+picks its settings with the same). The number of epochs is exact; the per-epoch cost depends
+on the family's update and the batch size, not on the lr or the schedule, and so estimated it
+moves far less between reruns than the seconds of the replicates themselves (a
 replicate's own seconds-to-target also hold model set-up and whatever else the machine was
 doing in that moment: 20 % apart between reruns on a shared 2-core machine). Replicates
 trained together as one vectorized group (pipeline.search.replicates) have no single-run
@@ -27,13 +27,12 @@ use the speed: a median of a few seeds with misses among them jumps between a ti
 when the seeds are resampled, so a setting that misses 2 seeds in 5 looked neither better nor
 worse than one that always misses, and which family led changed from rerun to rerun; the
 mean with a finite penalty ranks reliability and time together. Each config's R seeds are
-resampled with replacement, and with them the search runs behind the seconds per epoch; the
-2.5 and 97.5 percentiles give the intervals, and the share of resamples in which the winner's
-speed is more than `margin` (10 %) better than another family's estimates the probability that
-the winner is faster. Resampling the seconds per epoch matters for a rerun: the estimate moves
-by a few per cent between two runs of the same study, and a probability that left that out
-moved across the 0.9 line with it. The margin is there because a lead of a few per cent is
-within what timing can explain. A single winner is named only when that probability reaches
+resampled with replacement, and with them the search runs behind the seconds per epoch
+(EpochCost.draws: the batch size's runs, and how far each family's runs scatter about the
+cost model); the 2.5 and 97.5 percentiles give the intervals, and the share of resamples in
+which the winner's speed is more than `margin` (10 %) better than another family's estimates
+the probability that the winner is faster. The margin is there because a lead of a few per
+cent is within what timing can explain. A single winner is named only when that probability reaches
 `confidence` (0.9) against every other family; otherwise the families it cannot separate are
 named together.
 """
@@ -52,8 +51,9 @@ from pipeline.report.tables import Target
 
 INTERVAL = (2.5, 97.5)
 # A probability this close to `confidence` may fall on the other side in a rerun of the same
-# seed: the seconds per epoch are timed afresh, and one seed run twice moved a family's
-# probability by 0.02 (benchmarks/bench_stability.py, 0.9415 against 0.9215).
+# seed: the seconds per epoch are timed afresh. With the optimizer steps timed on the model,
+# one seed run twice moved a family's probability by up to 0.031 (benchmarks/
+# bench_stability.py: Nadam 0.761 against 0.730; the others 0.006 or less).
 BORDER = 0.03
 
 
@@ -72,6 +72,7 @@ class Confidence:
     margin: float
     baseline: dict[str, float] | None = None  # ratio, low, high, p, reached
     notes: list[str] = field(default_factory=list)
+    step_seconds: dict[str, float] = field(default_factory=dict)  # per family (core.cost)
 
     @property
     def decided(self) -> bool:
@@ -268,6 +269,7 @@ def assess(
         seeds=seeds,
         confidence=confidence,
         margin=margin,
+        step_seconds=dict(cost.step_seconds) if cost is not None else {},
     )
     searched = configs[configs.role == "replicate"] if not configs.empty else configs
     if searched.empty:

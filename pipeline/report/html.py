@@ -146,6 +146,7 @@ def render(results: Results, info: dict[str, Any], *, command: str) -> str:
         figures=figure_list(results),
         baseline_line=prose.baseline(results),
         test_line=prose.test_score(results),
+        step_line=prose.step_times(results),
         recommendation=table.to_dict("records") if not table.empty else [],
         trials=results.trials.sort_values("number").to_dict("records"),
         params_of=lambda p: ", ".join(f"{k} {num(v, 3)}" for k, v in p.items() if k != "lr"),

@@ -64,6 +64,13 @@ def chance(p: float, *, line: float) -> str:
     return text
 
 
+def step_times(r: Results) -> str:
+    """Each family's timed optimizer step, quickest first ("" when the study has none)."""
+    timed = r.confidence.step_seconds if r.confidence is not None else {}
+    ordered = sorted(timed.items(), key=lambda item: (item[1], item[0]))
+    return ", ".join(f"{family_label(f)} {num(s * 1e6)} \u00b5s" for f, s in ordered)
+
+
 def seconds(value: float) -> str:
     return "never" if math.isinf(value) else f"{value:.2f} s"
 

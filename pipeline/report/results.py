@@ -108,7 +108,9 @@ def collect(
             replicates,
             curves[curves.trial.isin(replicates.trial)],
             target=goal,
-            cost=EpochCost.measure(searched, curves),
+            cost=EpochCost.measure(
+                searched, curves, step_seconds=study.user_attrs.get(record.STEP_SECONDS)
+            ),
             seeds=seeds,
             confidence=confidence,
             margin=margin,

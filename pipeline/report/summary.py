@@ -23,6 +23,8 @@ def summary(results: Results, info: dict[str, Any]) -> dict[str, Any]:
         "target": results.target.value if results.target else None,
         "target_source": results.target.source if results.target else None,
         "recommendation": declaration(results),
+        # seconds of one optimizer step per family, timed on the model (pipeline.search.steptime)
+        "step_seconds": results.confidence.step_seconds if results.confidence else {},
         "trials": info["total"],
         **{f"{state}": n for state, n in info["counts"].items()},
         "replicates": info["replicates"],

@@ -17,6 +17,7 @@ and are recorded trial by trial (pipeline.search.replicates).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,7 @@ def candidates(
     direction: str,
     metric: str = "val_loss",
     tolerance: float = 0.2,
+    step_seconds: Mapping[str, float] | None = None,
 ) -> list[FrozenTrial]:
     """Per family, its fastest complete search trial to a provisional target, then the best by
     final value up to top_k.
@@ -70,8 +72,9 @@ def candidates(
     best final value, relaxed by `tolerance` (report.target_tolerance): about where the target
     from replicates lands, since one seed's best value is a lucky draw. A trial's time is its
     epochs to the target x its family's seconds per epoch at its batch size, measured over all
-    search trials (core.cost), as the report times replicates: a trial's own seconds move by up
-    to 20 % between two runs of one seed, and which setting was confirmed moved with them.
+    search trials and its family's timed step (core.cost, `step_seconds`), as the report times
+    replicates: a trial's own seconds move by up to 20 % between two runs of one seed, and
+    which setting was confirmed moved with them.
     """
     done = [
         t
@@ -91,7 +94,7 @@ def candidates(
             direction=direction,
             tolerance=tolerance,
         )
-        rates = EpochCost.from_trials(trials).lookup()
+        rates = EpochCost.from_trials(trials, step_seconds=step_seconds).lookup()
         timed = [
             (s, t)
             for t in done
@@ -180,6 +183,7 @@ def plan(study: optuna.Study, cfg: DictConfig, space: SearchSpace) -> list[Item]
             direction=cfg.search.direction,
             metric=cfg.search.metric,
             tolerance=float(cfg.report.target_tolerance),
+            step_seconds=study.user_attrs.get(record.STEP_SECONDS),
         )
     ]
     base = baseline_params(cfg, space)

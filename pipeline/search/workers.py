@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.core import record
 from pipeline.core.storage import close
-from pipeline.search import confirm, cores, interrupt
+from pipeline.search import confirm, cores, interrupt, steptime
 from pipeline.search.pool import Pool
 from pipeline.search.preflight import preflight
 from pipeline.search.progress import Progress, quiet
@@ -81,6 +81,7 @@ def search(cfg: DictConfig, *, pool: Pool | None = None) -> Outcome:
             retire_surplus(study, budget)
         trials = record.trials(study)
         if int(cfg.confirm.seeds) > 0 and not interrupt.requested() and budget.done(trials):
+            steptime.ensure(study, cfg, space)  # the workers are idle: the machine is quiet
             _, planned = confirm.enqueue_missing(study, cfg, space)
             for line in confirm.notes(cfg, space):
                 print_err(line)
