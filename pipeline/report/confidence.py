@@ -28,13 +28,12 @@ when the seeds are resampled, so a setting that misses 2 seeds in 5 looked neith
 worse than one that always misses, and which family led changed from rerun to rerun; the
 mean with a finite penalty ranks reliability and time together. Each config's R seeds are
 resampled with replacement, and with them the search runs behind the seconds per epoch
-(EpochCost.draws: the batch size's runs; each family's step is timed, not drawn); the 2.5
-and 97.5 percentiles give the intervals, and the share of resamples in
-which the winner's speed is more than `margin` (10 %) better than another family's estimates
-the probability that the winner is faster. The margin is there because a lead of a few per
-cent is within what timing can explain. A single winner is named only when that probability reaches
-`confidence` (0.9) against every other family; otherwise the families it cannot separate are
-named together.
+(EpochCost.draws: the batch size's runs; each family's step is timed, not drawn); the 2.5 and
+97.5 percentiles give the intervals, and the share of resamples in which the winner's speed is
+more than `margin` (10 %) better than another family's estimates the probability that the
+winner is faster. The margin is there because a lead of a few per cent is within what timing
+can explain. A single winner is named only when that probability reaches `confidence` (0.9)
+against every other family; otherwise the families it cannot separate are named together.
 """
 
 from __future__ import annotations

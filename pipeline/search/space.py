@@ -67,8 +67,14 @@ class Dim:
             return (self.default,)
         if self.kind == "categorical":
             return self.choices
+        return (self.middle(),)
+
+    def middle(self) -> Any:
+        """The middle of the range (geometric for a log range); a categorical's first choice."""
+        if self.kind == "categorical":
+            return self.choices[0]
         mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
-        return (round(mid) if self.kind == "int" else mid,)
+        return round(mid) if self.kind == "int" else mid
 
 
 @dataclass(frozen=True)
