@@ -39,6 +39,7 @@ CASES = [
     (["search.direction=sideways"], "search.direction", "minimize, maximize"),
     (["search.timeout=-5"], "search.timeout", "> 0"),
     (["search.divergence_factor=0.5"], "search.divergence_factor", "> 1"),
+    (["search.seek=fastest"], "search.seek", "speed, value"),
     (["search.min_trials_per_family=-1"], "search.min_trials_per_family", ">= 0"),
     (["search.study_name=''"], "search.study_name", "non-empty"),
     (["trainer.max_epochs=0"], "trainer.max_epochs", "integer >= 1"),

@@ -103,6 +103,22 @@ def test_seconds_per_epoch_are_the_batch_sizes_pooled_runs_plus_the_familys_time
     assert table.set_index("family").loc["momentum", "median_time"] == pytest.approx(4 * 0.115)
 
 
+def test_seeds_are_resampled_together_so_a_hard_seed_for_every_setting_counts_for_none():
+    """Replicate i of every config trains with the same seed. Here seeds 3 and 4 are hard for
+    both families, and sgd is more than 10 % slower than adam on every seed: resampled
+    together, adam is faster in every draw. Paired with the wrong seeds, the spread between
+    seeds swamps the lead."""
+    adam, sgd = [2, 3, 5, 8, 9], [3, 4, 6, 10, 10]
+    replicates, curves = _study({"1": ("adam", adam), "2": ("sgd", sgd)})
+    result = assess(replicates, curves, target=TARGET, seeds=5)
+    assert result.decided and result.winner == "adam"
+    assert result.families.set_index("family").loc["sgd", "p_winner_faster"] == 1.0
+    shuffled, curves = _study({"1": ("adam", adam), "2": ("sgd", sgd[::-1])})
+    result = assess(shuffled, curves, target=TARGET, seeds=5)
+    assert not result.decided
+    assert result.families.set_index("family").loc["sgd", "p_winner_faster"] < 0.9
+
+
 def test_two_identical_families_come_out_tied():
     replicates, curves = _study(
         {

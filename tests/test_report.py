@@ -178,7 +178,7 @@ def test_time_to_target_and_ranking_by_hand():
     assert results.sentence == (
         "The fastest single run was Adam (lr 0.01, constant, batch 32): val_loss ≤ 0.2 in "
         "2.00 s (2 epochs). These are single runs, one seed each, so a rerun may name another "
-        "family; confirm them over seeds with confirm.seeds=5 (the default)."
+        "family; confirm them over seeds with confirm.seeds=20 (the default)."
     )
 
 

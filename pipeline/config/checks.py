@@ -80,6 +80,7 @@ def check(cfg: DictConfig, *, config_dirs: Sequence[str] = ()) -> None:
             raise ConfigError("search.batch_sizes", f"{size} is not a positive batch size")
     _int(cfg, "search.min_trials_per_family", low=0)
     _choice(cfg, "search.protocol", ("balanced", "fair", "adaptive"))
+    _choice(cfg, "search.seek", ("speed", "value"))
     _number(cfg, "search.divergence_factor", low=1, strict=True)
     workers = _get(cfg, "search.n_workers")
     if workers != "auto" and not (_is_int(workers) and workers >= 1):

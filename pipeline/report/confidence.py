@@ -163,13 +163,23 @@ def _seconds_per_epoch(curves: pd.DataFrame) -> pd.DataFrame:
     return gaps.rename("epoch_seconds").reset_index()
 
 
-def bootstrap_medians(values: np.ndarray, *, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n medians of resamples (with replacement) of `values`; inf stays inf."""
-    if len(values) == 0:
-        return np.full(n, math.inf)
-    index = rng.integers(0, len(values), size=(n, len(values)))
-    # "inverted_cdf" picks an element rather than averaging two: inf with a number stays inf.
-    return np.quantile(values[index], 0.5, axis=1, method="inverted_cdf")
+def medians_of(resampled: np.ndarray) -> np.ndarray:
+    """Each row's median; "inverted_cdf" picks an element rather than averaging two, so inf
+    with a number stays inf."""
+    if resampled.shape[1] == 0:
+        return np.full(len(resampled), math.inf)
+    return np.quantile(resampled, 0.5, axis=1, method="inverted_cdf")
+
+
+def _resample(
+    group: pd.DataFrame, shared: np.ndarray | None, *, n: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Row indices of n resamples of a config's replicates: the shared resample of the seeds
+    when it has every replicate 0..R-1, else its own (a study cut short by a kill)."""
+    have = group["replicate"].tolist() if "replicate" in group else []
+    if shared is not None and have == list(range(shared.shape[1])):
+        return shared
+    return rng.integers(0, len(group), size=(n, len(group)))
 
 
 def interval(medians: np.ndarray) -> tuple[float, float]:
@@ -220,18 +230,23 @@ def assess(
         budget_epochs = int(curves["epoch"].max()) if not curves.empty else 1
     times["speed"] = penalized(times, budget_epochs=budget_epochs)
     miss = float(times.loc[~times.reached, "speed"].max()) if (~times.reached).any() else 0.0
+    # Replicate i of every config trains with the same seed (confirm.replicate_seed): the same
+    # initial weights and batch order. So the seeds are resampled once for all configs (a
+    # paired bootstrap): a seed that is slow for every setting does not count against one.
+    shared = rng.integers(0, seeds, size=(resamples, seeds)) if seeds > 0 else None
     speeds: dict[str, np.ndarray] = {}
     rows = []
     for config, group in times.groupby("config", sort=False):
+        group = group.sort_values("replicate") if "replicate" in group else group
+        pick = _resample(group, shared, n=resamples, rng=rng)
         values = group["time"].to_numpy(dtype=float)
-        low, high = interval(bootstrap_medians(values, n=resamples, rng=rng))
+        low, high = interval(medians_of(values[pick]))
         speed = group["speed"].to_numpy(dtype=float)
         rate = _rate_draws(draws, group)
         if rate is None:
-            speeds[str(config)] = bootstrap_means(speed, n=resamples, rng=rng)
+            speeds[str(config)] = speed[pick].mean(axis=1)
         else:  # the seeds and the seconds per epoch resampled together
-            epochs = group["epochs_to_target"].to_numpy(dtype=float)
-            picked = epochs[rng.integers(0, len(epochs), size=(resamples, len(epochs)))]
+            picked = group["epochs_to_target"].to_numpy(dtype=float)[pick]
             with np.errstate(invalid="ignore"):
                 drawn = np.where(np.isfinite(picked), picked * rate[:, None], miss)
             speeds[str(config)] = drawn.mean(axis=1)
@@ -319,11 +334,6 @@ def _rate_draws(draws: dict[tuple[str, int], np.ndarray], group: pd.DataFrame) -
         return None
     size = int(group["batch_size"].iloc[0])
     return draws.get((str(group["family"].iloc[0]), size), draws.get((ANY, size)))
-
-
-def bootstrap_means(values: np.ndarray, *, n: int, rng: np.random.Generator) -> np.ndarray:
-    index = rng.integers(0, len(values), size=(n, len(values)))
-    return values[index].mean(axis=1)
 
 
 def _versus(

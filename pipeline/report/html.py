@@ -73,6 +73,7 @@ def facts(results: Results) -> dict[str, Any]:
         "batch_sizes": ", ".join(str(b) for b in search.get("batch_sizes", [])),
         "sampler": (config.get("sampler") or {}).get("_target_", "?").rsplit(".", 1)[-1],
         "pruner": (config.get("pruner") or {}).get("_target_", "?").rsplit(".", 1)[-1],
+        "seek": _seek(config),
         "seed": config.get("seed"),
         "counts": {
             s: int(states.get(s, 0)) for s in record.STATES if states.get(s, 0) or s in record.MAIN
@@ -193,3 +194,16 @@ def build(cfg: DictConfig, *, command: str = "python -m pipeline.report") -> Pat
     write(out / "curves.csv", curves_csv(results))
     write(out / "index.html", html)
     return out / "index.html"
+
+
+def _seek(config: dict[str, Any]) -> str:
+    """What the sampler learned from (search.seek; a study made before the key: the values)."""
+    search, sampler = config.get("search") or {}, config.get("sampler") or {}
+    target = str(sampler.get("_target_", ""))
+    if sampler.get("grid") or target.endswith(("RandomSampler", "QMCSampler")):
+        return "draws without learning"
+    if search.get("protocol") == "fair":
+        return "random, search.protocol=fair"
+    if search.get("seek", "value") == "speed":
+        return "learning from each trial's optimizer steps to a provisional target"
+    return "learning from each trial's final value"

@@ -167,7 +167,7 @@ def _single_runs(r: Results, goal: str) -> str:
         f"The fastest single run was {setting(top)}: {goal} in "
         f"{top['seconds_to_target']:.2f} s ({int(top['epochs_to_target'])} epochs). These are "
         "single runs, one seed each, so a rerun may name another family; confirm them over "
-        "seeds with confirm.seeds=5 (the default)."
+        "seeds with confirm.seeds=20 (the default)."
     )
 
 
@@ -222,7 +222,7 @@ def how_sure(r: Results) -> str:
     if sure is None:
         return (
             "Every number above comes from single runs. Rerun with confirmation on "
-            "(confirm.seeds=5, the default) to repeat the leading settings over seeds."
+            "(confirm.seeds=20, the default) to repeat the leading settings over seeds."
         )
     top_k = (r.config.get("confirm") or {}).get("top_k", "?")
     parts = [

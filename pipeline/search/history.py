@@ -33,7 +33,7 @@ import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
-from optuna.study import Study
+from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.core import record
@@ -54,12 +54,23 @@ def trial_seed(seed: int, number: int) -> int:
 class History:
     """The study, with only the given trials in it: what Optuna's samplers and pruners read."""
 
-    def __init__(self, study: Study, trials: Sequence[FrozenTrial]) -> None:
+    def __init__(
+        self, study: Study, trials: Sequence[FrozenTrial], *, minimize: bool = False
+    ) -> None:
         self._study = study
         self._history = list(trials)
+        self._minimize = minimize  # the trials carry scores to minimize (pipeline.search.speed)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
+
+    @property
+    def direction(self) -> StudyDirection:
+        return StudyDirection.MINIMIZE if self._minimize else self._study.direction
+
+    @property
+    def directions(self) -> list[StudyDirection]:
+        return [self.direction] if self._minimize else self._study.directions
 
     def _get_trials(
         self,
@@ -128,8 +139,16 @@ def _print_err(line: str) -> None:
 class LaggedSampler(BaseSampler):
     """Trial n is sampled by make(seed of n) from the search trials below n - LAG, finished."""
 
-    def __init__(self, make: Callable[[int], BaseSampler], *, seed: int, lag: int = LAG) -> None:
+    def __init__(
+        self,
+        make: Callable[[int], BaseSampler],
+        *,
+        seed: int,
+        lag: int = LAG,
+        score: Callable[[list[FrozenTrial]], list[FrozenTrial]] | None = None,
+    ) -> None:
         self._make, self._seed, self._lag = make, int(seed), lag
+        self._score = score  # what the sampler learns from, in place of the values
         self._per_trial: dict[int, tuple[BaseSampler, History | None]] = {}
 
     def for_trial(self, number: int) -> BaseSampler:
@@ -144,9 +163,11 @@ class LaggedSampler(BaseSampler):
             if record.role(trial) == "search":
                 # Name the worker first: the stale reaper fails an unnamed running trial.
                 study._storage.set_trial_user_attr(trial._trial_id, record.WORKER, worker_id())
-                view = History(
-                    study, wait_for_history(study, trial.number, lag=self._lag, note=_print_err)
-                )
+                seen = wait_for_history(study, trial.number, lag=self._lag, note=_print_err)
+                if self._score is not None:
+                    view = History(study, self._score(seen), minimize=True)
+                else:
+                    view = History(study, seen)
             self._per_trial = {trial.number: (sampler, view)}  # one trial at a time
         sampler, view = self._per_trial[trial.number]
         return sampler, view if view is not None else study  # type: ignore[return-value]

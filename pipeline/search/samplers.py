@@ -9,19 +9,23 @@ Both are wrapped by pipeline.search.history, so a seed gives the same study in p
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from functools import partial
 
 import optuna
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna.samplers import RandomSampler
+from optuna.trial import FrozenTrial
 
 from pipeline.core.errors import ConfigError, first_line, root_cause
 from pipeline.search.history import LAG, LaggedPruner, LaggedSampler
+from pipeline.search.speed import speed_view
 
 
 def make_sampler(cfg: DictConfig) -> tuple[optuna.samplers.BaseSampler, bool]:
     """The configured sampler; random under search.protocol=fair (see pipeline.search.study)."""
-    seed, lag = int(cfg.seed), _lag(cfg)
+    seed, lag, score = int(cfg.seed), _lag(cfg), _score(cfg)
     if fair(cfg):
         return LaggedSampler(lambda s: RandomSampler(seed=s), seed=seed, lag=lag), False
     spec = OmegaConf.to_container(cfg.sampler, resolve=True)
@@ -35,14 +39,29 @@ def make_sampler(cfg: DictConfig) -> tuple[optuna.samplers.BaseSampler, bool]:
     except Exception as exc:
         raise ConfigError("sampler", first_line(root_cause(exc))) from None
     if "seed" not in spec:  # a sampler without a seed: one instance for every trial
-        return LaggedSampler(lambda s: built, seed=seed, lag=lag), grid
+        return LaggedSampler(lambda s: built, seed=seed, lag=lag, score=score), grid
 
     def seeded(s: int) -> optuna.samplers.BaseSampler:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return make(seed=s)
 
-    return LaggedSampler(seeded, seed=seed, lag=lag), grid
+    return LaggedSampler(seeded, seed=seed, lag=lag, score=score), grid
+
+
+def _score(cfg: DictConfig) -> Callable[[list[FrozenTrial]], list[FrozenTrial]] | None:
+    """search.seek=speed: the sampler learns from steps to a provisional target
+    (pipeline.search.speed); value: from each trial's final value, as Optuna does."""
+    if cfg.search.get("seek", "speed") != "speed":
+        return None
+    target = cfg.report.get("target")
+    return partial(
+        speed_view,
+        metric=str(cfg.search.metric),
+        direction=str(cfg.search.direction),
+        tolerance=float(cfg.report.target_tolerance),
+        target=None if target is None else float(target),
+    )
 
 
 def equal_trials(cfg: DictConfig) -> bool:
