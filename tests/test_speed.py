@@ -11,8 +11,11 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from pipeline.core import record
+from pipeline.core.storage import load_study
+from pipeline.search.__main__ import main as search_main
 from pipeline.search.history import History, LaggedSampler
 from pipeline.search.speed import provisional_target, speed_view, steps_to
+from tests.conftest import TINY
 
 
 def _trial(
@@ -148,3 +151,14 @@ def test_tpe_fed_speed_proposes_the_quick_settings_and_fed_values_the_ones_that_
         assert share_quick > 0.6 > share_low
     else:
         assert share_low > 0.6 > share_quick
+
+
+def test_a_study_made_with_seek_value_resumes_under_the_default(tmp_path):
+    """A study from before search.seek (its sampler learned from values) is resumed, not
+    refused: like the sampler, the key changes only what later trials are proposed from."""
+    storage = f"sqlite:///{tmp_path}/study.db"
+    args = [*TINY, "trainer.max_epochs=2", f"search.storage={storage}"]
+    assert search_main([*args, "search.n_trials=2", "search.seek=value"]) == 0
+    assert search_main([*args, "search.n_trials=4"]) == 0
+    trials = load_study(storage, "moons").get_trials()
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4

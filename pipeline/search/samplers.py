@@ -15,7 +15,7 @@ from functools import partial
 import optuna
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from optuna.samplers import RandomSampler
+from optuna.samplers import GridSampler, QMCSampler, RandomSampler
 from optuna.trial import FrozenTrial
 
 from pipeline.core.errors import ConfigError, first_line, root_cause
@@ -25,7 +25,7 @@ from pipeline.search.speed import speed_view
 
 def make_sampler(cfg: DictConfig) -> tuple[optuna.samplers.BaseSampler, bool]:
     """The configured sampler; random under search.protocol=fair (see pipeline.search.study)."""
-    seed, lag, score = int(cfg.seed), _lag(cfg), _score(cfg)
+    seed, lag = int(cfg.seed), _lag(cfg)
     if fair(cfg):
         return LaggedSampler(lambda s: RandomSampler(seed=s), seed=seed, lag=lag), False
     spec = OmegaConf.to_container(cfg.sampler, resolve=True)
@@ -38,6 +38,9 @@ def make_sampler(cfg: DictConfig) -> tuple[optuna.samplers.BaseSampler, bool]:
             make = instantiate(spec, _partial_=True)
     except Exception as exc:
         raise ConfigError("sampler", first_line(root_cause(exc))) from None
+    # A sampler that draws without learning (random, QMC, a grid) is not fed scores at all.
+    learns = not grid and not isinstance(built, (RandomSampler, QMCSampler, GridSampler))
+    score = _score(cfg) if learns else None
     if "seed" not in spec:  # a sampler without a seed: one instance for every trial
         return LaggedSampler(lambda s: built, seed=seed, lag=lag, score=score), grid
 
@@ -61,6 +64,7 @@ def _score(cfg: DictConfig) -> Callable[[list[FrozenTrial]], list[FrozenTrial]] 
         direction=str(cfg.search.direction),
         tolerance=float(cfg.report.target_tolerance),
         target=None if target is None else float(target),
+        cache={},  # each finished trial's curve and score, read once per process
     )
 
 

@@ -10,8 +10,10 @@ it back from the study (record.STEP_SECONDS) to time the replicates (core.cost.E
 Why a probe: read off the search runs, a family's cost per epoch carries whatever else the
 machine did while that family's runs ran. On two runs of one seed (identical trials) Adam's
 epochs cost 0.91 and 1.10 of their batch size's median, Adamax's 0.84 and 0.99, enough to move
-a family across the 0.9 line. Timed here, alone, the steps repeat to about 2 %: on the default
-MLP, three runs gave Adam 124, 126 and 123 us, SGD 23.1, 22.9 and 22.5 us (one thread).
+a family across the 0.9 line. Timed here, alone, the steps repeat to about 2-5 %: on the default
+MLP, three runs gave Adam 124, 126 and 123 us, SGD 23.1, 22.9 and 22.5 us (one thread). Inside
+the pipeline, with 11 rounds (0.15 s), two runs of one seed gave AdamW 169 and 146 us: a slow
+spell can cover every round, so there are 41 (0.5 s).
 
 How: one copy of the model with fixed gradients; every family's optimizer built on its
 parameters at a value inside each searched range (the middle: RMSProp's momentum is then on,

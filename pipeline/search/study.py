@@ -38,6 +38,7 @@ RESUMABLE = (
     "search.storage",
     "search.min_trials_per_family",
     "search.divergence_factor",
+    "search.seek",  # like the sampler: it changes only what later trials are proposed from
     "trainer.verbose",
     "trainer.threads",
     "sampler",
