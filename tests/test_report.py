@@ -338,6 +338,10 @@ def test_generated_study_with_a_known_order_declares_it_in_every_file(tmp_path, 
     assert html_escape(declared["sentence"]) in html
     assert declared["winner"] in ("adam", "adamw", "nadam")
     assert "sgd" not in declared["group"]
+    # The page says what the seeds cannot cover: another master seed searches other settings.
+    assert "not the search itself" in html
+    if declared["decided"]:
+        assert "the settings this search found" in declared["sentence"]
     table = pd.read_csv(tmp_path / "reports" / "recommendation.csv")
     assert table.family[0] == declared["winner"]
     for row, family in zip(table.itertuples(), declared["families"], strict=True):

@@ -117,10 +117,10 @@ def sentence(r: Results) -> str:
             return lead + "; it is the only family searched."
         runner = table.iloc[1]
         return (
-            f"{lead}. It is the fastest: more than {sure.margin:.0%} faster than the runner-up, "
-            f"{family_label(runner['family'])}, with probability "
-            f"{chance(runner['p_winner_faster'], line=sure.confidence)} "
-            f"({_times(runner)})." + _border(sure)
+            f"{lead}. It is the fastest of the settings this search found: more than "
+            f"{sure.margin:.0%} faster than the runner-up, {family_label(runner['family'])}, "
+            f"with probability {chance(runner['p_winner_faster'], line=sure.confidence)} "
+            f"({_times(runner)}). {_search_luck(table)}" + _border(sure)
         )
     tied = table[table.family.isin(sure.group)]
     weakest = tied.iloc[1:]["p_winner_faster"].min()
@@ -131,6 +131,15 @@ def sentence(r: Results) -> str:
         f"is only {chance(tied.iloc[1]['p_winner_faster'], line=line)} (a single winner needs "
         f"{line:.2f} against each; the weakest is {chance(weakest, line=line)}). Any of them is a "
         "good choice." + _border(sure)
+    )
+
+
+def _search_luck(table: Any) -> str:
+    """What the seeds do not cover: which settings the search happened to try."""
+    trials = int(table["trials"].median()) if "trials" in table else 0
+    return (
+        f"Another master seed searches other settings ({trials} search trials a family here) "
+        "and may find a faster one for another family."
     )
 
 
@@ -238,13 +247,18 @@ def how_sure(r: Results) -> str:
     if sure.winner is not None and sure.decided:
         parts.append(
             f"{family_label(sure.winner)} was faster than every other family often enough to "
-            "be named alone."
+            "be named alone, among the settings this search found."
         )
     elif sure.winner is not None:
         parts.append(
             f"{names(sure.group)} trade places from seed to seed: pick by what else matters "
             "to you (tuning ease below, or what you use today)."
         )
+    parts.append(
+        "The seeds cover training noise and timing, not the search itself: with another "
+        "master seed the search tries other settings, and a family whose search found no fast "
+        "setting here may find one."
+    )
     if not r.random_sampler:
         parts.append(
             "The budget curves assume independent draws (random search); this study's sampler "
