@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -106,19 +107,19 @@ class EpochCost:
     An epoch's cost is set mostly by the batch size (how many steps) and a little by the
     family's update (Adam's step costs more than SGD's). That part is timed apart, on the
     task's model, when the confirmation starts (pipeline.search.steptime: `step_seconds`, one
-    figure per family, stored on the study): a few hundred steps timed in interleaved rounds
-    give it to 2 %, where a factor read off the search runs moved 15-20 % between two runs of
-    one seed (Adam's was 0.91 of its batch size's median in one and 1.10 in the other), because
-    a family's runs meet whatever else the machine is doing at their moments. The rest, which no
+    figure per family, stored on the study): interleaved rounds of steps give it to a few per
+    cent, where a factor read off the search runs moved 15-20 % between two runs of one seed
+    (Adam's was 0.91 of its batch size's median in one and 1.10 in the other), because a
+    family's runs meet whatever else the machine is doing at their moments. The rest, which no
     family changes, is pooled over the search runs at the batch size: each run's cost per epoch
     is its expected fastest of four epochs (quick_epoch_seconds) less its steps x its family's
-    step; the batch sizes' figures are read off a line through all of them (_centres).
+    step, and the batch sizes' figures are read off one line through their fastest runs
+    (_centres).
 
     Configs at one batch size then differ only by their steps to the target and their family's
-    step, both steady from rerun to rerun; the batch sizes' figures come from one line through
-    their fastest runs (_centres). The report's bootstrap draws the batch size's figure. A
-    study without `step_seconds` (made before they were timed) costs every family's epoch
-    alike.
+    step, both steady from rerun to rerun. The report's bootstrap draws the batch size's
+    figure. A study without `step_seconds` (made before they were timed) costs every family's
+    epoch alike.
 
     `runs`: one row per search trial: trial, family, batch_size, steps (per epoch), epoch_seconds.
     """
@@ -181,25 +182,22 @@ class EpochCost:
             return float(self.step_seconds[family])
         return float(np.median(list(self.step_seconds.values()))) if self.step_seconds else 0.0
 
+    @cached_property
     def _rest(self) -> pd.DataFrame:
-        """Per run: batch_size, steps, `own` (the seconds of its optimizer steps in an epoch)
-        and `rest`, its cost per epoch less those (unknown steps count as none)."""
+        """Per run: batch_size, steps and `rest`, its cost per epoch less the seconds of its
+        own optimizer steps (unknown steps count as none)."""
         runs = self.runs
         own = runs.steps.fillna(0.0) * runs.family.map(self.step).astype(float)
-        return pd.DataFrame(
-            {
-                "batch_size": runs.batch_size,
-                "steps": runs.steps,
-                "own": own,
-                "rest": runs.epoch_seconds - own,
-            }
-        )
+        rest = runs.epoch_seconds - own
+        return pd.DataFrame({"batch_size": runs.batch_size, "steps": runs.steps, "rest": rest})
 
     def _families(self) -> list[str]:
         return sorted({str(f) for f in self.runs.family} | set(self.step_seconds))
 
-    def _centres(self, rest: pd.DataFrame) -> pd.DataFrame:
-        """Per batch size: steps (median per epoch), runs, and `rest`, read off a line.
+    @cached_property
+    def _centres(self) -> pd.DataFrame:
+        """Per batch size: steps (median per epoch), runs, and `rest`, read off a line (read
+        once: rates() and draws() both use it).
 
         A run's epoch less its optimizer steps is the epoch's fixed part (the data's compute,
         the validation pass) plus its steps x a per-step overhead, so the batch sizes' figures
@@ -210,7 +208,7 @@ class EpochCost:
         size's median, 8.3 % with a Theil-Sen line through every run, 3.8 % so. One batch size
         (or unknown steps): its fastest fifth.
         """
-        by_size = rest.groupby("batch_size").agg(
+        by_size = self._rest.groupby("batch_size").agg(
             steps=("steps", "median"),
             runs=("rest", "size"),
             rest=("rest", lambda r: float(np.quantile(r, FAST))),
@@ -228,7 +226,7 @@ class EpochCost:
         columns = ["family", "batch_size", "rate", "runs"]
         if self.runs.empty:
             return pd.DataFrame(columns=columns)
-        by_size = self._centres(self._rest())
+        by_size = self._centres
         rows = [
             (family, size, rest + _steps(steps) * self.step(family), count)
             for family in [*self._families(), ANY]
@@ -257,10 +255,9 @@ class EpochCost:
         RMSProp, Adamax} against Nadam alone)."""
         if self.runs.empty:
             return {}
-        rest = self._rest()
-        centres = self._centres(rest)
+        centres = self._centres
         out: dict[tuple[str, int], np.ndarray] = {}
-        for size, runs in rest.groupby("batch_size"):
+        for size, runs in self._rest.groupby("batch_size"):
             values = runs["rest"].to_numpy(dtype=float)
             resampled = values[rng.integers(0, len(values), (n, len(values)))]
             picked = np.quantile(resampled, FAST, axis=1) / np.quantile(values, FAST)

@@ -7,6 +7,10 @@ Shared by the confirmation (which settings to confirm) and the report (time to t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import numpy as np
+
 
 def relax(best: float, *, metric: str, direction: str, tolerance: float) -> float:
     """A value a little worse than `best`: by the tolerance, of the error rate for accuracy."""
@@ -15,6 +19,16 @@ def relax(best: float, *, metric: str, direction: str, tolerance: float) -> floa
     if direction == "minimize":
         return best + tolerance * abs(best)
     return best - tolerance * abs(best)
+
+
+def provisional(
+    best_per_family: Mapping[str, float], *, metric: str, direction: str, tolerance: float
+) -> float:
+    """The median over families of each family's best value, relaxed: where the report's
+    target (the best confirmed setting's median over seeds, relaxed) tends to land, used
+    before there are replicates (the confirmation's candidates, the search's sampler)."""
+    middle = float(np.median(list(best_per_family.values())))
+    return relax(middle, metric=metric, direction=direction, tolerance=tolerance)
 
 
 def reaches(value: float | None, target: float, *, direction: str) -> bool:

@@ -21,14 +21,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import optuna
 from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.core import record
 from pipeline.core.cost import ANY, EpochCost, crossing
-from pipeline.core.metric import relax
+from pipeline.core.metric import provisional
 from pipeline.search.space import SearchSpace
 
 SEED_STRIDE = 1_000_000  # replicate seeds never meet search-trial seeds (seed + number)
@@ -88,12 +87,7 @@ def candidates(
         best.setdefault(str(t.params.get("optimizer")), float(t.value))
     quick: dict[str, FrozenTrial] = {}
     if best:
-        target = relax(
-            float(np.median(list(best.values()))),
-            metric=metric,
-            direction=direction,
-            tolerance=tolerance,
-        )
+        target = provisional(best, metric=metric, direction=direction, tolerance=tolerance)
         rates = EpochCost.from_trials(trials, step_seconds=step_seconds).lookup()
         timed = [
             (s, t)

@@ -24,14 +24,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
 
-import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.core import record
 from pipeline.core.cost import at, crossing
-from pipeline.core.metric import reaches, relax
+from pipeline.core.metric import provisional, reaches
 
 SCORED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -91,8 +89,7 @@ def _target(
             best[curve.family] = value
     if not best:
         return None
-    middle = float(np.median(list(best.values())))
-    return relax(middle, metric=metric, direction=direction, tolerance=tolerance)
+    return provisional(best, metric=metric, direction=direction, tolerance=tolerance)
 
 
 def steps_to(trial: FrozenTrial, target: float, *, metric: str, direction: str) -> float | None:
@@ -108,17 +105,17 @@ def speed_view(
     direction: str,
     tolerance: float,
     target: float | None = None,
-    cache: dict[Any, Any] | None = None,
+    cache: dict[int, Curve | None] | None = None,
 ) -> list[FrozenTrial]:
     """Copies of `trials`, each complete or pruned one COMPLETE with a score to minimize (one
     without a recorded curve is left out).
 
     Score: log(steps to the target); a trial that never reached it scores above every one that
     did, closer misses lower (its best value's distance to the target, relative). `cache`
-    (kept by the caller across calls) holds each finished trial's curve and score, so a study
-    of 1000 trials is not read again for every trial sampled.
+    (kept by the caller across calls) holds each finished trial's curve, so a study of 1000
+    trials is not parsed again for every trial sampled.
     """
-    memo: dict[Any, Any] = {} if cache is None else cache
+    memo: dict[int, Curve | None] = {} if cache is None else cache
     curves = [_curve(t, metric, memo) if t.state in SCORED else None for t in trials]
     known = [c for c in curves if c is not None]
     goal = target
@@ -133,24 +130,20 @@ def speed_view(
             continue
         if goal is None or curve is None:
             continue  # no curve to judge it by: left out rather than scored by its value
-        key = ("score", t._trial_id, goal, miss)
-        if key not in memo or t._trial_id < 0:
-            memo[key] = _score(curve, goal, direction=direction, miss=miss)
         seen = copy.copy(t)
         seen.state = TrialState.COMPLETE
-        seen.values = [memo[key]]
+        seen.values = [_score(curve, goal, direction=direction, miss=miss)]
         out.append(seen)
-    if len(memo) > 50_000:  # scores under targets long gone
-        memo.clear()
     return out
 
 
-def _curve(trial: FrozenTrial, metric: str, memo: dict[Any, Any]) -> Curve | None:
+def _curve(trial: FrozenTrial, metric: str, memo: dict[int, Curve | None]) -> Curve | None:
     """A finished trial's curve, read once (a trial made outside a storage has no id)."""
-    key = ("curve", trial._trial_id)
-    if key not in memo or trial._trial_id < 0:
-        memo[key] = Curve.of(trial, metric)
-    return memo[key]
+    if trial._trial_id < 0:
+        return Curve.of(trial, metric)
+    if trial._trial_id not in memo:
+        memo[trial._trial_id] = Curve.of(trial, metric)
+    return memo[trial._trial_id]
 
 
 def _score(curve: Curve, goal: float, *, direction: str, miss: float) -> float:
