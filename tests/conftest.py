@@ -21,7 +21,14 @@ ROOT = TESTS.parent
 USER_CONF = TESTS / "conf"
 # Small enough to finish in seconds on 2 cores, big enough to exercise every stage. The
 # confirmation phase is off here; tests of it turn it on (CONFIRM).
-TINY = ("task=moons", "trainer.max_epochs=3", "search.batch_sizes=[64,128]", "confirm.seeds=0")
+# The second look (confirm.challengers) is off here; tests/test_challenge.py turns it on.
+TINY = (
+    "task=moons",
+    "trainer.max_epochs=3",
+    "search.batch_sizes=[64,128]",
+    "confirm.challengers=0",
+    "confirm.seeds=0",
+)
 CONFIRM = ("confirm.seeds=2", "confirm.top_k=1")
 DEFAULT_STORAGE = "journal:///{}/studies/study.journal"  # the fixed default path, under cwd
 

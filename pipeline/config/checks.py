@@ -123,6 +123,7 @@ def check(cfg: DictConfig, *, config_dirs: Sequence[str] = ()) -> None:
 def _confirm(cfg: DictConfig) -> None:
     _int(cfg, "confirm.seeds", low=0)
     _int(cfg, "confirm.top_k", low=1)
+    _int(cfg, "confirm.challengers", low=0)
     _int(cfg, "confirm.resamples", low=100)
     _number(cfg, "confirm.margin", low=0)
     _bool(cfg, "confirm.vectorize")

@@ -7,8 +7,9 @@ Everything a report needs lives on the Optuna trial, so a study file is the whol
   user_attrs["run"]      a Run: the per-epoch curve, device, seed, data sizes, parameter count
   user_attrs["worker"]   host:pid of the process that ran it (to tell a dead worker's trials)
   user_attrs[...]        how it ended when not complete: stopped, diverged, interrupted,
-                         error, stale, unused; and, for confirmation replicates, role, of,
-                         replicate, seed, and group (the size of the stacked group it trained in)
+                         error, stale, unused; for confirmation replicates, role, of,
+                         replicate, seed, and group (the size of the stacked group it trained in);
+                         for a challenger's trial, role and challenge (its place in the plan)
 """
 
 from __future__ import annotations
@@ -43,13 +44,17 @@ RETRIED_TRIALS = "retried_trials"
 # confirmation (pipeline.search.steptime); the cost model reads them (core.cost.EpochCost).
 STEP_SECONDS = "step_seconds"
 # Confirmation replicates (pipeline.search.confirm): which search trial they repeat.
-ROLE = "role"  # "search" (absent), "replicate" or "baseline"
-OF = "of"  # the search trial number a replicate repeats
+ROLE = "role"  # "search" (absent), "replicate", "baseline" or "challenge"
+CONFIRMED = ("replicate", "baseline")  # the roles of confirmation replicates
+OF = "of"  # the trial number (search or challenge) a replicate repeats
 REPLICATE = "replicate"  # its index 0..R-1
 SEED = "seed"  # the seed it trains with, when not the search's seed + trial number
 # Replicates trained as one stacked group (pipeline.search.replicates): the group's size. Their
 # curve seconds are the group's wall clock since it started, not a run of their own.
 GROUP = "group"
+# The runners-up's second look before a single winner is named (pipeline.search.challenge):
+# the plan, decided once, on the study; each of its trials' index in the plan, on the trial.
+CHALLENGE = "challenge"
 
 # State labels, in the order a report lists them; MAIN are shown even when zero.
 STATES = (

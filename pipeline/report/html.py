@@ -79,7 +79,7 @@ def facts(results: Results) -> dict[str, Any]:
             s: int(states.get(s, 0)) for s in record.STATES if states.get(s, 0) or s in record.MAIN
         },
         "total": len(trials),
-        "replicates": int((every.role != "search").sum()),
+        "replicates": int(every.role.isin(record.CONFIRMED).sum()),
         "compute_seconds": float(every.seconds.fillna(0).sum()),
         "best": None
         if best.empty

@@ -120,7 +120,7 @@ def sentence(r: Results) -> str:
             f"{lead}. It is the fastest of the settings this search found: more than "
             f"{sure.margin:.0%} faster than the runner-up, {family_label(runner['family'])}, "
             f"with probability {chance(runner['p_winner_faster'], line=sure.confidence)} "
-            f"({_times(runner)}). {_search_luck(table)}" + _border(sure)
+            f"({_times(runner)}). {_still_leads(r)}{_search_luck(table)}" + _border(sure)
         )
     tied = table[table.family.isin(sure.group)]
     weakest = tied.iloc[1:]["p_winner_faster"].min()
@@ -131,6 +131,38 @@ def sentence(r: Results) -> str:
         f"is only {chance(tied.iloc[1]['p_winner_faster'], line=line)} (a single winner needs "
         f"{line:.2f} against each; the weakest is {chance(weakest, line=line)}). Any of them is a "
         "good choice." + _border(sure)
+    )
+
+
+def _still_leads(r: Results) -> str:
+    """A single winner that kept its lead through the runners-up's second look."""
+    looked = r.challenge
+    if not looked or looked.get("winner") != (r.confidence.winner if r.confidence else None):
+        return ""
+    verb = "was" if len(looked["families"]) == 1 else "were"
+    return (
+        f"{names(looked['families'])}, next in line, {verb} searched again at its batch size "
+        f"({looked['batch_size']}) and {looked['schedule']} schedule and their quickest "
+        "confirmed: it still leads. "
+    )
+
+
+def second_look(r: Results) -> str:
+    """What the runners-up's second look was, in plain words (empty when there was none)."""
+    looked = r.challenge
+    if not looked:
+        return ""
+    trials = len(looked.get("trials") or [])
+    verb = "was" if len(looked["families"]) == 1 else "were"
+    return (
+        f"{family_label(looked['winner'])} led alone on the first confirmation (probability "
+        f"{looked['p_runner_up']:.2f} against the runner-up). Before naming it, "
+        f"{names(looked['families'])}, next in its ranking, {verb} tried again at its batch size "
+        f"({looked['batch_size']}) and {looked['schedule']} schedule ({trials} trials, "
+        "learning rates from a quarter to four times their own, and the winner's own values "
+        "where their families share them), and the quickest of each was confirmed with the "
+        "same seeds, because a family's few search trials may simply have "
+        'missed where it is fast. The table marks settings found so ("second look").'
     )
 
 
@@ -254,6 +286,8 @@ def how_sure(r: Results) -> str:
             f"{names(sure.group)} trade places from seed to seed: pick by what else matters "
             "to you (tuning ease below, or what you use today)."
         )
+    if r.challenge:
+        parts.append(second_look(r))
     parts.append(
         "The seeds cover training noise and timing, not the search itself: with another "
         "master seed the search tries other settings, and a family whose search found no fast "

@@ -56,6 +56,8 @@ class Results:
     data_sizes: dict[str, int] = field(default_factory=dict)  # n_train, n_val, n_params
     importance: dict[str, dict[str, float]] = field(default_factory=dict)
     importance_note: str = ""
+    # The runners-up's second look before a single winner was named (pipeline.search.challenge)
+    challenge: dict[str, Any] | None = None
 
     @property
     def max_epochs(self) -> int:
@@ -87,12 +89,16 @@ def collect(
     visible = visible_trials(study)
     trials = trials_frame(visible)
     curves = curves_frame(visible)
-    replicates = replicates_frame(trials)
-    goal = (
-        Target(float(target), metric, direction, source="report.target")
-        if target is not None
-        else replicate_target(replicates, metric=metric, direction=direction, tolerance=tolerance)
-    ) or derive_target(trials, metric=metric, direction=direction, target=None, tolerance=tolerance)
+    goal, sure = _judge(
+        study,
+        trials,
+        curves,
+        target=target,
+        tolerance=tolerance,
+        confidence=confidence,
+        margin=margin,
+        resamples=resamples,
+    )
     searched = trials[trials.role == "search"]
     ttt = (
         time_to_target(curves, metric=metric, direction=direction, target=goal.value)
@@ -101,25 +107,11 @@ def collect(
             columns=["trial", "epochs_to_target", "steps_to_target", "seconds_to_target"]
         )
     )
-    sure = None
-    if goal is not None and not replicates.empty:
-        seeds = int(config.get("confirm", {}).get("seeds", replicates.replicate.max() + 1))
-        sure = assess(
-            replicates,
-            curves[curves.trial.isin(replicates.trial)],
-            target=goal,
-            cost=EpochCost.measure(
-                searched, curves, step_seconds=study.user_attrs.get(record.STEP_SECONDS)
-            ),
-            seeds=seeds,
-            confidence=confidence,
-            margin=margin,
-            resamples=resamples,
-        )
     band = lr_band(trials, direction=direction)
     budget = budget_curves(trials, direction=direction)
     if sure is not None and not sure.families.empty:
-        table = _confirmed_table(sure, searched, band, budget, trials_test(trials))
+        settings = trials[trials.role.isin(("search", "challenge"))]
+        table = _confirmed_table(sure, settings, band, budget, trials_test(trials))
     elif not searched.empty:
         table = recommend(searched, ttt, direction=direction)
     else:
@@ -137,6 +129,7 @@ def collect(
         confidence=sure,
         budget=budget,
         lr_band=band,
+        challenge=study.user_attrs.get(record.CHALLENGE),
     )
     results.sentence = prose.sentence(results)
     results.target_how = prose.target_how(goal) if goal else ""
@@ -150,6 +143,66 @@ def collect(
         sizes = {"n_train": last.n_train, "n_val": last.n_val, "n_params": last.n_params}
         results.data_sizes = {k: int(v) for k, v in sizes.items() if v is not None}
     return results
+
+
+def _judge(
+    study: optuna.Study,
+    trials: pd.DataFrame,
+    curves: pd.DataFrame,
+    *,
+    target: float | None,
+    tolerance: float,
+    confidence: float,
+    margin: float,
+    resamples: int,
+) -> tuple[Target | None, Confidence | None]:
+    """The target, and the confirmed configs ranked with their intervals (None: no replicates)."""
+    config = study.user_attrs.get("config", {})
+    metric = study.user_attrs.get("metric", config.get("search", {}).get("metric", "val_loss"))
+    direction = (
+        "minimize" if study.direction == optuna.study.StudyDirection.MINIMIZE else "maximize"
+    )
+    replicates = replicates_frame(trials)
+    goal = (
+        Target(float(target), metric, direction, source="report.target")
+        if target is not None
+        else replicate_target(replicates, metric=metric, direction=direction, tolerance=tolerance)
+    ) or derive_target(trials, metric=metric, direction=direction, target=None, tolerance=tolerance)
+    if goal is None or replicates.empty:
+        return goal, None
+    seeds = int(config.get("confirm", {}).get("seeds", replicates.replicate.max() + 1))
+    sure = assess(
+        replicates,
+        curves[curves.trial.isin(replicates.trial)],
+        target=goal,
+        cost=EpochCost.measure(
+            trials[trials.role == "search"],
+            curves,
+            step_seconds=study.user_attrs.get(record.STEP_SECONDS),
+        ),
+        seeds=seeds,
+        confidence=confidence,
+        margin=margin,
+        resamples=resamples,
+    )
+    return goal, sure
+
+
+def judge(study: optuna.Study, cfg: Any) -> Confidence | None:
+    """What the report will declare from the study as it stands (pipeline.search.challenge
+    asks before it gives the runners-up a second look)."""
+    visible = visible_trials(study)
+    trials = trials_frame(visible)
+    return _judge(
+        study,
+        trials,
+        curves_frame(visible),
+        target=cfg.report.target,
+        tolerance=float(cfg.report.target_tolerance),
+        confidence=float(cfg.confirm.confidence),
+        margin=float(cfg.confirm.margin),
+        resamples=int(cfg.confirm.resamples),
+    )[1]
 
 
 def collect_for(study: optuna.Study, cfg: Any) -> Results:
@@ -194,6 +247,7 @@ def _confirmed_table(
                 "family": family,
                 "trials": int(counts.get(family, 0)),
                 "trial": int(row["config"]),
+                "second_look": trial["role"] == "challenge",
                 "lr": trial["lr"],
                 "hyperparameters": trial["params"],
                 "schedule": trial["schedule"],

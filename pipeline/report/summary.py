@@ -59,6 +59,7 @@ def declaration(results: Results) -> dict[str, Any]:
         "winner": sure.winner,
         "group": list(sure.group),
         "borderline": sure.borderline,  # a rerun may move these in or out of the group
+        "second_look": _second_look(results.challenge),
         "seeds": sure.seeds,
         "confidence": sure.confidence,
         "baseline": {k: number(v) for k, v in sure.baseline.items()} if sure.baseline else None,
@@ -67,6 +68,7 @@ def declaration(results: Results) -> dict[str, Any]:
                 "family": row["family"],
                 "rank": int(row["rank"]),
                 "trial": int(row["trial"]),
+                "second_look": bool(row.get("second_look", False)),
                 "lr": number(row["lr"]),
                 "schedule": row["schedule"],
                 "batch_size": int(row["batch_size"]),
@@ -87,6 +89,14 @@ def declaration(results: Results) -> dict[str, Any]:
         ],
     }
     return out
+
+
+def _second_look(challenge: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Who led alone on the first confirmation, and which families were tried again where."""
+    if not challenge:
+        return None
+    keys = ("winner", "p_runner_up", "families", "batch_size", "schedule")
+    return {k: challenge.get(k) for k in keys} | {"trials": len(challenge.get("trials", []))}
 
 
 def number(value: Any) -> float | str | None:

@@ -95,7 +95,8 @@ def replicates_frame(trials: pd.DataFrame) -> pd.DataFrame:
     kill or Ctrl-C does not (a rerun runs it again).
     """
     ended = trials[
-        (trials.role != "search") & trials.state.isin(("complete", "pruned", "diverged", "failed"))
+        trials.role.isin(record.CONFIRMED)
+        & trials.state.isin(("complete", "pruned", "diverged", "failed"))
     ]
     ended = ended.sort_values("number").copy()
     ended["config"] = [

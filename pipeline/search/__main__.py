@@ -41,11 +41,21 @@ def summary(outcome: Outcome, cfg: DictConfig) -> list[str]:
     if running:  # another command on the same storage: the study is not short
         lines[0] += f"; {running} more running in another command, which will complete the study"
     if outcome.replicates_planned:
-        confirmed = [t for t in outcome.trials if record.role(t) != "search" and record.counts(t)]
+        confirmed = [
+            t for t in outcome.trials if record.role(t) in record.CONFIRMED and record.counts(t)
+        ]
         lines.append(
             f"confirmation: {len(confirmed)}/{outcome.replicates_planned} replicates "
             f"({cfg.confirm.seeds} seeds for each family's top {cfg.confirm.top_k} and the "
             "baseline)"
+        )
+    decided = outcome.challenge
+    if decided:
+        looked = sum(record.role(t) == "challenge" and record.counts(t) for t in outcome.trials)
+        lines.append(
+            f"second look: {', '.join(decided['families'])} at {decided['winner']}'s batch "
+            f"{decided['batch_size']} and {decided['schedule']} schedule "
+            f"({looked}/{len(decided['trials'])} trials), before naming {decided['winner']} alone"
         )
     from pipeline.search.progress import best_value
 

@@ -60,9 +60,11 @@ def candidates(
     metric: str = "val_loss",
     tolerance: float = 0.2,
     step_seconds: Mapping[str, float] | None = None,
+    role: str = "search",
 ) -> list[FrozenTrial]:
     """Per family, its fastest complete search trial to a provisional target, then the best by
-    final value up to top_k.
+    final value up to top_k. `role="challenge"`: the same among the challengers' trials
+    (pipeline.search.challenge), against the same provisional target.
 
     The report ranks families by time to target, so a family's fastest setting must be among
     those confirmed: by final value alone, a slow setting that ends a little lower (a small
@@ -75,18 +77,22 @@ def candidates(
     replicates: a trial's own seconds move by up to 20 % between two runs of one seed, and
     which setting was confirmed moved with them.
     """
-    done = [
-        t
-        for t in trials
-        if record.role(t) == "search" and t.state == TrialState.COMPLETE and t.value is not None
-    ]
     sign = 1 if direction == "minimize" else -1
-    done.sort(key=lambda t: (sign * t.value, t.number))
+
+    def complete(among: str) -> list[FrozenTrial]:
+        ended = [
+            t
+            for t in trials
+            if record.role(t) == among and t.state == TrialState.COMPLETE and t.value is not None
+        ]
+        return sorted(ended, key=lambda t: (sign * t.value, t.number))
+
     best: dict[str, float] = {}
-    for t in done:
+    for t in complete("search"):
         best.setdefault(str(t.params.get("optimizer")), float(t.value))
+    done = complete(role)
     quick: dict[str, FrozenTrial] = {}
-    if best:
+    if best and done:
         target = provisional(best, metric=metric, direction=direction, tolerance=tolerance)
         rates = EpochCost.from_trials(trials, step_seconds=step_seconds).lookup()
         timed = [
@@ -180,6 +186,19 @@ def plan(study: optuna.Study, cfg: DictConfig, space: SearchSpace) -> list[Item]
             step_seconds=study.user_attrs.get(record.STEP_SECONDS),
         )
     ]
+    if challenged(study, trials):  # the runners-up's second look, once it has all run
+        configs += [
+            ("replicate", t.number, dict(t.params))
+            for t in candidates(
+                trials,
+                top_k=1,
+                direction=cfg.search.direction,
+                metric=cfg.search.metric,
+                tolerance=float(cfg.report.target_tolerance),
+                step_seconds=study.user_attrs.get(record.STEP_SECONDS),
+                role="challenge",
+            )
+        ]
     base = baseline_params(cfg, space)
     if base is not None:
         configs.append(("baseline", None, base))
@@ -187,6 +206,18 @@ def plan(study: optuna.Study, cfg: DictConfig, space: SearchSpace) -> list[Item]
     # whole phase, so a busy minute on the machine slows every config a little instead of one
     # config a lot (their seconds per epoch decide the ranking).
     return [Item(role, of, r, params) for r in range(seeds) for role, of, params in configs]
+
+
+def challenged(study: optuna.Study, trials: list[FrozenTrial]) -> bool:
+    """Whether the study has a challenge plan (pipeline.search.challenge) and all its trials
+    have run: their fastest are then confirmed too."""
+    planned = (study.user_attrs.get(record.CHALLENGE) or {}).get("trials") or []
+    done = {
+        t.user_attrs.get(record.CHALLENGE)
+        for t in trials
+        if record.role(t) == "challenge" and record.counts(t)
+    }
+    return bool(planned) and done >= set(range(len(planned)))
 
 
 def _key(trial: FrozenTrial) -> tuple[str, int | None, int]:
@@ -200,7 +231,7 @@ def enqueue_missing(study: optuna.Study, cfg: DictConfig, space: SearchSpace) ->
     have = {
         _key(t)
         for t in record.trials(study)
-        if record.role(t) != "search"
+        if record.role(t) in record.CONFIRMED
         and (record.counts(t) or t.state in (TrialState.RUNNING, TrialState.WAITING))
     }
     missing = [i for i in items if i.key not in have]
@@ -218,4 +249,4 @@ def enqueue_missing(study: optuna.Study, cfg: DictConfig, space: SearchSpace) ->
 
 def waiting(trials: list[FrozenTrial]) -> int:
     """Queued replicates: what the confirmation's workers still have to run."""
-    return sum(t.state == TrialState.WAITING and record.role(t) != "search" for t in trials)
+    return sum(t.state == TrialState.WAITING and record.role(t) in record.CONFIRMED for t in trials)

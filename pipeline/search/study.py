@@ -51,7 +51,8 @@ RESUMABLE = (
 
 @dataclass(frozen=True)
 class Budget:
-    """search.n_trials search trials; confirmation replicates have their own count."""
+    """search.n_trials search trials; confirmation replicates and the challengers' trials
+    (role "replicate" or "challenge") are queued with their own count."""
 
     n_trials: int
     grid: bool = False
@@ -65,7 +66,7 @@ class Budget:
 
     def missing(self, trials: Sequence[FrozenTrial]) -> int:
         own = self.own(trials)
-        if self.role != "search":  # replicates: whatever is still queued
+        if self.role != "search":  # replicates, challengers: whatever is still queued
             return sum(t.state == TrialState.WAITING for t in own)
         running = sum(t.state == TrialState.RUNNING for t in own)
         left = self.n_trials - self.done(own) - running
@@ -74,9 +75,8 @@ class Budget:
         return left
 
     def own(self, trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-        if self.role == "search":
-            return [t for t in trials if record.role(t) == "search"]
-        return [t for t in trials if record.role(t) != "search"]
+        roles = record.CONFIRMED if self.role == "replicate" else (self.role,)
+        return [t for t in trials if record.role(t) in roles]
 
 
 def _print_err(line: str) -> None:

@@ -64,7 +64,7 @@ def work(
     """
     note = progress.note if progress else print_err
     retried = record.retried_numbers(study)  # fixed while workers run: read it once
-    if budget.role == "search":
+    if budget.role in ("search", "challenge"):  # one trial at a time, pruned as searched
         objective = Objective(cfg, space, prune=prunes(study), note=note)
 
         def claim(study: optuna.Study, eligible: list[FrozenTrial]) -> list[FrozenTrial]:

@@ -16,6 +16,7 @@ import functools
 import signal
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 from omegaconf import DictConfig
@@ -23,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.core import record
 from pipeline.core.storage import close
-from pipeline.search import confirm, cores, interrupt, steptime
+from pipeline.search import challenge, confirm, cores, interrupt, steptime
 from pipeline.search.pool import Pool
 from pipeline.search.preflight import preflight
 from pipeline.search.progress import Progress, quiet
@@ -40,6 +41,7 @@ class Outcome:
     interrupted: bool
     failed_workers: int = 0
     replicates_planned: int = 0
+    challenge: dict[str, Any] | None = None  # the runners-up's second look (search.challenge)
 
     @property
     def exit_code(self) -> int:
@@ -72,6 +74,7 @@ def search(cfg: DictConfig, *, pool: Pool | None = None) -> Outcome:
     failed_workers = 0
     planned = 0
     study = None
+    decided = None
     try:
         space = preflight(cfg)
         study, budget = prepare(cfg, space)
@@ -87,11 +90,14 @@ def search(cfg: DictConfig, *, pool: Pool | None = None) -> Outcome:
                 print_err(line)
             replicates = Budget(planned, role="replicate")
             failed_workers += _phase(cfg, space, study, replicates, "replicates", pool)
+            more, planned = _challenge(cfg, space, study, pool, replicates)
+            failed_workers += more
     finally:
         if pool is not None:
             pool.close(wait=False)  # phases report their failed workers; the exit joins them
         if study is not None:
             trials = record.trials(study)
+            decided = study.user_attrs.get(record.CHALLENGE)
             close(study)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -102,7 +108,28 @@ def search(cfg: DictConfig, *, pool: Pool | None = None) -> Outcome:
         interrupt.requested(),
         failed_workers,
         replicates_planned=planned,
+        challenge=decided,
     )
+
+
+def _challenge(
+    cfg: DictConfig, space: SearchSpace, study: optuna.Study, pool: Pool | None, done: Budget
+) -> tuple[int, int]:
+    """A single winner's runners-up get a second look, then their best are confirmed
+    (pipeline.search.challenge); (failed workers, replicates planned)."""
+    if interrupt.requested() or done.done(record.trials(study)) < done.n_trials:
+        return 0, done.n_trials
+    decided = challenge.plan(study, cfg, space)
+    if decided is None:
+        return 0, done.n_trials
+    challenge.enqueue_missing(study, decided)
+    looks = Budget(len(decided["trials"]), role="challenge")
+    failed = _phase(cfg, space, study, looks, "challenge", pool)
+    if interrupt.requested() or looks.done(record.trials(study)) < looks.n_trials:
+        return failed, done.n_trials
+    _, planned = confirm.enqueue_missing(study, cfg, space)
+    replicates = Budget(planned, role="replicate")
+    return failed + _phase(cfg, space, study, replicates, "replicates", pool), planned
 
 
 def _phase(
