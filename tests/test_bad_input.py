@@ -40,6 +40,8 @@ CASES = [
     (["search.timeout=-5"], "search.timeout", "> 0"),
     (["search.divergence_factor=0.5"], "search.divergence_factor", "> 1"),
     (["search.seek=fastest"], "search.seek", "speed, value"),
+    (["confirm.challengers=-1"], "confirm.challengers", "integer >= 0"),
+    (["confirm.challengers=two"], "confirm.challengers", "integer >= 0"),
     (["search.min_trials_per_family=-1"], "search.min_trials_per_family", ">= 0"),
     (["search.study_name=''"], "search.study_name", "non-empty"),
     (["trainer.max_epochs=0"], "trainer.max_epochs", "integer >= 1"),

@@ -131,9 +131,11 @@ def test_a_single_winners_runner_up_gets_a_second_look_that_is_confirmed_and_rep
     assert len(confirmed) == 3 * 3  # adam's, sgd's search setting, sgd's second look
     assert outcome.replicates_planned == 3 * 3
 
-    # A rerun decides nothing afresh and runs nothing.
+    # A rerun decides nothing afresh and runs nothing; turned off, it runs nothing either.
     again = search(cfg)
     assert len(again.trials) == len(trials) and again.challenge == plan
+    off = search(tiny_config(tmp_path, *_options("confirm.challengers=0")))
+    assert len(off.trials) == len(trials) and off.exit_code == 0
 
     # The report ranks every confirmed setting and says what the second look was.
     results = collect_for(load_study(cfg.search.storage, "moons"), cfg)

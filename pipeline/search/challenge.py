@@ -47,13 +47,15 @@ def plan(study: optuna.Study, cfg: DictConfig, space: SearchSpace) -> dict[str, 
     """The stored plan, or, when the confirmation names a single winner, a new one (stored).
 
     None: nothing to challenge (off, a group, no winner, or no other family confirmed).
+    Turned off on a rerun (confirm.challengers=0), a stored plan runs no further; what it ran
+    stays in the study and the report.
     """
-    stored = study.user_attrs.get(record.CHALLENGE)
-    if stored:
-        return dict(stored)
     wanted = int(cfg.confirm.get("challengers", 0) or 0)
     if wanted <= 0:
         return None
+    stored = study.user_attrs.get(record.CHALLENGE)
+    if stored:
+        return dict(stored)
     from pipeline.report.results import judge  # the report's own verdict, not a copy of it
 
     sure = judge(study, cfg)

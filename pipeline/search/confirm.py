@@ -186,7 +186,8 @@ def plan(study: optuna.Study, cfg: DictConfig, space: SearchSpace) -> list[Item]
             step_seconds=study.user_attrs.get(record.STEP_SECONDS),
         )
     ]
-    if challenged(study, trials):  # the runners-up's second look, once it has all run
+    # The runners-up's second look (challenge.py), once it has all run, unless turned off.
+    if int(cfg.confirm.get("challengers", 0) or 0) > 0 and challenged(study, trials):
         configs += [
             ("replicate", t.number, dict(t.params))
             for t in candidates(
