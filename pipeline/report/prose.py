@@ -142,7 +142,7 @@ def _still_leads(r: Results) -> str:
     verb = "was" if len(looked["families"]) == 1 else "were"
     return (
         f"{names(looked['families'])}, next in line, {verb} searched again at its batch size "
-        f"({looked['batch_size']}) and {looked['schedule']} schedule and their quickest "
+        f"({looked['batch_size']}) and {looked['schedule']} schedule and their best "
         "confirmed: it still leads. "
     )
 
@@ -160,8 +160,8 @@ def second_look(r: Results) -> str:
         f"{names(looked['families'])}, next in its ranking, {verb} tried again at its batch size "
         f"({looked['batch_size']}) and {looked['schedule']} schedule ({trials} trials, "
         "learning rates from a quarter to four times their own, and the winner's own values "
-        "where their families share them), and the quickest of each was confirmed with the "
-        "same seeds, because a family's few search trials may simply have "
+        "where their families share them), and the quickest and the best of each were "
+        "confirmed with the same seeds, because a family's few search trials may simply have "
         'missed where it is fast. The table marks settings found so ("second look").'
     )
 

@@ -12,10 +12,13 @@ schedule's values), each challenger with the other hyperparameters of its own co
 setting and LR_FACTORS times its own learning rate, scaled by the square root of the batch
 ratio (the rule for Adam-like families; the factors span 16x, which covers the linear rule
 too), and, where its family shares hyperparameters with the winner's, with the winner's
-values of them around the winner's lr (settings()). Each challenger's fastest such trial to
-the provisional target is then confirmed with the same seeds (confirm.plan), and the report
-ranks every confirmed setting as before: the winner stands alone only if it still leads.
-Up to 8 trials a challenger and 20 replicates of its quickest: 5-10 s on the default task.
+values of them around the winner's lr (settings()). As in the first confirmation, each
+challenger's fastest such trial to the provisional target and its best by final value
+(confirm.top_k) are then confirmed with the same seeds (confirm.plan): the fastest of one
+seed alone was at times an aggressive lr that crossed the target once and not over 20 seeds.
+The report ranks every confirmed setting as before: the winner stands alone only if it
+still leads. Up to 8 trials a challenger and 20 replicates of each of its two: 5-10 s on the
+default task.
 
 The plan is decided once and stored on the study (user attribute `challenge`): the
 declaration it comes from rests on timed seconds, so a rerun after a kill must not decide

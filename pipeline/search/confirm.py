@@ -192,7 +192,7 @@ def plan(study: optuna.Study, cfg: DictConfig, space: SearchSpace) -> list[Item]
             ("replicate", t.number, dict(t.params))
             for t in candidates(
                 trials,
-                top_k=1,
+                top_k=int(cfg.confirm.top_k),
                 direction=cfg.search.direction,
                 metric=cfg.search.metric,
                 tolerance=float(cfg.report.target_tolerance),
