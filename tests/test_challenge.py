@@ -142,7 +142,8 @@ def test_a_single_winners_runner_up_gets_a_second_look_that_is_confirmed_and_rep
     assert results.challenge == plan
     sgd = results.recommendation.set_index("family").loc["sgd"]
     assert bool(sgd["second_look"]) == (int(sgd["trial"]) in {t.number for t in looks})
-    assert "SGD, next in its ranking, was tried again at its batch size" in results.how_sure
+    assert "Adam led alone on the first confirmation" in results.how_sure
+    assert "SGD, next in line, was searched again at its batch size" in results.how_sure
     assert results.confidence.decided and results.confidence.winner == "adam"  # still alone
     assert "SGD, next in line, was searched again" in results.sentence
     assert "it still leads" in results.sentence

@@ -139,12 +139,7 @@ def _still_leads(r: Results) -> str:
     looked = r.challenge
     if not looked or looked.get("winner") != (r.confidence.winner if r.confidence else None):
         return ""
-    verb = "was" if len(looked["families"]) == 1 else "were"
-    return (
-        f"{names(looked['families'])}, next in line, {verb} searched again at its batch size "
-        f"({looked['batch_size']}) and {looked['schedule']} schedule and their best "
-        "confirmed: it still leads. "
-    )
+    return f"{_tried_again(looked)} and their best confirmed: it still leads. "
 
 
 def second_look(r: Results) -> str:
@@ -152,17 +147,22 @@ def second_look(r: Results) -> str:
     looked = r.challenge
     if not looked:
         return ""
-    trials = len(looked.get("trials") or [])
-    verb = "was" if len(looked["families"]) == 1 else "were"
     return (
         f"{family_label(looked['winner'])} led alone on the first confirmation (probability "
         f"{looked['p_runner_up']:.2f} against the runner-up). Before naming it, "
-        f"{names(looked['families'])}, next in its ranking, {verb} tried again at its batch size "
-        f"({looked['batch_size']}) and {looked['schedule']} schedule ({trials} trials, "
-        "learning rates from a quarter to four times their own, and the winner's own values "
-        "where their families share them), and the quickest and the best of each were "
-        "confirmed with the same seeds, because a family's few search trials may simply have "
-        'missed where it is fast. The table marks settings found so ("second look").'
+        f"{_tried_again(looked)} ({len(looked.get('trials') or [])} trials, learning rates from "
+        "a quarter to four times their own, and the winner's own values where their families "
+        "share them), and the quickest and the best of each were confirmed with the same "
+        "seeds, because a family's few search trials may simply have missed where it is fast. "
+        'The table marks settings found so ("second look").'
+    )
+
+
+def _tried_again(looked: dict[str, Any]) -> str:
+    verb = "was" if len(looked["families"]) == 1 else "were"
+    return (
+        f"{names(looked['families'])}, next in line, {verb} searched again at its batch size "
+        f"({looked['batch_size']}) and {looked['schedule']} schedule"
     )
 
 

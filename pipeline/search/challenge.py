@@ -17,7 +17,7 @@ challenger's fastest such trial to the provisional target and its best by final 
 (confirm.top_k) are then confirmed with the same seeds (confirm.plan): the fastest of one
 seed alone was at times an aggressive lr that crossed the target once and not over 20 seeds.
 The report ranks every confirmed setting as before: the winner stands alone only if it
-still leads. Up to 8 trials a challenger and 20 replicates of each of its two: 5-10 s on the
+still leads. Up to 8 trials a challenger and 20 replicates of each of its two: 5-15 s on the
 default task.
 
 The plan is decided once and stored on the study (user attribute `challenge`): the

@@ -175,8 +175,13 @@ def plan(study: optuna.Study, cfg: DictConfig, space: SearchSpace) -> list[Item]
     """Every replicate the confirmation wants, done or not."""
     seeds = int(cfg.confirm.seeds)
     trials = record.trials(study)
+    roles = ["search"]
+    # The runners-up's second look (challenge.py), once it has all run, unless turned off.
+    if int(cfg.confirm.get("challengers", 0) or 0) > 0 and challenged(study, trials):
+        roles.append("challenge")
     configs = [
         ("replicate", t.number, dict(t.params))
+        for role in roles
         for t in candidates(
             trials,
             top_k=int(cfg.confirm.top_k),
@@ -184,22 +189,9 @@ def plan(study: optuna.Study, cfg: DictConfig, space: SearchSpace) -> list[Item]
             metric=cfg.search.metric,
             tolerance=float(cfg.report.target_tolerance),
             step_seconds=study.user_attrs.get(record.STEP_SECONDS),
+            role=role,
         )
     ]
-    # The runners-up's second look (challenge.py), once it has all run, unless turned off.
-    if int(cfg.confirm.get("challengers", 0) or 0) > 0 and challenged(study, trials):
-        configs += [
-            ("replicate", t.number, dict(t.params))
-            for t in candidates(
-                trials,
-                top_k=int(cfg.confirm.top_k),
-                direction=cfg.search.direction,
-                metric=cfg.search.metric,
-                tolerance=float(cfg.report.target_tolerance),
-                step_seconds=study.user_attrs.get(record.STEP_SECONDS),
-                role="challenge",
-            )
-        ]
     base = baseline_params(cfg, space)
     if base is not None:
         configs.append(("baseline", None, base))
@@ -211,7 +203,7 @@ def plan(study: optuna.Study, cfg: DictConfig, space: SearchSpace) -> list[Item]
 
 def challenged(study: optuna.Study, trials: list[FrozenTrial]) -> bool:
     """Whether the study has a challenge plan (pipeline.search.challenge) and all its trials
-    have run: their fastest are then confirmed too."""
+    have run: each challenger's leaders are then confirmed too."""
     planned = (study.user_attrs.get(record.CHALLENGE) or {}).get("trials") or []
     done = {
         t.user_attrs.get(record.CHALLENGE)
