@@ -6,9 +6,11 @@ python -m pytest
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,42 @@ def require_service(reason: str) -> None:
 @pytest.fixture(autouse=True)
 def _user_task_importable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(TESTS))
+
+
+def role_states(db: Path, role: str | None = None) -> list[str]:
+    """The states of the trials that have a role (or this role), read from a SQLite study
+    while a command writes it."""
+    query = (
+        "SELECT t.state FROM trials t JOIN trial_user_attributes a "
+        "ON a.trial_id = t.trial_id WHERE a.key = 'role'"
+    )
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
+        if role is None:
+            return [r[0] for r in conn.execute(query)]
+        return [r[0] for r in conn.execute(query + " AND a.value_json = ?", (f'"{role}"',))]
+
+
+def kill_9_when(
+    args: Sequence[str], *, cwd: Path, ready: Callable[[], bool], timeout: float = 240
+) -> None:
+    """Run `python -m pipeline.search args` and kill -9 it as soon as `ready()` holds (a read
+    that fails while the storage is being written counts as not yet)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.search", *args],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            try:
+                if ready():
+                    return
+            except sqlite3.Error:
+                pass
+            time.sleep(0.02)
+        raise AssertionError(f"not ready within {timeout:.0f} s")
+    finally:
+        proc.kill()
+        proc.wait()

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
-import subprocess
-import sys
-import time
-
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
@@ -18,7 +13,7 @@ from pipeline.report.results import collect_for
 from pipeline.search.challenge import BORROWED_FACTORS, LR_FACTORS, settings
 from pipeline.search.space import SearchSpace
 from pipeline.search.workers import search
-from tests.conftest import TINY, run_cli, tiny_config
+from tests.conftest import TINY, kill_9_when, role_states, run_cli, tiny_config
 
 
 def _trial(params: dict) -> optuna.trial.FrozenTrial:
@@ -155,15 +150,6 @@ def test_confirm_challengers_0_names_the_winner_without_a_second_look(tmp_path):
     assert not [t for t in off.trials if record.role(t) == "challenge"]
 
 
-def _challenge_states(db) -> list[str]:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
-        rows = conn.execute(
-            "SELECT t.state FROM trials t JOIN trial_user_attributes a "
-            "ON a.trial_id = t.trial_id WHERE a.key = 'role' AND a.value_json = '\"challenge\"'"
-        )
-        return [r[0] for r in rows]
-
-
 def test_kill_9_during_the_second_look_reruns_only_its_missing_trials(tmp_path):
     args = (
         *TINY[:-1],
@@ -175,25 +161,12 @@ def test_kill_9_during_the_second_look_reruns_only_its_missing_trials(tmp_path):
         ),
     )
     db = tmp_path / "studies" / "study.db"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.search", *args],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        try:
-            states = _challenge_states(db)
-            if states.count("COMPLETE") >= 1 and states.count("RUNNING") == 1:
-                break
-        except sqlite3.Error:
-            pass
-        time.sleep(0.02)
-    else:
-        raise AssertionError("no second look ran")
-    proc.kill()
-    proc.wait()
+
+    def ready() -> bool:  # a look recorded and the next one training
+        states = role_states(db, "challenge")
+        return states.count("COMPLETE") >= 1 and states.count("RUNNING") == 1
+
+    kill_9_when(args, cwd=tmp_path, ready=ready)
     storage = f"sqlite:///{db}"
     before = load_study(storage, "moons")
     plan = before.user_attrs[record.CHALLENGE]

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import collections
-import sqlite3
-import subprocess
-import sys
-import time
 
 import optuna
 from optuna.trial import TrialState
@@ -17,7 +13,7 @@ from pipeline.search.confirm import candidates, replicate_seed
 from pipeline.search.space import SearchSpace
 from pipeline.search.study import prepare
 from pipeline.search.workers import search
-from tests.conftest import TINY, run_cli, tiny_config
+from tests.conftest import TINY, kill_9_when, role_states, run_cli, tiny_config
 
 FAMILIES = "search.optimizers=[sgd,adam,momentum]"
 
@@ -69,15 +65,6 @@ def test_replicates_repeat_each_familys_best_with_shared_seeds_and_their_own_bud
     )
 
 
-def _replicate_states(db) -> list[str]:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
-        rows = conn.execute(
-            "SELECT t.state FROM trials t JOIN trial_user_attributes a "
-            "ON a.trial_id = t.trial_id WHERE a.key = 'role'"
-        )
-        return [r[0] for r in rows]
-
-
 def test_kill_9_during_confirmation_reruns_only_the_missing_replicates(tmp_path):
     args = (
         *TINY[:-1],
@@ -92,26 +79,12 @@ def test_kill_9_during_confirmation_reruns_only_the_missing_replicates(tmp_path)
         "search.storage=sqlite:///studies/study.db",  # read directly below, while it runs
     )
     db = tmp_path / "studies" / "study.db"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.search", *args],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        try:
-            states = _replicate_states(db)
-            # The first config's group of 3 recorded, the second's claimed and training.
-            if states.count("COMPLETE") == 3 and states.count("RUNNING") == 3:
-                break
-        except sqlite3.Error:
-            pass
-        time.sleep(0.02)
-    else:
-        raise AssertionError("no replicate ran")
-    proc.kill()
-    proc.wait()
+
+    def ready() -> bool:  # the first config's group of 3 recorded, the second's training
+        states = role_states(db)
+        return states.count("COMPLETE") == 3 and states.count("RUNNING") == 3
+
+    kill_9_when(args, cwd=tmp_path, ready=ready)
     storage = f"sqlite:///{db}"
     before = load_study(storage, "moons").get_trials()
     done_before = {t.number for t in before if record.role(t) != "search" and record.counts(t)}

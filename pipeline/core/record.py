@@ -166,6 +166,12 @@ def state(trial: FrozenTrial) -> str:
     return trial.state.name.lower()
 
 
+def live(trial: FrozenTrial) -> bool:
+    """Whether a trial holds its place: it counts, or it is running or queued (a rerun must
+    not queue that place again)."""
+    return counts(trial) or trial.state in (TrialState.RUNNING, TrialState.WAITING)
+
+
 def counts(trial: FrozenTrial) -> bool:
     """Whether a trial uses up a place in its budget: it ended on its own.
 

@@ -81,11 +81,7 @@ def collect(
     resamples: int = 2000,
 ) -> Results:
     config = study.user_attrs.get("config", {})
-    search = config.get("search", {})
-    metric = study.user_attrs.get("metric", search.get("metric", "val_loss"))
-    direction = (
-        "minimize" if study.direction == optuna.study.StudyDirection.MINIMIZE else "maximize"
-    )
+    metric, direction = _goal(study)
     visible = visible_trials(study)
     trials = trials_frame(visible)
     curves = curves_frame(visible)
@@ -158,10 +154,7 @@ def _judge(
 ) -> tuple[Target | None, Confidence | None]:
     """The target, and the confirmed configs ranked with their intervals (None: no replicates)."""
     config = study.user_attrs.get("config", {})
-    metric = study.user_attrs.get("metric", config.get("search", {}).get("metric", "val_loss"))
-    direction = (
-        "minimize" if study.direction == optuna.study.StudyDirection.MINIMIZE else "maximize"
-    )
+    metric, direction = _goal(study)
     replicates = replicates_frame(trials)
     goal = (
         Target(float(target), metric, direction, source="report.target")
@@ -186,6 +179,14 @@ def _judge(
         resamples=resamples,
     )
     return goal, sure
+
+
+def _goal(study: optuna.Study) -> tuple[str, str]:
+    """The study's metric and its direction ("minimize" or "maximize")."""
+    search = study.user_attrs.get("config", {}).get("search", {})
+    metric = study.user_attrs.get("metric", search.get("metric", "val_loss"))
+    minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
+    return metric, "minimize" if minimize else "maximize"
 
 
 def judge(study: optuna.Study, cfg: Any) -> Confidence | None:

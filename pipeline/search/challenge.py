@@ -33,7 +33,7 @@ from typing import Any
 
 import optuna
 from omegaconf import DictConfig
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from pipeline.core import record
 from pipeline.search.space import SearchSpace
@@ -69,7 +69,7 @@ def plan(study: optuna.Study, cfg: DictConfig, space: SearchSpace) -> dict[str, 
     winner = by_number[int(rows[0]["config"])]
     families, trials = [], []
     for row in rows[1 : 1 + wanted]:
-        if row["config"] == "baseline" or row["family"] not in space.optimizers:
+        if row["family"] not in space.optimizers:  # the ranking holds no baseline
             continue
         own = by_number[int(row["config"])]
         families.append(str(row["family"]))
@@ -131,8 +131,7 @@ def enqueue_missing(study: optuna.Study, decided: dict[str, Any]) -> int:
     have = {
         t.user_attrs.get(record.CHALLENGE)
         for t in record.trials(study)
-        if record.role(t) == "challenge"
-        and (record.counts(t) or t.state in (TrialState.RUNNING, TrialState.WAITING))
+        if record.role(t) == "challenge" and record.live(t)
     }
     missing = [i for i in range(len(decided["trials"])) if i not in have]
     for i in missing:

@@ -224,8 +224,7 @@ def enqueue_missing(study: optuna.Study, cfg: DictConfig, space: SearchSpace) ->
     have = {
         _key(t)
         for t in record.trials(study)
-        if record.role(t) in record.CONFIRMED
-        and (record.counts(t) or t.state in (TrialState.RUNNING, TrialState.WAITING))
+        if record.role(t) in record.CONFIRMED and record.live(t)
     }
     missing = [i for i in items if i.key not in have]
     for item in missing:

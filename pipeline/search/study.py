@@ -168,9 +168,7 @@ def queue_first_looks(study: optuna.Study, families: Sequence[str], cfg: DictCon
     if equal_trials(cfg):  # every trial queued round-robin: equal trials per family (up to one)
         per = math.ceil(n_trials / len(families))
     trials = [t for t in record.trials(study) if record.role(t) == "search"]
-    live = [
-        t for t in trials if record.counts(t) or t.state in (TrialState.RUNNING, TrialState.WAITING)
-    ]
+    live = [t for t in trials if record.live(t)]
     have = {f: sum(_family(t) == f for t in live) for f in families}
     room = n_trials - len(live)
     queued = 0
