@@ -6,12 +6,11 @@ python -m pipeline [KEY=VALUE ...]       e.g. python -m pipeline task=moons sear
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 from omegaconf import DictConfig
 
-from pipeline.config.cli import run
+from pipeline.config.cli import leave, run
 from pipeline.search.__main__ import command as search_command
 
 
@@ -29,4 +28,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())

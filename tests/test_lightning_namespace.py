@@ -21,9 +21,12 @@ def test_lightning_pytorch_module_is_trained_with_its_own_steps(tmp_path):
         "task=user_lightning2",
         "search.n_trials=2",
         cwd=tmp_path,
-        env={"LIT2_CALLS": str(calls)},
+        env={"LIT2_CALLS": str(calls), "LIT2_AT_EXIT": str(tmp_path / "exit.txt")},
     )
     assert result.returncode == 0, result.stderr
+    # Each process that imported the module ran its exit handler once (pipeline.config.cli.leave)
+    exits = (tmp_path / "exit.txt").read_text().splitlines()
+    assert exits and len(set(exits)) == len(exits), exits
     trials = [t for t in load_study(default_storage(tmp_path), "user_lightning2").get_trials()]
     assert sum(counts(t) for t in trials) == 2
     steps = 0

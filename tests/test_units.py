@@ -170,3 +170,27 @@ def test_train_module_runs_whole_epochs_and_steps_a_per_step_schedule():
     assert set(metrics) == {"train_loss", "val_loss", "val_acc"}
     assert 0 <= metrics["val_acc"] <= 1 and metrics["val_loss"] > 0
     assert module.first_loss is not None and module.first_loss > 0
+
+
+def test_leave_does_what_a_normal_exit_does_but_the_module_teardown(tmp_path):
+    """Every command ends in pipeline.config.cli.leave: its code, a user's exit handlers and
+    threads, and all of its output through a pipe must survive the short cut."""
+    marks = tmp_path / "marks.txt"
+    script = f"""
+import atexit, threading, time
+from pipeline.config.cli import leave
+def mark(text):
+    with open({str(marks)!r}, "a") as f:
+        f.write(text + "\\n")
+atexit.register(mark, "atexit")
+threading.Thread(target=lambda: (time.sleep(0.3), mark("thread"))).start()
+print("x" * 200_000, end="")
+leave(3)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == "x" * 200_000
+    # The thread is joined before the exit handlers run, as in a normal exit.
+    assert marks.read_text().splitlines() == ["thread", "atexit"]

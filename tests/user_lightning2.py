@@ -8,6 +8,7 @@ that its training_step ran, not a stand-in's.
 
 from __future__ import annotations
 
+import atexit
 import os
 
 import lightning.pytorch as L
@@ -16,6 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from user_task import blobs  # the same data as tests/user_task.py
+
+if os.environ.get("LIT2_AT_EXIT"):  # a user's exit handler (a logger's flush, say)
+
+    @atexit.register
+    def _at_exit() -> None:
+        with open(os.environ["LIT2_AT_EXIT"], "a") as f:
+            f.write(f"exit {os.getpid()}\n")
 
 
 class Blobs2(L.LightningDataModule):

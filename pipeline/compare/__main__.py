@@ -15,7 +15,6 @@ import argparse
 import base64
 import io
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from pipeline.compare.profiles import R_MAX, profiles, ratios, scores
-from pipeline.config.cli import run
+from pipeline.config.cli import leave, run
 from pipeline.core.errors import ConfigError
 from pipeline.core.storage import close, open_storage
 from pipeline.report.html import write
@@ -162,4 +161,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config.cli import run
+from pipeline.config.cli import leave, run
 
 
 def dump(args: argparse.Namespace, cfg: DictConfig) -> int:
@@ -24,4 +24,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())

@@ -6,8 +6,13 @@ python -m pipeline[.search|.report|.config] [--params FILE] [--config-dir DIR] [
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
+import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -71,3 +76,23 @@ def run(
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def leave(code: int) -> NoReturn:
+    """Exit with `code`, skipping only the interpreter's teardown of its loaded modules.
+
+    With torch and Lightning loaded that teardown takes about 0.9 s of every command (and of
+    every worker process) and frees nothing the operating system would not. Everything a
+    normal exit does that anyone can observe still happens, in the same order: other
+    non-daemon threads are joined, atexit handlers run (a user's logger, multiprocessing
+    joining its children, logging's flush), and stdout and stderr are flushed. CPython has
+    no public call for "run the exit handlers", hence atexit._run_exitfuncs.
+    """
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe: nothing left to say anyway
+            stream.flush()
+    os._exit(code)

@@ -6,12 +6,11 @@ python -m pipeline.report [KEY=VALUE ...]     # the same overrides as the search
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 from omegaconf import DictConfig
 
-from pipeline.config.cli import run
+from pipeline.config.cli import leave, run
 from pipeline.report.html import build
 
 
@@ -27,4 +26,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())

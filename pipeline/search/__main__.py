@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
-from pipeline.config.cli import run
+from pipeline.config.cli import leave, run
 from pipeline.core import record
 from pipeline.search import cores
 from pipeline.search.pool import Pool
@@ -99,4 +99,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())

@@ -17,7 +17,6 @@ import contextlib
 import multiprocessing
 import os
 import signal
-import sys
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -139,6 +138,7 @@ def _main(config: dict[str, Any], threads: int, link: Connection) -> None:
     interrupt.install()
     _stop_with_parent()
     # Imported here: the parent imports this module before it has anything to run.
+    from pipeline.config.cli import leave
     from pipeline.core.storage import close
     from pipeline.search.progress import quiet
     from pipeline.search.space import SearchSpace
@@ -163,8 +163,7 @@ def _main(config: dict[str, Any], threads: int, link: Connection) -> None:
     finally:
         if study is not None:
             close(study)
-    if interrupt.requested():
-        sys.exit(interrupt.exit_code())
+    leave(interrupt.exit_code() if interrupt.requested() else 0)  # no 0.9 s teardown
 
 
 def _stop_with_parent() -> None:
