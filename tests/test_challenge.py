@@ -9,7 +9,7 @@ from optuna.trial import TrialState, create_trial
 from pipeline.config.compose import compose
 from pipeline.core import record
 from pipeline.core.storage import load_study
-from pipeline.report.results import collect_for
+from pipeline.report.results import collect, collect_for
 from pipeline.search.challenge import BORROWED_FACTORS, LR_FACTORS, settings
 from pipeline.search.space import SearchSpace
 from pipeline.search.workers import search
@@ -142,6 +142,7 @@ def test_a_single_winners_runner_up_gets_a_second_look_that_is_confirmed_and_rep
     assert results.confidence.decided and results.confidence.winner == "adam"  # still alone
     assert "SGD, next in line, was searched again" in results.sentence
     assert "it still leads" in results.sentence
+    assert results.unfinished is None
 
 
 def test_confirm_challengers_0_names_the_winner_without_a_second_look(tmp_path):
@@ -174,6 +175,12 @@ def test_kill_9_during_the_second_look_reruns_only_its_missing_trials(tmp_path):
     done = {t.number for t in looks if record.counts(t)}
     killed = {t.number for t in looks if t.state == TrialState.RUNNING}
     assert done and len(killed) == 1
+    # A report built now says the second look is unfinished, and claims no lead from it.
+    cut = collect(before)
+    n = len(plan["trials"])
+    assert cut.sentence.startswith(f"Not final: the second look has run {len(done)} of its {n}")
+    assert "it still leads" not in cut.sentence
+    assert f"so far {len(done)} of the {n} trials have ended" in cut.how_sure
 
     result = run_cli("pipeline.search", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -187,3 +194,5 @@ def test_kill_9_during_the_second_look_reruns_only_its_missing_trials(tmp_path):
     ended = after.get_trials()
     repeated = {t.user_attrs[record.OF] for t in ended if record.role(t) == "replicate"}
     assert repeated & {t.number for t in counted}  # and its quickest was confirmed
+    finished = collect(after)
+    assert finished.unfinished is None and not finished.sentence.startswith("Not final")

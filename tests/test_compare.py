@@ -11,6 +11,7 @@ import pytest
 from benchmarks.synthetic import write_study
 from pipeline.compare.__main__ import main as compare_main
 from pipeline.compare.profiles import ratios, scores
+from pipeline.core import record
 from tests.conftest import require_service
 
 
@@ -41,9 +42,19 @@ def test_a_family_fastest_on_every_task_scores_one():
 
 def test_compare_page_from_generated_studies(tmp_path, capsys):
     for task, seed in (("digits", 1), ("moons", 2)):
-        write_study(
+        study = write_study(
             f"journal:///{tmp_path}/{task}.journal", 80, study_name=task, replicates=3, seed=seed
         )
+    # One more replicate of moons is still queued: its confirmation is not finished.
+    queued = next(t for t in study.get_trials() if t.user_attrs.get(record.ROLE) == "replicate")
+    study.enqueue_trial(
+        queued.params,
+        user_attrs={
+            record.ROLE: "replicate",
+            record.OF: queued.user_attrs[record.OF],
+            record.REPLICATE: 3,
+        },
+    )
     code = compare_main(
         [
             f"compare.studies=[{tmp_path}/digits.journal,{tmp_path}/moons.journal]",
@@ -53,6 +64,7 @@ def test_compare_page_from_generated_studies(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     html = (tmp_path / "compare" / "index.html").read_text()
     assert "Try " in html and "digits" in html and "moons" in html
+    assert "Not final: the confirmation of moons is unfinished" in html
     assert "data:image/png;base64," in html and "<script" not in html
     table = pd.read_csv(tmp_path / "compare" / "table.csv")
     assert set(table.task) == {"digits", "moons"}

@@ -9,6 +9,8 @@ from optuna.trial import TrialState
 
 from pipeline.core import record
 from pipeline.core.storage import load_study
+from pipeline.report.results import collect
+from pipeline.report.summary import declaration
 from pipeline.search.confirm import candidates, replicate_seed
 from pipeline.search.space import SearchSpace
 from pipeline.search.study import prepare
@@ -95,6 +97,12 @@ def test_kill_9_during_confirmation_reruns_only_the_missing_replicates(tmp_path)
         t.number for t in before if record.role(t) != "search" and t.state == TrialState.RUNNING
     }
     assert 1 <= len(running) <= 3 and len(running) + len(done_before) == 6
+    # A report built now ranks what has ended and says that it is not final.
+    cut = collect(load_study(storage, "moons"))
+    assert cut.sentence.startswith(
+        f"Not final: the confirmation has {len(done_before)} of its 6 replicates"
+    )
+    assert declaration(cut)["final"] is False
 
     result = run_cli("pipeline.search", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -108,6 +116,8 @@ def test_kill_9_during_confirmation_reruns_only_the_missing_replicates(tmp_path)
     assert {t.number for t in lost} == running
     assert {t.user_attrs.get(record.GROUP) for t in counted if t.number in done_before} == {3}
     assert sum(record.counts(t) for t in after if record.role(t) == "search") == 4
+    finished = collect(load_study(storage, "moons"))
+    assert finished.unfinished is None and declaration(finished)["final"] is True
 
 
 def test_replicates_run_on_parallel_workers_without_surplus_trials(tmp_path):

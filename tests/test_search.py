@@ -202,12 +202,17 @@ def test_ctrl_c_records_what_finished_and_a_rerun_completes(tmp_path, signum):
     assert all(len(t.user_attrs["run"]["curve"]["epoch"]) < 20 for t in interrupted)
     assert not any(t.state == TrialState.RUNNING for t in before)
     complete_before = {t.number for t in before if t.state == TrialState.COMPLETE}
+    # A report of the stopped study says the search is short, before it names anything.
+    cut = collect(load_study(storage, "moons"))
+    n = sum(counts(t) for t in before)
+    assert cut.sentence.startswith(f"Not final: the search has run {n} of its 6 trials")
 
     result = run_cli("pipeline.search", *SLOW_TRIALS, "search.n_trials=6", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     after = _trials(storage)
     assert sum(counts(t) for t in after) == 6
     assert complete_before <= {t.number for t in after if t.state == TrialState.COMPLETE}
+    assert collect(load_study(storage, "moons")).unfinished is None
 
 
 def test_kill_9_loses_only_the_running_trial(tmp_path):

@@ -71,6 +71,7 @@ def gather(cfg: DictConfig) -> pd.DataFrame:
                         "reached": f"{row['reached']}/{row['replicates']}",
                         "winner": results.confidence.winner,
                         "group": list(results.confidence.group),
+                        "final": results.unfinished is None,
                     }
                 )
     if not rows:
@@ -89,6 +90,13 @@ def sentence(table: pd.DataFrame) -> str:
         f"Try {family_label(best)} first: score {ranked.iloc[0]:.2f} of 1, fastest on {fastest} "
         f"of {tasks} tasks"
     )
+    if "final" in table and not table.final.all():  # its report says "Not final" too
+        open_tasks = sorted(table[~table.final].task.unique())
+        text = (
+            f"Not final: the confirmation of {', '.join(open_tasks)} is unfinished, so "
+            f"{'its' if len(open_tasks) == 1 else 'their'} rows may change (the same search "
+            "command runs only what is missing). " + text
+        )
     losses = [(task, ratio) for task, ratio in r.items() if ratio > 1.0]
     if not losses:
         return text + "."

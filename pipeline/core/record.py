@@ -55,6 +55,10 @@ GROUP = "group"
 # The runners-up's second look before a single winner is named (pipeline.search.challenge):
 # the plan, decided once, on the study; each of its trials' index in the plan, on the trial.
 CHALLENGE = "challenge"
+# Set once the second look's best are queued for confirmation: from then on the plan's
+# replicates are all on the study, and a report can tell a finished second look from one cut
+# short between its trials and their confirmation.
+CHALLENGE_QUEUED = "challenge_queued"
 
 # State labels, in the order a report lists them; MAIN are shown even when zero.
 STATES = (

@@ -91,6 +91,30 @@ def names(families: list[str]) -> str:
 
 def sentence(r: Results) -> str:
     """The recommendation in one or two sentences, as sure as the evidence allows."""
+    return not_final(r) + _sentence(r)
+
+
+def not_final(r: Results) -> str:
+    """Said first while the confirmation is unfinished: what follows may still change."""
+    left = r.unfinished
+    if left is None:
+        return ""
+    if left.searched < left.searched_planned:
+        what = f"the search has run {left.searched} of its {left.searched_planned} trials"
+    elif left.looks < left.looks_planned:
+        what = f"the second look has run {left.looks} of its {left.looks_planned} trials"
+    elif not left.looks_queued:
+        what = "the second look's best are not yet confirmed"
+    else:
+        what = f"the confirmation has {left.replicates} of its {left.replicates_planned} replicates"
+    return (
+        f"Not final: {what} (the rest are queued, running, or were cut short). What follows "
+        "rests on what has ended and may change; the same search command runs only what is "
+        "missing. "
+    )
+
+
+def _sentence(r: Results) -> str:
     table, target = r.recommendation, r.target
     if table.empty:
         return "No trial completed yet, so there is nothing to recommend."
@@ -139,6 +163,8 @@ def _still_leads(r: Results) -> str:
     looked = r.challenge
     if not looked or looked.get("winner") != (r.confidence.winner if r.confidence else None):
         return ""
+    if r.unfinished is not None and r.unfinished.second_look:
+        return ""  # not_final() says so; "it still leads" would claim what has not run
     return f"{_tried_again(looked)} and their best confirmed: it still leads. "
 
 
@@ -147,14 +173,20 @@ def second_look(r: Results) -> str:
     looked = r.challenge
     if not looked:
         return ""
+    left = r.unfinished
+    done = (
+        "and the quickest and the best of each were confirmed with the same seeds"
+        if left is None or not left.second_look
+        else f"and their quickest and best are to be confirmed with the same seeds; so far "
+        f"{left.looks} of the {left.looks_planned} trials have ended"
+    )
     return (
         f"{family_label(looked['winner'])} led alone on the first confirmation (probability "
         f"{looked['p_runner_up']:.2f} against the runner-up). Before naming it, "
         f"{_tried_again(looked)} ({len(looked.get('trials') or [])} trials, learning rates from "
         "a quarter to four times their own, and the winner's own values where their families "
-        "share them), and the quickest and the best of each were confirmed with the same "
-        "seeds, because a family's few search trials may simply have missed where it is fast. "
-        'The table marks settings found so ("second look").'
+        f"share them), {done}, because a family's few search trials may simply have missed "
+        'where it is fast. The table marks settings found so ("second look").'
     )
 
 

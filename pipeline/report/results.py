@@ -34,6 +34,68 @@ from pipeline.report.tables import (
 )
 
 
+@dataclass(frozen=True)
+class Unfinished:
+    """What a study still lacks when its report is built: a command was stopped, or another
+    is still running it (a report may be built of a running study)."""
+
+    searched: int  # search trials that ended on their own
+    searched_planned: int  # search.n_trials
+    replicates: int  # confirmation replicates that ended on their own
+    replicates_planned: int  # ... and those queued, running, or cut short
+    looks: int = 0  # second-look trials that ended on their own
+    looks_planned: int = 0
+    looks_queued: bool = True  # the second look's best are queued for confirmation
+
+    @property
+    def second_look(self) -> bool:
+        """Whether the second look is what is unfinished."""
+        return self.looks < self.looks_planned or not self.looks_queued
+
+
+def unfinished(trials: list[optuna.trial.FrozenTrial], attrs: dict[str, Any]) -> Unfinished | None:
+    """Count the search's and the confirmation's places on the study (queued ones included)
+    against those that ended; None when nothing is missing."""
+    ended: dict[tuple[Any, ...], bool] = {}
+    looks: set[Any] = set()
+    challengers: set[int] = set()
+    searched = 0
+    points: set[Any] = set()  # a grid search's points: it ends when they are used up
+    for t in trials:
+        role = record.role(t)
+        if role == "search":
+            searched += record.counts(t)
+            if record.GRID_POINT in t.user_attrs:
+                points.add(t.user_attrs[record.GRID_POINT])
+        elif role in record.CONFIRMED:
+            key = (role, t.user_attrs.get(record.OF), t.user_attrs.get(record.REPLICATE))
+            ended[key] = ended.get(key, False) or record.counts(t)
+        elif role == "challenge":
+            challengers.add(t.number)
+            if record.counts(t):
+                looks.add(t.user_attrs.get(record.CHALLENGE))
+    plan = attrs.get(record.CHALLENGE) or {}
+    queued = bool(attrs.get(record.CHALLENGE_QUEUED)) or any(  # a study from before the marker
+        key[1] in challengers for key in ended
+    )
+    wanted = int((attrs.get("config") or {}).get("search", {}).get("n_trials") or searched)
+    out = Unfinished(
+        searched=searched,
+        searched_planned=min(wanted, len(points)) if points else wanted,
+        replicates=sum(ended.values()),
+        replicates_planned=len(ended),
+        looks=len(looks),
+        looks_planned=len(plan.get("trials") or []),
+        looks_queued=queued or not plan,
+    )
+    missing = (
+        out.searched < out.searched_planned
+        or out.replicates < out.replicates_planned
+        or out.second_look
+    )
+    return out if missing else None
+
+
 @dataclass
 class Results:
     """Everything a report shows, computed once."""
@@ -58,6 +120,7 @@ class Results:
     importance_note: str = ""
     # The runners-up's second look before a single winner was named (pipeline.search.challenge)
     challenge: dict[str, Any] | None = None
+    unfinished: Unfinished | None = None  # what the study still lacks; None: nothing
 
     @property
     def max_epochs(self) -> int:
@@ -126,6 +189,7 @@ def collect(
         budget=budget,
         lr_band=band,
         challenge=study.user_attrs.get(record.CHALLENGE),
+        unfinished=unfinished(record.trials(study), study.user_attrs),
     )
     results.sentence = prose.sentence(results)
     results.target_how = prose.target_how(goal) if goal else ""

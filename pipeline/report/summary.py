@@ -6,6 +6,7 @@ pipeline.report.html writes them with the page; they say what the page says.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
@@ -43,6 +44,9 @@ def declaration(results: Results) -> dict[str, Any]:
         "group": [],
         "borderline": [],
         "sentence": results.sentence,
+        # False while the confirmation or the second look is unfinished: the rest may change
+        "final": results.unfinished is None,
+        "unfinished": None if results.unfinished is None else asdict(results.unfinished),
     }
     if table.empty:
         return out
