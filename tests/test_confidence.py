@@ -173,6 +173,24 @@ def test_baseline_speed_up_with_an_interval():
     assert list(result.families.family) == ["adam"]  # the baseline is not a ranked family
 
 
+def test_a_baseline_that_mostly_misses_gets_counts_not_a_ratio():
+    """Its mean speed would be mostly the miss penalty: the report and summary.json claim only
+    how many seeds reach the target."""
+    replicates, curves = _study(
+        {"1": ("adam", [2, 2, 2, 3, 2]), "baseline": ("adam", [None, None, 6, None, 6])}
+    )
+    result = assess(replicates, curves, target=TARGET, seeds=5)
+    assert result.winner == "adam"
+    assert result.baseline == {
+        "ratio": None,
+        "low": None,
+        "high": None,
+        "p": None,
+        "reached": 2,
+        "replicates": 5,
+    }
+
+
 def test_the_same_study_gives_the_same_declaration():
     replicates, curves = _study(
         {

@@ -186,6 +186,7 @@ def test_derived_target_is_the_best_relaxed_by_the_tolerance():
     results = collect(_hand_made_study(), tolerance=0.5)
     assert results.target.value == pytest.approx(0.15)  # best final 0.10 relaxed by 50%
     assert "relaxed by 50%" in results.target_how
+    assert "set report.target to time every run against the same one" in results.target_how
     assert list(results.recommendation.family[:1]) == ["adam"]
 
 

@@ -69,7 +69,7 @@ class Confidence:
     seeds: int
     confidence: float
     margin: float
-    baseline: dict[str, float] | None = None  # ratio, low, high, p, reached
+    baseline: dict[str, float | None] | None = None  # ratio, low, high, p, reached, replicates
     notes: list[str] = field(default_factory=list)
     step_seconds: dict[str, float] = field(default_factory=dict)  # per family (core.cost)
 
@@ -308,7 +308,7 @@ def assess(
     )
     families.insert(0, "rank", range(1, len(families) + 1))
     result.families = families
-    if 2 * top["reached"] <= top["replicates"]:
+    if mostly_misses(top["reached"], top["replicates"]):
         result.notes.append("no confirmed config reaches the target in most of its seeds")
         return result
     result.winner = str(top["family"])
@@ -321,11 +321,20 @@ def assess(
     if not base.empty:
         b = base.iloc[0]
         ratio = b["speed"] / top["speed"]
-        result.baseline = _versus(lead, speeds[b["config"]], margin, ratio=ratio) | {
-            "reached": int(b["reached"]),
-            "replicates": int(b["replicates"]),
-        }
+        counts = {"reached": int(b["reached"]), "replicates": int(b["replicates"])}
+        if mostly_misses(b["reached"], b["replicates"]):
+            # Its mean speed is then mostly the miss penalty, so the ratio measures the
+            # penalty, not a speed-up: on digits it went from 4.7x to 14.9x over master seeds
+            # 0-19, each with a 95 % interval about 1.2x wide. Only the counts are claimed.
+            result.baseline = dict.fromkeys(("ratio", "low", "high", "p")) | counts
+        else:
+            result.baseline = _versus(lead, speeds[b["config"]], margin, ratio=ratio) | counts
     return result
+
+
+def mostly_misses(reached: int, replicates: int) -> bool:
+    """Whether a config reaches the target in at most half of its seeds."""
+    return 2 * int(reached) <= int(replicates)
 
 
 def _rate_draws(draws: dict[tuple[str, int], np.ndarray], group: pd.DataFrame) -> np.ndarray | None:
