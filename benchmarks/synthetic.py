@@ -82,7 +82,14 @@ def write_study(
     With `replicates`, each family's top_k complete trials are repeated with that many seeds,
     as the confirmation phase does (same settings, a new noise draw per seed).
     """
-    cfg = compose([f"search.storage={storage}", f"search.study_name={study_name}", *overrides])
+    cfg = compose(
+        [
+            f"search.storage={storage}",
+            f"search.study_name={study_name}",
+            f"search.n_trials={n_trials}",  # a finished study: its report is final
+            *overrides,
+        ]
+    )
     if families is not None:
         cfg.search.optimizers = list(families)
     space = SearchSpace.from_config(cfg)

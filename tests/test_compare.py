@@ -64,7 +64,9 @@ def test_compare_page_from_generated_studies(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     html = (tmp_path / "compare" / "index.html").read_text()
     assert "Try " in html and "digits" in html and "moons" in html
-    assert "Not final: the confirmation of moons is unfinished" in html
+    done = sum(t.user_attrs.get(record.ROLE) == "replicate" for t in study.get_trials()) - 1
+    assert f"Not final: on moons, the confirmation has {done} of its {done + 1} replicates" in html
+    assert "on digits" not in html.split("Try ")[0]  # finished: no word about it
     assert "data:image/png;base64," in html and "<script" not in html
     table = pd.read_csv(tmp_path / "compare" / "table.csv")
     assert set(table.task) == {"digits", "moons"}

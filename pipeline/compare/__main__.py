@@ -28,7 +28,7 @@ from pipeline.config.cli import leave, run
 from pipeline.core.errors import ConfigError
 from pipeline.core.storage import close, open_storage
 from pipeline.report.html import write
-from pipeline.report.prose import family_label, num
+from pipeline.report.prose import family_label, missing, num
 from pipeline.report.results import collect_for
 
 
@@ -71,7 +71,8 @@ def gather(cfg: DictConfig) -> pd.DataFrame:
                         "reached": f"{row['reached']}/{row['replicates']}",
                         "winner": results.confidence.winner,
                         "group": list(results.confidence.group),
-                        "final": results.unfinished is None,
+                        # what its report's "Not final" names; empty: finished
+                        "unfinished": missing(results.unfinished) if results.unfinished else "",
                     }
                 )
     if not rows:
@@ -90,12 +91,13 @@ def sentence(table: pd.DataFrame) -> str:
         f"Try {family_label(best)} first: score {ranked.iloc[0]:.2f} of 1, fastest on {fastest} "
         f"of {tasks} tasks"
     )
-    if "final" in table and not table.final.all():  # its report says "Not final" too
-        open_tasks = sorted(table[~table.final].task.unique())
+    left = table[table.unfinished != ""].groupby("task", sort=True).unfinished.first()
+    if not left.empty:  # each such study's report says "Not final" too
         text = (
-            f"Not final: the confirmation of {', '.join(open_tasks)} is unfinished, so "
-            f"{'its' if len(open_tasks) == 1 else 'their'} rows may change (the same search "
-            "command runs only what is missing). " + text
+            "Not final: "
+            + "; ".join(f"on {task}, {what}" for task, what in left.items())
+            + ", so those rows may change (the same search command runs only what is "
+            "missing). " + text
         )
     losses = [(task, ratio) for task, ratio in r.items() if ratio > 1.0]
     if not losses:

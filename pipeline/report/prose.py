@@ -14,7 +14,7 @@ from pipeline.report.confidence import mostly_misses
 from pipeline.report.tables import Target
 
 if TYPE_CHECKING:
-    from pipeline.report.results import Results
+    from pipeline.report.results import Results, Unfinished
 
 NAMES = {
     "sgd": "SGD",
@@ -100,19 +100,22 @@ def not_final(r: Results) -> str:
     left = r.unfinished
     if left is None:
         return ""
-    if left.searched < left.searched_planned:
-        what = f"the search has run {left.searched} of its {left.searched_planned} trials"
-    elif left.looks < left.looks_planned:
-        what = f"the second look has run {left.looks} of its {left.looks_planned} trials"
-    elif not left.looks_queued:
-        what = "the second look's best are not yet confirmed"
-    else:
-        what = f"the confirmation has {left.replicates} of its {left.replicates_planned} replicates"
     return (
-        f"Not final: {what} (the rest are queued, running, or were cut short). What follows "
-        "rests on what has ended and may change; the same search command runs only what is "
-        "missing. "
+        f"Not final: {missing(left)} (the rest are queued, running, or were cut short). What "
+        "follows rests on what has ended and may change; the same search command runs only "
+        "what is missing. "
     )
+
+
+def missing(left: Unfinished) -> str:
+    """What an unfinished study lacks, first things first."""
+    if left.searched < left.searched_planned:
+        return f"the search has run {left.searched} of its {left.searched_planned} trials"
+    if left.looks < left.looks_planned:
+        return f"the second look has run {left.looks} of its {left.looks_planned} trials"
+    if not left.looks_queued:
+        return "the second look's best are not yet confirmed"
+    return f"the confirmation has {left.replicates} of its {left.replicates_planned} replicates"
 
 
 def _sentence(r: Results) -> str:
