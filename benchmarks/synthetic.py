@@ -86,7 +86,10 @@ def write_study(
         [
             f"search.storage={storage}",
             f"search.study_name={study_name}",
-            f"search.n_trials={n_trials}",  # a finished study: its report is final
+            # a finished study, so its report is final: every trial and replicate is there
+            f"search.n_trials={n_trials}",
+            f"confirm.seeds={replicates}",
+            f"confirm.top_k={top_k}",
             *overrides,
         ]
     )

@@ -12,12 +12,14 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from optuna.trial import TrialState, create_trial
+from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from benchmarks.synthetic import write_study
+from pipeline.core import record
 from pipeline.core.storage import load_study
 from pipeline.report.__main__ import main as report_main
-from pipeline.report.results import collect
+from pipeline.report.prose import missing
+from pipeline.report.results import collect, unfinished
 from pipeline.report.tables import recommend, time_to_target
 from pipeline.search.workers import search
 from tests.conftest import CONFIRM, ROOT, TINY, require_service, tiny_config
@@ -370,3 +372,45 @@ def test_a_trial_killed_before_it_picked_a_batch_size_keeps_batch_sizes_whole(tm
     summary = json.loads((tmp_path / "reports" / "summary.json").read_text())
     assert ".0)" not in summary["recommendation"]["sentence"]
     assert ">nan<" not in html and ">&lt;NA&gt;<" not in html
+
+
+def _ended(number: int, state: TrialState = TrialState.COMPLETE, **attrs) -> FrozenTrial:
+    trial = create_trial(
+        state=state,
+        value=0.1 if state == TrialState.COMPLETE else None,
+        intermediate_values={1: 0.3} if state == TrialState.PRUNED else None,
+        user_attrs=attrs,
+    )
+    trial.number = number
+    return trial
+
+
+def test_what_an_unfinished_study_lacks_by_hand():
+    search = [_ended(0), _ended(1, TrialState.PRUNED)]
+    replicate = {record.ROLE: "replicate", record.OF: 0, record.REPLICATE: 0}
+    # The search done, the confirmation not queued yet: not final, unless it is turned off.
+    left = unfinished(search, None, n_trials=2, seeds=20)
+    assert missing(left) == "the confirmation has not started"
+    assert unfinished(search, None, n_trials=2, seeds=0) is None
+    # The command's budget counts, not the study's first one: a rerun may raise it.
+    assert missing(unfinished(search, None, n_trials=3, seeds=0)) == (
+        "the search has run 2 of its 3 trials"
+    )
+    done = [*search, _ended(2, **replicate)]
+    assert unfinished(done, None, n_trials=2, seeds=1) is None
+    # A second look whose trials ended but whose best are not queued for confirmation yet.
+    plan = {"trials": [{}, {}]}
+    looks = [
+        _ended(3, **{record.ROLE: "challenge", record.CHALLENGE: 0}),
+        _ended(4, TrialState.PRUNED, **{record.ROLE: "challenge", record.CHALLENGE: 1}),
+    ]
+    left = unfinished(done + looks, plan, n_trials=2, seeds=1)
+    assert missing(left) == "the second look's best are not yet confirmed" and left.second_look
+    assert missing(unfinished(done + looks[:1], plan, n_trials=2, seeds=1)) == (
+        "the second look has run 1 of its 2 trials"
+    )
+    confirmed = {**replicate, record.OF: 3}
+    assert unfinished([*done, *looks, _ended(5, **confirmed)], plan, n_trials=2, seeds=1) is None
+    # Every look pruned: nothing of it to confirm, so it is finished.
+    pruned = [_ended(3, TrialState.PRUNED, **{record.ROLE: "challenge", record.CHALLENGE: 0})]
+    assert unfinished(done + pruned + looks[1:], plan, n_trials=2, seeds=1) is None

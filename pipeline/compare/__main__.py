@@ -51,7 +51,7 @@ def gather(cfg: DictConfig) -> pd.DataFrame:
         for name in names:
             study = optuna.load_study(study_name=name, storage=storage)
             try:
-                results = collect_for(study, cfg)
+                results = collect_for(study, cfg, runs_it=False)
             finally:
                 close(study)
             if results.confidence is None or results.recommendation.empty:

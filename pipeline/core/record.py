@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Container
+from collections.abc import Callable, Container, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -55,10 +55,6 @@ GROUP = "group"
 # The runners-up's second look before a single winner is named (pipeline.search.challenge):
 # the plan, decided once, on the study; each of its trials' index in the plan, on the trial.
 CHALLENGE = "challenge"
-# Set once the second look's best are queued for confirmation: from then on the plan's
-# replicates are all on the study, and a report can tell a finished second look from one cut
-# short between its trials and their confirmation.
-CHALLENGE_QUEUED = "challenge_queued"
 
 # State labels, in the order a report lists them; MAIN are shown even when zero.
 STATES = (
@@ -174,6 +170,22 @@ def live(trial: FrozenTrial) -> bool:
     """Whether a trial holds its place: it counts, or it is running or queued (a rerun must
     not queue that place again)."""
     return counts(trial) or trial.state in (TrialState.RUNNING, TrialState.WAITING)
+
+
+def replicate_key(trial: FrozenTrial) -> tuple[str, int | None, int]:
+    """A confirmation replicate's place: (role, the trial it repeats, its index)."""
+    attrs = trial.user_attrs
+    return (role(trial), attrs.get(OF), int(attrs.get(REPLICATE, -1)))
+
+
+def looked(trials: Sequence[FrozenTrial], *, holding: Callable[[FrozenTrial], bool]) -> set[int]:
+    """The places in the second look's plan (CHALLENGE) held by a trial: `holding` is counts
+    (ended) or live (ended, running or queued)."""
+    return {
+        int(t.user_attrs[CHALLENGE])
+        for t in trials
+        if role(t) == "challenge" and CHALLENGE in t.user_attrs and holding(t)
+    }
 
 
 def counts(trial: FrozenTrial) -> bool:

@@ -96,7 +96,7 @@ def sentence(r: Results) -> str:
 
 
 def not_final(r: Results) -> str:
-    """Said first while the confirmation is unfinished: what follows may still change."""
+    """Said first while the study is unfinished: what follows may still change."""
     left = r.unfinished
     if left is None:
         return ""
@@ -111,6 +111,8 @@ def missing(left: Unfinished) -> str:
     """What an unfinished study lacks, first things first."""
     if left.searched < left.searched_planned:
         return f"the search has run {left.searched} of its {left.searched_planned} trials"
+    if not left.confirmation_queued:
+        return "the confirmation has not started"
     if left.looks < left.looks_planned:
         return f"the second look has run {left.looks} of its {left.looks_planned} trials"
     if not left.looks_queued:

@@ -40,12 +40,13 @@ class Unfinished:
     is still running it (a report may be built of a running study)."""
 
     searched: int  # search trials that ended on their own
-    searched_planned: int  # search.n_trials
+    searched_planned: int  # search.n_trials, or a grid's points
     replicates: int  # confirmation replicates that ended on their own
     replicates_planned: int  # ... and those queued, running, or cut short
     looks: int = 0  # second-look trials that ended on their own
     looks_planned: int = 0
-    looks_queued: bool = True  # the second look's best are queued for confirmation
+    confirmation_queued: bool = True  # the confirmation's replicates are on the study
+    looks_queued: bool = True  # ... and the second look's best among them
 
     @property
     def second_look(self) -> bool:
@@ -53,43 +54,53 @@ class Unfinished:
         return self.looks < self.looks_planned or not self.looks_queued
 
 
-def unfinished(trials: list[optuna.trial.FrozenTrial], attrs: dict[str, Any]) -> Unfinished | None:
-    """Count the search's and the confirmation's places on the study (queued ones included)
-    against those that ended; None when nothing is missing."""
+def unfinished(
+    trials: list[optuna.trial.FrozenTrial],
+    plan: dict[str, Any] | None,
+    *,
+    n_trials: int,
+    seeds: int,
+) -> Unfinished | None:
+    """Count the search's, the confirmation's and the second look's places on the study
+    (queued ones included) against those that ended; None when nothing is missing.
+
+    Each phase queues all its places at once, so places not yet queued show only as a
+    phase with none: the confirmation has none though seeds > 0 and a search trial
+    completed; the second look's best have none though one of its trials completed (what
+    pipeline.search.confirm.candidates would confirm). `n_trials` and `seeds`: the command's
+    own, which a rerun may change."""
     ended: dict[tuple[Any, ...], bool] = {}
-    looks: set[Any] = set()
-    challengers: set[int] = set()
     searched = 0
     points: set[Any] = set()  # a grid search's points: it ends when they are used up
+    complete = {"search": False, "challenge": False}
+    challengers: set[int] = set()
     for t in trials:
         role = record.role(t)
+        if role in record.CONFIRMED:
+            key = record.replicate_key(t)
+            ended[key] = ended.get(key, False) or record.counts(t)
+            continue
         if role == "search":
             searched += record.counts(t)
             if record.GRID_POINT in t.user_attrs:
                 points.add(t.user_attrs[record.GRID_POINT])
-        elif role in record.CONFIRMED:
-            key = (role, t.user_attrs.get(record.OF), t.user_attrs.get(record.REPLICATE))
-            ended[key] = ended.get(key, False) or record.counts(t)
         elif role == "challenge":
             challengers.add(t.number)
-            if record.counts(t):
-                looks.add(t.user_attrs.get(record.CHALLENGE))
-    plan = attrs.get(record.CHALLENGE) or {}
-    queued = bool(attrs.get(record.CHALLENGE_QUEUED)) or any(  # a study from before the marker
-        key[1] in challengers for key in ended
-    )
-    wanted = int((attrs.get("config") or {}).get("search", {}).get("n_trials") or searched)
+        if role in complete and t.state == optuna.trial.TrialState.COMPLETE:
+            complete[role] = True
     out = Unfinished(
         searched=searched,
-        searched_planned=min(wanted, len(points)) if points else wanted,
+        searched_planned=min(n_trials, len(points)) if points else n_trials,
         replicates=sum(ended.values()),
         replicates_planned=len(ended),
-        looks=len(looks),
-        looks_planned=len(plan.get("trials") or []),
-        looks_queued=queued or not plan,
+        looks=len(record.looked(trials, holding=record.counts)),
+        looks_planned=len((plan or {}).get("trials") or []),
+        confirmation_queued=bool(ended) or seeds <= 0 or not complete["search"],
+        looks_queued=not complete["challenge"] or any(key[1] in challengers for key in ended),
     )
     missing = (
         out.searched < out.searched_planned
+        or not out.confirmation_queued
         or out.replicates < out.replicates_planned
         or out.second_look
     )
@@ -142,10 +153,15 @@ def collect(
     confidence: float = 0.9,
     margin: float = 0.1,
     resamples: int = 2000,
+    n_trials: int | None = None,
+    seeds: int | None = None,
 ) -> Results:
+    """`n_trials`, `seeds`: the search budget and confirmation seeds the study is run with
+    (the study's first config's when None), for what is still missing (unfinished())."""
     config = study.user_attrs.get("config", {})
     metric, direction = _goal(study)
-    visible = visible_trials(study)
+    every = record.trials(study)
+    visible = visible_trials(every)
     trials = trials_frame(visible)
     curves = curves_frame(visible)
     goal, sure = _judge(
@@ -189,7 +205,12 @@ def collect(
         budget=budget,
         lr_band=band,
         challenge=study.user_attrs.get(record.CHALLENGE),
-        unfinished=unfinished(record.trials(study), study.user_attrs),
+        unfinished=unfinished(
+            every,
+            study.user_attrs.get(record.CHALLENGE),
+            n_trials=int(n_trials or config.get("search", {}).get("n_trials") or 0),
+            seeds=int(config.get("confirm", {}).get("seeds", 0) if seeds is None else seeds),
+        ),
     )
     results.sentence = prose.sentence(results)
     results.target_how = prose.target_how(goal) if goal else ""
@@ -256,7 +277,7 @@ def _goal(study: optuna.Study) -> tuple[str, str]:
 def judge(study: optuna.Study, cfg: Any) -> Confidence | None:
     """What the report will declare from the study as it stands (pipeline.search.challenge
     asks before it gives the runners-up a second look)."""
-    visible = visible_trials(study)
+    visible = visible_trials(record.trials(study))
     trials = trials_frame(visible)
     return _judge(
         study,
@@ -270,8 +291,10 @@ def judge(study: optuna.Study, cfg: Any) -> Confidence | None:
     )[1]
 
 
-def collect_for(study: optuna.Study, cfg: Any) -> Results:
-    """collect() with the report and confirm settings of a composed config."""
+def collect_for(study: optuna.Study, cfg: Any, *, runs_it: bool = True) -> Results:
+    """collect() with the report and confirm settings of a composed config. `runs_it`: the
+    config is the one the study is run with (the report's), so its search budget and seeds
+    say what is still missing; compare's is not, and the study's own are used."""
     return collect(
         study,
         target=cfg.report.target,
@@ -279,6 +302,8 @@ def collect_for(study: optuna.Study, cfg: Any) -> Results:
         confidence=float(cfg.confirm.confidence),
         margin=float(cfg.confirm.margin),
         resamples=int(cfg.confirm.resamples),
+        n_trials=int(cfg.search.n_trials) if runs_it else None,
+        seeds=int(cfg.confirm.seeds) if runs_it else None,
     )
 
 

@@ -44,7 +44,7 @@ def declaration(results: Results) -> dict[str, Any]:
         "group": [],
         "borderline": [],
         "sentence": results.sentence,
-        # False while the confirmation or the second look is unfinished: the rest may change
+        # False while the search, the confirmation or the second look is unfinished
         "final": results.unfinished is None,
         "unfinished": None if results.unfinished is None else asdict(results.unfinished),
     }

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
@@ -44,9 +43,9 @@ TRIAL_COLUMNS = [
 ]
 
 
-def visible_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Trials a report shows: not the ones still queued."""
-    return [t for t in record.trials(study) if t.state != TrialState.WAITING]
+def visible_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """Trials a report shows (of record.trials(study)): not the ones still queued."""
+    return [t for t in trials if t.state != TrialState.WAITING]
 
 
 def trials_frame(trials: list[FrozenTrial]) -> pd.DataFrame:

@@ -128,11 +128,7 @@ def settings(own: FrozenTrial, winner: FrozenTrial, space: SearchSpace) -> list[
 
 def enqueue_missing(study: optuna.Study, decided: dict[str, Any]) -> int:
     """Queue the plan's trials neither done, running nor queued; returns how many."""
-    have = {
-        t.user_attrs.get(record.CHALLENGE)
-        for t in record.trials(study)
-        if record.role(t) == "challenge" and record.live(t)
-    }
+    have = record.looked(record.trials(study), holding=record.live)
     missing = [i for i in range(len(decided["trials"])) if i not in have]
     for i in missing:
         study.enqueue_trial(

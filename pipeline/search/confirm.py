@@ -205,24 +205,15 @@ def challenged(study: optuna.Study, trials: list[FrozenTrial]) -> bool:
     """Whether the study has a challenge plan (pipeline.search.challenge) and all its trials
     have run: each challenger's leaders are then confirmed too."""
     planned = (study.user_attrs.get(record.CHALLENGE) or {}).get("trials") or []
-    done = {
-        t.user_attrs.get(record.CHALLENGE)
-        for t in trials
-        if record.role(t) == "challenge" and record.counts(t)
-    }
+    done = record.looked(trials, holding=record.counts)
     return bool(planned) and done >= set(range(len(planned)))
-
-
-def _key(trial: FrozenTrial) -> tuple[str, int | None, int]:
-    attrs = trial.user_attrs
-    return (record.role(trial), attrs.get(record.OF), int(attrs.get(record.REPLICATE, -1)))
 
 
 def enqueue_missing(study: optuna.Study, cfg: DictConfig, space: SearchSpace) -> tuple[int, int]:
     """Queue the replicates neither done, running nor queued; returns (queued now, planned)."""
     items = plan(study, cfg, space)
     have = {
-        _key(t)
+        record.replicate_key(t)
         for t in record.trials(study)
         if record.role(t) in record.CONFIRMED and record.live(t)
     }

@@ -128,7 +128,6 @@ def _challenge(
     if interrupt.requested() or looks.done(record.trials(study)) < looks.n_trials:
         return failed, done.n_trials
     _, planned = confirm.enqueue_missing(study, cfg, space)
-    study.set_user_attr(record.CHALLENGE_QUEUED, True)
     replicates = Budget(planned, role="replicate")
     return failed + _phase(cfg, space, study, replicates, "replicates", pool), planned
 
