@@ -7,6 +7,10 @@ shipped family at optimizer.<name> and each schedule at scheduler.<name>, so
 `optimizer.adam.lr.low=1e-4` narrows a range from the command line or `dvc exp run -S`. A
 family that only exists as a file (yours, in --config-dir) is added to the defaults list when
 search.optimizers names it, so adding a family is still adding one YAML file.
+
+Values that read the environment (`${oc.env:OPTUNA_STORAGE}`) are checked by resolving them
+here, then kept as written: they resolve on every read, and whatever prints or stores the
+config shows the reference, never the value (core.secrets).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 import pipeline.conf
 from pipeline.core.errors import ConfigError, first_line
+from pipeline.core.secrets import env_references, keep_env
 
 
 def _conf_dir() -> Path:
@@ -83,7 +88,7 @@ def _compose(overrides: list[str], config_dirs: Sequence[str | Path]) -> DictCon
     try:
         with initialize_config_dir(str(CONF_DIR), version_base=None):
             cfg = hydra_compose(config_name="config", overrides=overrides)
-        OmegaConf.resolve(cfg)
+        _resolve(cfg)
     except MissingConfigException as exc:
         raise _missing_option(str(exc), config_dirs) from None
     except OverrideParseException as exc:
@@ -108,12 +113,32 @@ def load_params(path: str | Path) -> DictConfig:
         raise ConfigError("--params", f"no such file: {path}")
     try:
         cfg = OmegaConf.load(path)
-        OmegaConf.resolve(cfg)
+        if isinstance(cfg, DictConfig):
+            _resolve(cfg)
     except (OmegaConfBaseException, ValueError) as exc:
         raise ConfigError("--params", f"cannot read {path}: {first_line(exc)}") from None
     if not isinstance(cfg, DictConfig):
         raise ConfigError("--params", f"{path} does not hold a mapping")
     return cfg
+
+
+def _resolve(cfg: DictConfig) -> None:
+    """Resolve every interpolation (a missing variable fails here), then put the environment
+    references back as written."""
+    references = env_references(cfg)
+    for path, raw in references.items():
+        node: object = cfg
+        try:
+            for part in path:
+                node = node[part]  # type: ignore[index]
+        except (OmegaConfBaseException, KeyError) as exc:
+            key, why = ".".join(map(str, path)), first_line(exc)
+            unset = re.search(r"Environment variable '([^']+)' not found", why)
+            if unset:
+                why = f"the environment variable {unset.group(1)} is not set"
+            raise ConfigError(key, f"{raw}: {why}") from None
+    OmegaConf.resolve(cfg)
+    keep_env(cfg, references)
 
 
 def _unparsable(override: str) -> bool:

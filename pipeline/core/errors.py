@@ -5,20 +5,25 @@ error: search.n_trials: 0 is not allowed; use an integer >= 1     (exit code 2)
 
 from __future__ import annotations
 
+from pipeline.core.secrets import mask
+
 
 class ConfigError(Exception):
-    """A bad configuration value: `key` names where it is, `message` what is allowed."""
+    """A bad configuration value: `key` names where it is, `message` what is allowed.
+
+    Both are masked (core.secrets): a message that quotes a storage URL never shows its password.
+    """
 
     def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
-        self.message = message
+        self.key, self.message = mask(key), mask(message)
+        super().__init__(f"{self.key}: {self.message}")
 
 
 def first_line(exc: BaseException) -> str:
-    """The first line of an exception's text, or its type's name when it has none."""
+    """The first line of an exception's text (masked: it is printed and stored on trials), or
+    its type's name when it has none."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return mask(text.splitlines()[0]) if text else type(exc).__name__
 
 
 def root_cause(exc: BaseException) -> BaseException:

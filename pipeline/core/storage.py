@@ -4,6 +4,11 @@
     sqlite:///studies/study.db           one worker
     postgresql://user@host/db            several workers on several machines
 
+A password is best kept out of the URL: libpq reads PGPASSWORD or ~/.pgpass, and
+`search.storage='${oc.env:OPTUNA_STORAGE}'` reads the whole URL from the environment (kept
+unresolved wherever the config is written). A URL whose password is the mask `***` (as the
+report shows it) connects without one, so the same libpq sources apply.
+
 SQLite is not for parallel writers ("database is locked"); the journal file and PostgreSQL are
 Optuna's own answers for that, so parallel runs use them and nothing of ours.
 """
@@ -21,6 +26,7 @@ from optuna.storages.journal import JournalFileBackend
 from sqlalchemy import event
 
 from pipeline.core.errors import ConfigError, first_line
+from pipeline.core.secrets import MASK, mask
 
 STORAGE_FORMS = "sqlite:///PATH.db, journal:///PATH.journal or postgresql://USER@HOST/DB"
 
@@ -70,17 +76,21 @@ def open_storage(url: str, *, must_exist: bool = False, key: str = "search.stora
             return storage
         with warnings.catch_warnings():  # heartbeat_interval is "experimental" since Optuna 2.9
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
+            return RDBStorage(
+                _unmasked(url), heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS
+            )
     except ModuleNotFoundError as exc:
         raise ConfigError(
             key,
-            f"cannot open {_safe(url)}: {exc}; install it, e.g. pip install -e '.[postgres]'",
+            f"cannot open {url}: {exc}; install it, e.g. pip install -e '.[postgres]'",
         ) from None
     except Exception as exc:
         first = first_line(exc)
         if "DB access module" in first:
             first += " (for PostgreSQL: pip install -e '.[postgres]')"
-        raise ConfigError(key, f"cannot open {_safe(url)}: {first}") from None
+        if _unmasked(url) != url:
+            first += f" (the password {MASK} is a mask: set PGPASSWORD, or use ~/.pgpass)"
+        raise ConfigError(key, f"cannot open {url}: {first}") from None
 
 
 def _older(url: str, path: Path) -> None:
@@ -116,14 +126,18 @@ def close(study: optuna.Study) -> None:
         engine.dispose()
 
 
-def _safe(url: str) -> str:
-    """The URL without its password."""
-    try:
-        from sqlalchemy.engine import make_url
+def _unmasked(url: str) -> str:
+    """A URL whose password is the mask connects without one (libpq: PGPASSWORD, ~/.pgpass)."""
+    from sqlalchemy.engine import make_url
 
-        return make_url(url).render_as_string(hide_password=True)
+    try:
+        parsed = make_url(url)
     except Exception:
         return url
+    if parsed.password != MASK:
+        return url
+    # URL.set(password=None) keeps the old value: None there means "unchanged".
+    return parsed._replace(password=None).render_as_string(hide_password=False)
 
 
 def load_study(url: str, study_name: str) -> optuna.Study:
@@ -134,5 +148,5 @@ def load_study(url: str, study_name: str) -> optuna.Study:
     except KeyError:
         names = ", ".join(optuna.get_all_study_names(storage)) or "none"
         raise ConfigError(
-            "search.study_name", f"no study {study_name!r} in {_safe(url)}; it holds: {names}"
+            "search.study_name", f"no study {study_name!r} in {mask(url)}; it holds: {names}"
         ) from None

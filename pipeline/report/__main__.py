@@ -6,16 +6,20 @@ python -m pipeline.report [KEY=VALUE ...]     # the same overrides as the search
 from __future__ import annotations
 
 import argparse
+import shlex
 from collections.abc import Sequence
 
 from omegaconf import DictConfig
 
 from pipeline.config.cli import leave, run
+from pipeline.core.secrets import mask
 from pipeline.report.html import build
 
 
 def command(args: argparse.Namespace, cfg: DictConfig) -> int:
-    given = f"--params {args.params}" if args.params else " ".join(args.overrides)
+    # As the user should retype it: quoted for a shell, a password masked (core.secrets).
+    given = shlex.join(["--params", args.params] if args.params else args.overrides)
+    given = mask(given)
     path = build(cfg, command=f"python -m pipeline {given}".strip())
     print(path)
     return 0

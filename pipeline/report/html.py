@@ -22,6 +22,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.core import record
+from pipeline.core.secrets import mask, public
 from pipeline.core.storage import close, load_study
 from pipeline.report import figures, prose
 from pipeline.report.prose import describe, family_label, num
@@ -151,8 +152,11 @@ def render(results: Results, info: dict[str, Any], *, command: str) -> str:
         recommendation=table.to_dict("records") if not table.empty else [],
         trials=results.trials.sort_values("number").to_dict("records"),
         params_of=lambda p: ", ".join(f"{k} {num(v, 3)}" for k, v in p.items() if k != "lr"),
-        config_yaml=OmegaConf.to_yaml(OmegaConf.create(results.config)) if results.config else "",
-        command=command,
+        # public() again: a study made before passwords were masked may still hold one.
+        config_yaml=OmegaConf.to_yaml(OmegaConf.create(public(results.config)))
+        if results.config
+        else "",
+        command=mask(command),
     )
 
 

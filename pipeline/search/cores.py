@@ -73,8 +73,10 @@ def visible_gpus(cfg: DictConfig) -> int:
 
 
 def resolve(cfg: DictConfig) -> DictConfig:
-    """A copy of cfg with search.n_workers and trainer.threads as numbers for this machine."""
-    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    """A copy of cfg with search.n_workers and trainer.threads as numbers for this machine.
+
+    Unresolved values (environment references, core.secrets) stay so in the copy."""
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     cores = usable_cores()
     wanted = cfg.search.n_workers
     if wanted == "auto":

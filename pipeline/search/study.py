@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline import __version__
 from pipeline.core import record
 from pipeline.core.errors import ConfigError
+from pipeline.core.secrets import public
 from pipeline.core.storage import open_storage
 from pipeline.search.samplers import equal_trials, make_pruner, make_sampler
 from pipeline.search.space import SearchSpace
@@ -46,6 +47,7 @@ RESUMABLE = (
     "seed",
     "confirm",
     "report",
+    "compare",  # read by pipeline.compare only
 )
 
 
@@ -109,6 +111,8 @@ def prepare(
             study.enqueue_trial(params, user_attrs={record.GRID_POINT: i})
     else:
         _check_resumable(study, stored, config)
+        if public(stored) != stored:  # made before passwords were masked: mask it now
+            study.set_user_attr("config", public(stored))
     fail_stale_trials(study)
     retried = retry_failed(study)
     if retried:
@@ -146,9 +150,9 @@ def retry_failed(study: optuna.Study) -> int:
 
 
 def fingerprint(cfg: DictConfig) -> dict[str, Any]:
-    """The config a study is created with: only the searched families and schedules."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(config, dict)
+    """The config a study is created with: only the searched families and schedules, in its
+    public form (no password; environment references as written: core.secrets)."""
+    config = public(cfg)
     for group, plural in (("optimizer", "optimizers"), ("scheduler", "schedulers")):
         chosen = set(cfg.search[plural])
         config[group] = {k: v for k, v in (config.get(group) or {}).items() if k in chosen}
