@@ -37,13 +37,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import compose
-from pipeline.search.data import digits_arrays
-from pipeline.search.models import MLP
-from pipeline.search.progress import quiet
+from pipeline.search.phases.run import queue_places
+from pipeline.search.phases.study import prepare
 from pipeline.search.space import SearchSpace
-from pipeline.search.study import Budget, prepare
-from pipeline.search.work import work
-from pipeline.search.workers import queue_places
+from pipeline.search.tasks.data import digits_arrays
+from pipeline.search.tasks.models import MLP
+from pipeline.search.workers.loop import work
+from pipeline.search.workers.progress import quiet
+from pipeline.verdict.progress import Budget
 
 OUT = Path(__file__).resolve().parent / "out"
 ADAM = {"adam.lr": 1e-3, "adam.beta1": 0.9, "adam.beta2": 0.999, "adam.eps": 1e-8}
@@ -68,7 +69,7 @@ class ConvNet(nn.Sequential):
 
 
 MODELS = {
-    "digits MLP 64-128-10": ("pipeline.search.models.MLP", {"sizes": [64, 128, 10]}),
+    "digits MLP 64-128-10": ("pipeline.search.tasks.models.MLP", {"sizes": [64, 128, 10]}),
     "digits CNN (2 conv layers)": ("benchmarks.bench_pipeline.ConvNet", {}),
 }
 

@@ -4,7 +4,7 @@
 
 The digits task (scikit-learn, the pipeline's split), batch 64, Adam lr 1e-3, constant
 schedule, one CPU thread, R replicates (5) of one config:
-  * engine: pipeline.search.vectorized.train_group (R seeds stacked) against train_one for
+  * engine: pipeline.search.engine.vectorized.train_group (R seeds stacked) against train_one for
     each seed (the same plain loop, one model at a time), for the digits MLP 64-128-10 over
     20 epochs (the torch.baddbmm path), the same MLP forced through torch.vmap (the path any
     other nn.Module takes), and a small CNN (two conv + pool stages, 5 epochs, vmap);
@@ -34,10 +34,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.search import vectorized
-from pipeline.search.data import digits_arrays
-from pipeline.search.models import MLP
-from pipeline.search.vectorized import Replicate, Spec, train_group, train_one
+from pipeline.search.engine import vectorized
+from pipeline.search.engine.vectorized import Replicate, Spec, train_group, train_one
+from pipeline.search.tasks.data import digits_arrays
+from pipeline.search.tasks.models import MLP
 
 
 def mlp() -> nn.Module:
@@ -121,11 +121,11 @@ def phase(
 
     from pipeline.config import compose
     from pipeline.core import record
-    from pipeline.search.confirm import replicate_seed
-    from pipeline.search.progress import quiet
+    from pipeline.search.phases.confirm import replicate_seed
     from pipeline.search.space import SearchSpace
-    from pipeline.search.study import Budget
-    from pipeline.search.work import work
+    from pipeline.search.workers.loop import work
+    from pipeline.search.workers.progress import quiet
+    from pipeline.verdict.progress import Budget
 
     quiet(False)  # no Lightning or Optuna log lines
     overrides = [f"trainer.max_epochs={epochs}", "search.batch_sizes=[64]", "trainer.threads=1"]

@@ -1,4 +1,4 @@
-"""The runners-up's second look before a single winner is named (pipeline.search.challenge)."""
+"""The runners-up's second look before a single winner is named (search.phases.challenge)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from optuna.trial import TrialState, create_trial
 from pipeline.config.compose import compose
 from pipeline.core import record
 from pipeline.core.storage import load_study
+from pipeline.report import prose
 from pipeline.report.results import collect, collect_for
-from pipeline.search.challenge import BORROWED_FACTORS, LR_FACTORS, settings
+from pipeline.search.phases.challenge import BORROWED_FACTORS, LR_FACTORS, settings
+from pipeline.search.phases.run import search
 from pipeline.search.space import SearchSpace
-from pipeline.search.workers import search
 from tests.conftest import TINY, kill_9_when, role_states, run_cli, tiny_config
 
 
@@ -137,11 +138,11 @@ def test_a_single_winners_runner_up_gets_a_second_look_that_is_confirmed_and_rep
     assert results.challenge == plan
     sgd = results.recommendation.set_index("family").loc["sgd"]
     assert bool(sgd["second_look"]) == (int(sgd["trial"]) in {t.number for t in looks})
-    assert "Adam led alone on the first confirmation" in results.how_sure
-    assert "SGD, next in line, was searched again at its batch size" in results.how_sure
+    assert "Adam led alone on the first confirmation" in prose.how_sure(results)
+    assert "SGD, next in line, was searched again at its batch size" in prose.how_sure(results)
     assert results.confidence.decided and results.confidence.winner == "adam"  # still alone
-    assert "SGD, next in line, was searched again" in results.sentence
-    assert "it still leads" in results.sentence
+    assert "SGD, next in line, was searched again" in prose.sentence(results)
+    assert "it still leads" in prose.sentence(results)
     assert results.unfinished is None
 
 
@@ -178,9 +179,11 @@ def test_kill_9_during_the_second_look_reruns_only_its_missing_trials(tmp_path):
     # A report built now says the second look is unfinished, and claims no lead from it.
     cut = collect(before)
     n = len(plan["trials"])
-    assert cut.sentence.startswith(f"Not final: the second look has run {len(done)} of its {n}")
-    assert "it still leads" not in cut.sentence
-    assert f"so far {len(done)} of the {n} trials have ended" in cut.how_sure
+    assert prose.sentence(cut).startswith(
+        f"Not final: the second look has run {len(done)} of its {n}"
+    )
+    assert "it still leads" not in prose.sentence(cut)
+    assert f"so far {len(done)} of the {n} trials have ended" in prose.how_sure(cut)
 
     result = run_cli("pipeline.search", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -195,4 +198,4 @@ def test_kill_9_during_the_second_look_reruns_only_its_missing_trials(tmp_path):
     repeated = {t.user_attrs[record.OF] for t in ended if record.role(t) == "replicate"}
     assert repeated & {t.number for t in counted}  # and its quickest was confirmed
     finished = collect(after)
-    assert finished.unfinished is None and not finished.sentence.startswith("Not final")
+    assert finished.unfinished is None and not prose.sentence(finished).startswith("Not final")

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.core.cost import EpochCost, quick_epoch_seconds
 from pipeline.report.budget import budget_curves, expected_best, lr_band
-from pipeline.report.confidence import assess
-from pipeline.report.tables import Target
+from pipeline.verdict.confidence import assess
+from pipeline.verdict.cost import EpochCost, quick_epoch_seconds
+from pipeline.verdict.target import Target
 
 TARGET = Target(0.5, "val_loss", "minimize")
 EPOCHS = 10
@@ -382,8 +382,8 @@ def test_a_lead_from_a_cheaper_step_at_one_batch_size_survives_noisy_runs():
 
 
 def test_families_at_the_confidence_line_are_named_as_a_rerun_may_move_them():
-    from pipeline.report.confidence import Confidence
     from pipeline.report.prose import _border
+    from pipeline.verdict.confidence import Confidence
 
     families = pd.DataFrame(
         {

@@ -9,12 +9,13 @@ from optuna.trial import TrialState
 
 from pipeline.core import record
 from pipeline.core.storage import load_study
+from pipeline.report import prose
 from pipeline.report.results import collect
 from pipeline.report.summary import declaration
-from pipeline.search.confirm import candidates, replicate_seed
+from pipeline.search.phases.confirm import candidates, replicate_seed
+from pipeline.search.phases.run import search
+from pipeline.search.phases.study import prepare
 from pipeline.search.space import SearchSpace
-from pipeline.search.study import prepare
-from pipeline.search.workers import search
 from tests.conftest import TINY, kill_9_when, role_states, run_cli, tiny_config
 
 FAMILIES = "search.optimizers=[sgd,adam,momentum]"
@@ -99,7 +100,7 @@ def test_kill_9_during_confirmation_reruns_only_the_missing_replicates(tmp_path)
     assert 1 <= len(running) <= 3 and len(running) + len(done_before) == 6
     # A report built now ranks what has ended and says that it is not final.
     cut = collect(load_study(storage, "moons"))
-    assert cut.sentence.startswith(
+    assert prose.sentence(cut).startswith(
         f"Not final: the confirmation has {len(done_before)} of its 6 replicates"
     )
     assert declaration(cut)["final"] is False

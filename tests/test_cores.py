@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from pipeline.search import cores
+from pipeline.search.workers import cores
 from tests.conftest import TINY, run_cli, tiny_config
 
 

@@ -18,7 +18,9 @@ from hydra.utils import instantiate
 from pipeline.config import compose
 from pipeline.core.storage import load_study
 from pipeline.search.__main__ import main as search_main
-from pipeline.search.fashion import (
+from pipeline.search.engine.losses import bce as _bce
+from pipeline.search.engine.losses import n_correct as _n_correct
+from pipeline.search.tasks.fashion import (
     DEFAULT_ROOT,
     IMAGES_MAGIC,
     LABELS_MAGIC,
@@ -26,8 +28,7 @@ from pipeline.search.fashion import (
     fashion_arrays,
     fashion_raw,
 )
-from pipeline.search.module import _bce, _n_correct
-from pipeline.search.planar import PlanarDataModule
+from pipeline.search.tasks.planar import PlanarDataModule
 from tests.conftest import default_storage, require_service, run_cli
 
 # The subprocess imports this checkout's pipeline, not whichever copy is installed.

@@ -7,9 +7,9 @@ import time
 import pytest
 
 from pipeline.config import check, compose
-from pipeline.search import cores
 from pipeline.search.__main__ import main as search_main
-from pipeline.search.preflight import preflight
+from pipeline.search.phases.preflight import preflight
+from pipeline.search.workers import cores
 from tests.conftest import TINY, USER_CONF, assert_refused_in_one_line
 
 CASES = [
@@ -44,7 +44,7 @@ def test_the_corrected_command_then_runs(tmp_path, monkeypatch, capsys):
 
 
 def test_preflight_is_quick_on_the_default_task():
-    import pipeline.search.objective  # noqa: F401  (what a search imports anyway)
+    import pipeline.search.engine.objective  # noqa: F401  (what a search imports anyway)
 
     cfg = cores.resolve(compose([]))
     check(cfg)

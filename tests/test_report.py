@@ -17,11 +17,13 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from benchmarks.synthetic import write_study
 from pipeline.core import record
 from pipeline.core.storage import load_study
+from pipeline.report import prose
 from pipeline.report.__main__ import main as report_main
 from pipeline.report.prose import missing
-from pipeline.report.results import collect, unfinished
+from pipeline.report.results import collect
 from pipeline.report.tables import recommend, time_to_target
-from pipeline.search.workers import search
+from pipeline.search.phases.run import search
+from pipeline.verdict.progress import unfinished
 from tests.conftest import CONFIRM, ROOT, TINY, require_service, tiny_config
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -72,7 +74,7 @@ def test_report_from_a_real_study(tmp_path, capsys):
         assert f">{heading}</h2>" in html
     for fact in (
         "moons",
-        "pipeline.search.models.MLP",
+        "pipeline.search.tasks.models.MLP",
         "cpu",
         "10 trials x up to 3 epochs",
         "optuna ",
@@ -177,7 +179,7 @@ def test_time_to_target_and_ranking_by_hand():
     assert list(table.reached) == [True, True, False]
     # Single runs: no confirmation, so no ratio, and the sentence says a rerun may differ.
     assert results.confidence is None
-    assert results.sentence == (
+    assert prose.sentence(results) == (
         "The fastest single run was Adam (lr 0.01, constant, batch 32): val_loss ≤ 0.2 in "
         "2.00 s (2 epochs). These are single runs, one seed each, so a rerun may name another "
         "family; confirm them over seeds with confirm.seeds=20 (the default)."
@@ -187,8 +189,10 @@ def test_time_to_target_and_ranking_by_hand():
 def test_derived_target_is_the_best_relaxed_by_the_tolerance():
     results = collect(_hand_made_study(), tolerance=0.5)
     assert results.target.value == pytest.approx(0.15)  # best final 0.10 relaxed by 50%
-    assert "relaxed by 50%" in results.target_how
-    assert "set report.target to time every run against the same one" in results.target_how
+    assert "relaxed by 50%" in prose.target_how(results.target)
+    assert "set report.target to time every run against the same one" in prose.target_how(
+        results.target
+    )
     assert list(results.recommendation.family[:1]) == ["adam"]
 
 

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from pipeline.core import record
 from pipeline.core.storage import load_study
-from pipeline.search.history import LAG, History, LaggedPruner, visible, wait_for_history
+from pipeline.search.sampling.lagged import LAG, History, LaggedPruner, visible, wait_for_history
 from pipeline.search.stale import HOST
 from tests.conftest import TINY, run_cli
 

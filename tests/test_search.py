@@ -15,8 +15,9 @@ from optuna.trial import TrialState
 from pipeline.core import record
 from pipeline.core.record import COLUMNS, counts
 from pipeline.core.storage import load_study
+from pipeline.report import prose
 from pipeline.report.results import collect
-from pipeline.search.workers import search
+from pipeline.search.phases.run import search
 from tests.conftest import TINY, USER_CONF, default_storage, run_cli, tiny_config
 
 
@@ -80,7 +81,7 @@ def test_validation_accuracy_can_be_the_metric(tmp_path):
         assert 0 <= t.value <= 1 and t.value == t.user_attrs["run"]["curve"]["val_acc"][-1]
     results = collect(outcome.study)
     best = max(t.value for t in done)
-    assert results.target.value <= best and ">=" in results.target_how
+    assert results.target.value <= best and ">=" in prose.target_how(results.target)
 
 
 def test_rerun_treats_n_trials_as_the_total(tmp_path):
@@ -205,7 +206,7 @@ def test_ctrl_c_records_what_finished_and_a_rerun_completes(tmp_path, signum):
     # A report of the stopped study says the search is short, before it names anything.
     cut = collect(load_study(storage, "moons"))
     n = sum(counts(t) for t in before)
-    assert cut.sentence.startswith(f"Not final: the search has run {n} of its 6 trials")
+    assert prose.sentence(cut).startswith(f"Not final: the search has run {n} of its 6 trials")
 
     result = run_cli("pipeline.search", *SLOW_TRIALS, "search.n_trials=6", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

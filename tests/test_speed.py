@@ -13,8 +13,8 @@ from optuna.trial import TrialState, create_trial
 from pipeline.core import record
 from pipeline.core.storage import load_study
 from pipeline.search.__main__ import main as search_main
-from pipeline.search.history import History, LaggedSampler
-from pipeline.search.speed import provisional_target, speed_view, steps_to
+from pipeline.search.sampling.lagged import History, LaggedSampler
+from pipeline.search.sampling.speed import provisional_target, speed_view, steps_to
 from tests.conftest import TINY
 
 

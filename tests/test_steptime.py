@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from pipeline.core import record
-from pipeline.search import steptime
+from pipeline.search.phases import steptime
 from pipeline.search.space import Component, SearchSpace
 from tests.conftest import tiny_config
 

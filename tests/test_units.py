@@ -13,10 +13,10 @@ import torch
 from optuna.trial import TrialState, create_trial
 
 from pipeline.core import record
-from pipeline.search.callbacks import CurveRecorder, Diverged, MissingMetric, TrialGuard
-from pipeline.search.data import TensorDataModule
-from pipeline.search.module import TrainModule
+from pipeline.search.engine.callbacks import CurveRecorder, Diverged, MissingMetric, TrialGuard
+from pipeline.search.engine.module import TrainModule
 from pipeline.search.stale import HOST, fail_stale_trials
+from pipeline.search.tasks.data import TensorDataModule
 
 
 def test_run_round_trips_through_json_without_nan():

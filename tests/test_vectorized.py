@@ -3,7 +3,7 @@
 python -m pytest tests/test_vectorized.py
 
 "One by one" is what the pipeline runs with confirm.vectorize=false: each replicate its own
-Lightning trial (pipeline.search.trial.TrialRunner) with its seed. train_one, the plain loop
+Lightning trial (pipeline.search.engine.trial.TrialRunner) with its seed. train_one, the plain loop
 a group falls back to for a single seed, is checked against it too.
 """
 
@@ -23,13 +23,15 @@ from torch import Tensor, nn
 from pipeline.config import check
 from pipeline.core import record
 from pipeline.core.errors import ConfigError
-from pipeline.search import interrupt, replicates, vectorized
-from pipeline.search.confirm import replicate_seed
-from pipeline.search.data import moons_arrays
+from pipeline.search import interrupt
+from pipeline.search.engine import vectorized
+from pipeline.search.engine.vectorized import Replicate, Spec, train_group, train_one
+from pipeline.search.phases.confirm import replicate_seed
 from pipeline.search.space import SearchSpace
-from pipeline.search.study import Budget
-from pipeline.search.vectorized import Replicate, Spec, train_group, train_one
-from pipeline.search.work import work
+from pipeline.search.tasks.data import moons_arrays
+from pipeline.search.workers import groups as replicates
+from pipeline.search.workers.loop import work
+from pipeline.verdict.progress import Budget
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,7 +172,7 @@ def test_a_norm_based_optimizer_runs_one_by_one_and_says_so_once(tmp_path, monke
     )
     space = SearchSpace.from_config(cfg)
     notes: list[str] = []
-    monkeypatch.setattr("pipeline.search.work.print_err", notes.append)
+    monkeypatch.setattr("pipeline.search.workers.loop.print_err", notes.append)
     configs = [
         _params(space, "lars", "constant"),
         {**_params(space, "lars", "constant"), "lars.lr": 0.2},

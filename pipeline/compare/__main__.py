@@ -28,7 +28,8 @@ from pipeline.config.cli import leave, run
 from pipeline.core.errors import ConfigError
 from pipeline.core.storage import close, open_storage
 from pipeline.report.html import write
-from pipeline.report.prose import family_label, missing, num
+from pipeline.report.names import family_label, num
+from pipeline.report.prose import missing
 from pipeline.report.results import collect_for
 
 

@@ -2,7 +2,7 @@
 
 pipeline.config.cli runs check() on every command; the CLI prints `error: KEY: what is allowed`
 and exits 2. Nothing here imports the user's classes (the search stage does that in
-pipeline.search.preflight), so the report stage checks its config without torch.
+pipeline.search.phases.preflight), so the report stage checks its config without torch.
 """
 
 from __future__ import annotations

@@ -41,18 +41,18 @@ RETRIED = "retried"  # a failed trial whose config was queued again after the us
 # listed on the study (by number) and trials() marks them RETRIED as it reads them.
 RETRIED_TRIALS = "retried_trials"
 # Seconds of one optimizer step per family on the task's model, timed once per study before the
-# confirmation (pipeline.search.steptime); the cost model reads them (core.cost.EpochCost).
+# confirmation (pipeline.search.phases.steptime); the cost model reads them (core.cost.EpochCost).
 STEP_SECONDS = "step_seconds"
-# Confirmation replicates (pipeline.search.confirm): which search trial they repeat.
+# Confirmation replicates (pipeline.search.phases.confirm): which search trial they repeat.
 ROLE = "role"  # "search" (absent), "replicate", "baseline" or "challenge"
 CONFIRMED = ("replicate", "baseline")  # the roles of confirmation replicates
 OF = "of"  # the trial number (search or challenge) a replicate repeats
 REPLICATE = "replicate"  # its index 0..R-1
 SEED = "seed"  # the seed it trains with, when not the search's seed + trial number
-# Replicates trained as one stacked group (pipeline.search.replicates): the group's size. Their
+# Replicates trained as one stacked group (pipeline.search.workers.groups): the group's size. Their
 # curve seconds are the group's wall clock since it started, not a run of their own.
 GROUP = "group"
-# The runners-up's second look before a single winner is named (pipeline.search.challenge):
+# The runners-up's second look before a single winner is named (pipeline.search.phases.challenge):
 # the plan, decided once, on the study; each of its trials' index in the plan, on the trial.
 CHALLENGE = "challenge"
 

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from pipeline.report.prose import family_label
+from pipeline.report.names import family_label
 from pipeline.report.results import Results
 from pipeline.report.tables import best_so_far
 

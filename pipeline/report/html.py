@@ -25,7 +25,7 @@ from pipeline.core import record
 from pipeline.core.secrets import mask, public
 from pipeline.core.storage import close, load_study
 from pipeline.report import figures, prose
-from pipeline.report.prose import describe, family_label, num
+from pipeline.report.names import describe, family_label, num
 from pipeline.report.results import Results, collect_for
 from pipeline.report.summary import curves_csv, recommendation_csv, summary
 
@@ -146,6 +146,9 @@ def render(results: Results, info: dict[str, Any], *, command: str) -> str:
         r=results,
         facts=info,
         figures=figure_list(results),
+        sentence=prose.sentence(results),
+        target_how=prose.target_how(results.target) if results.target else "",
+        how_sure=prose.how_sure(results),
         baseline_line=prose.baseline(results),
         test_line=prose.test_score(results),
         step_line=prose.step_times(results),

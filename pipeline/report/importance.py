@@ -10,7 +10,7 @@ import warnings
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from pipeline.report.prose import family_label
+from pipeline.report.names import family_label
 
 
 def importance(

@@ -1,68 +1,22 @@
-"""The report's words: family names, the target in a sentence, the recommendation sentence.
+"""The report's words: the recommendation sentence, the target, how sure it is.
 
-pipeline.report.html renders them; the numbers come from pipeline.report.tables.
+    prose.sentence(results)     # pipeline.report.html renders them
+
+Each function takes the numbers (report.results, the verdict) and returns words; nothing here
+computes a number the report shows.
 """
 
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
-from pipeline.report.confidence import mostly_misses
-from pipeline.report.tables import Target
-
-if TYPE_CHECKING:
-    from pipeline.report.results import Results, Unfinished
-
-NAMES = {
-    "sgd": "SGD",
-    "momentum": "Momentum",
-    "nesterov": "Nesterov",
-    "adagrad": "AdaGrad",
-    "rmsprop": "RMSProp",
-    "adam": "Adam",
-    "nadam": "Nadam",
-    "adamax": "Adamax",
-    "adamw": "AdamW",
-}
-
-
-def family_label(name: str) -> str:
-    return NAMES.get(name, name)
-
-
-def describe(params: dict[str, Any], *, skip: tuple[str, ...] = ()) -> str:
-    return ", ".join(f"{k} {num(v)}" for k, v in params.items() if k not in skip)
-
-
-def num(value: Any, digits: int = 3) -> str:
-    """A number as a person reads it: `digits` significant digits, a dash for none."""
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return "\u2013"  # an en dash: no value
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
-def setting(row: Any) -> str:
-    """A family's setting as a person would type it."""
-    return (
-        f"{family_label(row['family'])} (lr {num(float(row['lr']))}, {row['schedule']}, "
-        f"batch {int(row['batch_size'])})"
-    )
-
-
-def chance(p: float, *, line: float) -> str:
-    """A probability in two decimals, or more where two would round it onto the other side of
-    the line: 0.898 against a 0.90 line is not "only 0.90"."""
-    text = f"{p:.2f}"
-    for digits in (3, 4):
-        if (float(text) >= line) == (p >= line):
-            break
-        text = f"{p:.{digits}f}"
-    return text
+from pipeline.report.names import chance, family_label, names, num, seconds, setting, span
+from pipeline.report.results import Results
+from pipeline.verdict.confidence import mostly_misses
+from pipeline.verdict.progress import Unfinished
+from pipeline.verdict.target import Target
 
 
 def step_times(r: Results) -> str:
@@ -70,24 +24,6 @@ def step_times(r: Results) -> str:
     timed = r.confidence.step_seconds if r.confidence is not None else {}
     ordered = sorted(timed.items(), key=lambda item: (item[1], item[0]))
     return ", ".join(f"{family_label(f)} {num(s * 1e6)} \u00b5s" for f, s in ordered)
-
-
-def seconds(value: float) -> str:
-    return "never" if math.isinf(value) else f"{value:.2f} s"
-
-
-def span(low: float, high: float, unit: str = "") -> str:
-    """An interval: "1.7-2.6x"; an unbounded end reads "or more"."""
-    if math.isnan(low):
-        return "\u2013"
-    if math.isinf(high):
-        return f"{low:.3g}{unit} or more"
-    return f"{low:.3g}\u2013{high:.3g}{unit}"
-
-
-def names(families: list[str]) -> str:
-    labels = [family_label(f) for f in families]
-    return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
 
 
 def sentence(r: Results) -> str:

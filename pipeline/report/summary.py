@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.report import prose
 from pipeline.report.results import Results
 
 
@@ -24,7 +25,7 @@ def summary(results: Results, info: dict[str, Any]) -> dict[str, Any]:
         "target": results.target.value if results.target else None,
         "target_source": results.target.source if results.target else None,
         "recommendation": declaration(results),
-        # seconds of one optimizer step per family, timed on the model (pipeline.search.steptime)
+        # seconds of one optimizer step per family, timed on the model (search.phases.steptime)
         "step_seconds": results.confidence.step_seconds if results.confidence else {},
         "trials": info["total"],
         **{f"{state}": n for state, n in info["counts"].items()},
@@ -43,7 +44,7 @@ def declaration(results: Results) -> dict[str, Any]:
         "winner": None,
         "group": [],
         "borderline": [],
-        "sentence": results.sentence,
+        "sentence": prose.sentence(results),
         # False while the search, the confirmation or the second look is unfinished
         "final": results.unfinished is None,
         "unfinished": None if results.unfinished is None else asdict(results.unfinished),

@@ -17,11 +17,11 @@ from optuna.trial import TrialState
 
 from pipeline.config.cli import leave, run
 from pipeline.core import record
-from pipeline.search import cores
-from pipeline.search.pool import Pool
+from pipeline.search.workers import cores
+from pipeline.search.workers.pool import Pool
 
 if TYPE_CHECKING:
-    from pipeline.search.workers import Outcome
+    from pipeline.search.phases.run import Outcome
 
 
 def summary(outcome: Outcome, cfg: DictConfig) -> list[str]:
@@ -57,7 +57,7 @@ def summary(outcome: Outcome, cfg: DictConfig) -> list[str]:
             f"{decided['batch_size']} and {decided['schedule']} schedule "
             f"({looked}/{len(decided['trials'])} trials), before naming {decided['winner']} alone"
         )
-    from pipeline.search.progress import best_value
+    from pipeline.search.workers.progress import best_value
 
     best = best_value(searched, cfg.search.direction)
     if best is not None:
@@ -84,9 +84,9 @@ def summary(outcome: Outcome, cfg: DictConfig) -> list[str]:
 def command(args: argparse.Namespace, cfg: DictConfig) -> int:
     cfg = cores.resolve(cfg)
     # The workers start before this process imports Lightning and the trial code, so both
-    # import at once instead of one after the other (pipeline.search.pool).
+    # import at once instead of one after the other (pipeline.search.workers.pool).
     pool = Pool(cfg) if int(cfg.search.n_workers) > 1 else None
-    from pipeline.search.workers import search
+    from pipeline.search.phases.run import search
 
     outcome = search(cfg, pool=pool)
     for line in summary(outcome, cfg):

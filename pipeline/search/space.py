@@ -1,6 +1,6 @@
 """The search space: the composed optimizer.<name> and scheduler.<name> nodes as Optuna suggestions.
 
-    SearchSpace.from_config(cfg)      # pipeline.search.trial samples and builds from it
+    SearchSpace.from_config(cfg)      # pipeline.search.engine.trial samples and builds from it
 
 A family or schedule (conf/optimizer/<name>.yaml, conf/scheduler/<name>.yaml, composed at
 optimizer.<name> / scheduler.<name>) holds its `_target_` (a torch class) and its arguments.
@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.core.errors import ConfigError
-from pipeline.search.targets import locate
+from pipeline.search.locate import locate
 
 KINDS = ("float", "int", "categorical")
 SPEC_KEYS = {"type", "low", "high", "log", "step", "choices", "default", "grid", "name"}

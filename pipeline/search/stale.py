@@ -1,6 +1,6 @@
 """Trials whose worker died (kill -9, a crash, a lost machine) are marked failed, not left running.
 
-    pipeline.search.study calls fail_stale_trials() each time a command opens the study.
+    pipeline.search.phases.study calls fail_stale_trials() each time a command opens the study.
 
 A running trial is stale when the worker recorded on it is a dead process on this machine, or
 when no worker was ever recorded and none claims it within CLAIM_SECONDS: a live worker writes

@@ -1,0 +1,112 @@
+"""Check what the search will build before a study is created: one line and exit 2 if it cannot.
+
+    preflight(cfg)     # pipeline.search.phases.run.search calls it before prepare()
+
+The config checks (pipeline.config) read values only; here the classes the config names are
+imported and built once: the model, the data module (at the smallest batch size), each
+searched family's optimizer on the model's parameters, each schedule on it, and the Trainer
+(its accelerator, devices and precision). So a forgotten PYTHONPATH, a typo in a `_target_`,
+a keyword a class rejects or an accelerator this machine lacks never creates a study full of
+failed trials. No training step runs: a model that fails in forward is the trials' to record.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.core.errors import ConfigError, first_line, root_cause
+from pipeline.search.locate import locate
+from pipeline.search.space import Component, SearchSpace
+
+
+def preflight(cfg: DictConfig) -> SearchSpace:
+    """Import every `_target_`, read the search space and build each part once; the space."""
+    for key in ("task.data", "task.model", "sampler", "pruner"):
+        locate(str(OmegaConf.select(cfg, f"{key}._target_")), key=f"{key}._target_")
+    # A data module may check its own settings and files (that they exist and are whole), so
+    # that bad data stops here, before any study: see FashionMNISTDataModule.check_config.
+    data = locate(str(cfg.task.data._target_), key="task.data._target_")
+    hook = getattr(data, "check_config", None)
+    if callable(hook):
+        hook(cfg.task.data)
+    space = SearchSpace.from_config(cfg)
+
+    # Imported here: the checks above need no torch, and a bad config fails before it loads.
+    from pipeline.search.engine.packages import lightning_package
+    from pipeline.search.engine.trial import factory
+
+    net = _build("task.model", lambda: factory(cfg.task.model)())
+    datamodule = _build(
+        "task.data", lambda: factory(cfg.task.data)(batch_size=min(space.batch_sizes))
+    )
+    package = lightning_package(net, datamodule)
+    _check_optimizers(space, net, epochs=int(cfg.trainer.max_epochs))
+    _check_trainer(cfg, package)
+    return space
+
+
+def _build(key: str, make: Any) -> Any:
+    try:
+        return make()
+    except Exception as exc:
+        cause = root_cause(exc)
+        raise ConfigError(
+            key, f"cannot build it: {type(cause).__name__}: {first_line(cause)}"
+        ) from None
+
+
+def _check_optimizers(space: SearchSpace, net: Any, *, epochs: int) -> None:
+    """Each family's optimizer on the model, then each schedule on the first family's."""
+    for family in space.optimizers.values():
+        _construct(family, net.parameters())
+    family = next(iter(space.optimizers.values()))
+    values = _defaults(family)
+    runtime = {"epochs": epochs, "steps_per_epoch": 1, "total_steps": epochs}
+    runtime["lr"] = float(values["lr"])
+    for schedule in space.schedulers.values():
+        optimizer = family.build(values, net.parameters())  # fresh: a schedule changes its lr
+        _construct(schedule, optimizer, **runtime)
+
+
+def _defaults(component: Component) -> dict[str, Any]:
+    """The value a grid starts from for each searched hyperparameter."""
+    return {dim.name: dim.grid_values()[0] for dim in component.dims}
+
+
+def _construct(component: Component, *args: Any, **runtime: Any) -> None:
+    """Build `component` at its defaults; a class that refuses is one line naming the key."""
+    try:
+        component.build(_defaults(component), *args, **runtime)
+    except Exception as exc:
+        text = first_line(exc)
+        # "got an unexpected keyword argument 'foo'": name the key that passed it.
+        match = re.search(r"unexpected keyword argument '(\w+)'", text)
+        key = f"{component.group}.{component.name}"
+        if match:
+            key += f".{match.group(1)}"
+        raise ConfigError(
+            key, f"{component.target} rejects its arguments: {type(exc).__name__}: {text}"
+        ) from None
+
+
+def _check_trainer(cfg: DictConfig, package: Any) -> None:
+    """Lightning's own check of accelerator, devices and precision: construct the Trainer."""
+    from pipeline.search.engine.trial import cache_callback_factories, trainer_kwargs
+
+    cache_callback_factories(package)  # the trials' Trainers then reuse the lookup
+    try:
+        package.Trainer(**trainer_kwargs(cfg))
+    except Exception as exc:
+        text = first_line(exc)
+        lowered = text.lower()
+        key = "trainer.accelerator"
+        if "precision" in lowered:
+            key = "trainer.precision"
+        elif "devices" in lowered and "accelerator" not in lowered:
+            key = "trainer.devices"
+        else:
+            text += " (trainer.accelerator=auto takes what this machine has)"
+        raise ConfigError(key, f"{type(exc).__name__}: {text}") from None

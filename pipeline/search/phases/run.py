@@ -1,0 +1,182 @@
+"""Run the study's missing trials: here, or in worker processes that share its storage.
+
+    python -m pipeline.search search.n_workers=2 search.storage=journal:///studies/s.journal
+
+The missing trials are queued first (empty: the sampler still picks every value when a trial
+runs) and every worker claims queued trials until none is left (search.workers.loop), so the
+study ends with exactly the trials wanted and the workers end together. Separate commands on
+one storage share the queue; two that start in the same instant can each queue the missing
+places, and the ones left over once the budget is met are marked unused. Nothing is ever run
+twice or lost.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig
+from optuna.trial import FrozenTrial, TrialState
+
+from pipeline.core import record
+from pipeline.core.storage import close
+from pipeline.search import interrupt
+from pipeline.search.phases import challenge, confirm, steptime
+from pipeline.search.phases.preflight import preflight
+from pipeline.search.phases.study import prepare, retire_surplus
+from pipeline.search.space import SearchSpace
+from pipeline.search.workers import cores
+from pipeline.search.workers.loop import print_err, set_threads, show, work
+from pipeline.search.workers.pool import Pool
+from pipeline.search.workers.progress import Progress, quiet
+from pipeline.verdict.progress import Budget
+
+
+@dataclass
+class Outcome:
+    study: optuna.Study
+    trials: list[FrozenTrial]
+    seconds: float
+    interrupted: bool
+    failed_workers: int = 0
+    replicates_planned: int = 0
+    challenge: dict[str, Any] | None = None  # the runners-up's second look (search.challenge)
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return interrupt.exit_code()
+        if self.failed_workers:
+            return 1
+        ended = [t for t in self.trials if record.counts(t) and record.role(t) == "search"]
+        if ended and all(t.state == TrialState.FAIL for t in ended):
+            return 1
+        return 0
+
+
+def search(cfg: DictConfig, *, pool: Pool | None = None) -> Outcome:
+    """Prepare the study, run the missing trials, then the missing confirmation replicates.
+
+    `pool`: worker processes already started for this config (the command starts them before
+    its own imports); made here otherwise. Either way this call closes it.
+    """
+    started = time.perf_counter()
+    quiet(bool(cfg.trainer.verbose))
+    cfg = cores.resolve(cfg)  # search.n_workers=auto and trainer.threads as numbers
+    if pool is None:
+        # Spawned first: the workers import torch and Lightning while this process checks
+        # the task and opens the study, and they serve both phases (pipeline.search.workers.pool).
+        pool = Pool(cfg) if int(cfg.search.n_workers) > 1 else None
+    if pool is None:
+        interrupt.reset()
+        interrupt.install()  # with a pool, its handlers also pass the signal on
+    failed_workers = 0
+    planned = 0
+    study = None
+    decided = None
+    try:
+        space = preflight(cfg)
+        study, budget = prepare(cfg, space)
+        set_threads(int(cfg.trainer.threads))
+        failed_workers += _phase(cfg, space, study, budget, "trials", pool)
+        if not interrupt.requested():
+            retire_surplus(study, budget)
+        trials = record.trials(study)
+        if int(cfg.confirm.seeds) > 0 and not interrupt.requested() and budget.done(trials):
+            steptime.ensure(study, cfg, space)  # the workers are idle: the machine is quiet
+            _, planned = confirm.enqueue_missing(study, cfg, space)
+            for line in confirm.notes(cfg, space):
+                print_err(line)
+            replicates = Budget(planned, role="replicate")
+            failed_workers += _phase(cfg, space, study, replicates, "replicates", pool)
+            more, planned = _challenge(cfg, space, study, pool, replicates)
+            failed_workers += more
+    finally:
+        if pool is not None:
+            pool.close(wait=False)  # phases report their failed workers; the exit joins them
+        if study is not None:
+            trials = record.trials(study)
+            decided = study.user_attrs.get(record.CHALLENGE)
+            close(study)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return Outcome(
+        study,
+        trials,
+        time.perf_counter() - started,
+        interrupt.requested(),
+        failed_workers,
+        replicates_planned=planned,
+        challenge=decided,
+    )
+
+
+def _challenge(
+    cfg: DictConfig, space: SearchSpace, study: optuna.Study, pool: Pool | None, done: Budget
+) -> tuple[int, int]:
+    """A single winner's runners-up get a second look, then their best are confirmed
+    (pipeline.search.phases.challenge); (failed workers, replicates planned)."""
+    if interrupt.requested() or done.done(record.trials(study)) < done.n_trials:
+        return 0, done.n_trials
+    decided = challenge.plan(study, cfg, space)
+    if decided is None:
+        return 0, done.n_trials
+    challenge.enqueue_missing(study, decided)
+    looks = Budget(len(decided["trials"]), role="challenge")
+    failed = _phase(cfg, space, study, looks, "challenge", pool)
+    if interrupt.requested() or looks.done(record.trials(study)) < looks.n_trials:
+        return failed, done.n_trials
+    _, planned = confirm.enqueue_missing(study, cfg, space)
+    replicates = Budget(planned, role="replicate")
+    return failed + _phase(cfg, space, study, replicates, "replicates", pool), planned
+
+
+def _phase(
+    cfg: DictConfig,
+    space: SearchSpace,
+    study: optuna.Study,
+    budget: Budget,
+    label: str,
+    pool: Pool | None,
+) -> int:
+    """Run what `budget` is missing on every worker, with a progress bar; failed workers."""
+    trials = record.trials(study)
+    progress = Progress(
+        budget.n_trials, label=label, metric=cfg.search.metric, direction=cfg.search.direction
+    )
+    show(progress, budget, trials)
+    missing = budget.missing(trials)
+    if budget.role == "search" and not budget.grid:
+        queue_places(study, missing - budget.waiting(trials))
+    # Every trial a worker runs is claimed from the queue (work.work), so the study ends with
+    # exactly the trials wanted.
+    failed = 0
+    try:
+        if missing > 0:
+            here = functools.partial(work, cfg, space, budget, study, progress=progress)
+            if pool is None:
+                here()
+            else:
+                retried = record.retried_numbers(study)
+                failed = pool.run(
+                    budget,
+                    here=here,
+                    tick=lambda: show(progress, budget, record.trials(study, retried=retried)),
+                )
+    finally:
+        show(progress, budget, record.trials(study))
+        progress.close()
+    return failed
+
+
+def queue_places(study: optuna.Study, count: int) -> None:
+    """Queue `count` empty trials: the sampler still picks every value when one is run.
+
+    Workers only run queued trials (work.work), so the queue is the budget.
+    """
+    for _ in range(max(0, count)):
+        study.enqueue_trial({}, skip_if_exists=False)

@@ -1,0 +1,127 @@
+"""Each optimizer family's step, timed on the task's model: the one part of an epoch's cost that
+the family changes.
+
+    seconds = ensure(study, cfg, space)   # {"adam": 1.2e-4, "sgd": 2.3e-5, ...}, once per study
+
+pipeline.search.phases.run calls it when the search is done and before the confirmation is
+planned (pipeline.search.phases.confirm picks each family's quick setting with it); the report reads
+it back from the study (record.STEP_SECONDS) to time the replicates (core.cost.EpochCost).
+
+Why a probe: read off the search runs, a family's cost per epoch carries whatever else the
+machine did while that family's runs ran. On two runs of one seed (identical trials) Adam's
+epochs cost 0.91 and 1.10 of their batch size's median, Adamax's 0.84 and 0.99, enough to move
+a family across the 0.9 line. Timed here, alone, the steps repeat to about 2-5 %: on the default
+MLP, three runs gave Adam 124, 126 and 123 us, SGD 23.1, 22.9 and 22.5 us (one thread). Inside
+the pipeline, with 11 rounds (0.15 s), two runs of one seed gave AdamW 169 and 146 us: a slow
+spell can cover every round, so there are 41 (0.5 s).
+
+How: one copy of the model with fixed gradients; every family's optimizer built on its
+parameters at a value inside each searched range (the middle: RMSProp's momentum is then on,
+as in nearly all its runs); after a warm-up (state allocation), ROUNDS rounds in which each
+family in turn times a block of steps, the order rotated from round to round so a slow moment
+does not fall on one family; each family's fastest block, per step. On the accelerator the
+trials use, synchronized around each block.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig
+
+from pipeline.core import record
+from pipeline.search.space import Component, SearchSpace
+
+ROUNDS = 41  # each family's fastest of 41 blocks (0.5 s on the default task)
+BLOCK_SECONDS = 2e-3  # a block this long is well above the timer's resolution
+MAX_BLOCK_STEPS = 50
+
+
+def ensure(study: optuna.Study, cfg: DictConfig, space: SearchSpace) -> dict[str, float]:
+    """The study's step seconds per family, timing the families it does not have yet.
+
+    Kept on the study: a resumed or rerun command, and the report, use the same figures.
+    """
+    stored = dict(study.user_attrs.get(record.STEP_SECONDS) or {})
+    missing = [name for name in space.optimizers if name not in stored]
+    if missing:
+        timed = step_seconds(cfg, {n: space.optimizers[n] for n in missing})
+        # Another command may have stored them meanwhile: theirs stand, so every command
+        # plans the confirmation from the same figures.
+        stored = {**timed, **dict(study.user_attrs.get(record.STEP_SECONDS) or {})}
+        study.set_user_attr(record.STEP_SECONDS, stored)
+    return stored
+
+
+def step_seconds(
+    cfg: DictConfig, families: dict[str, Component], *, rounds: int = ROUNDS
+) -> dict[str, float]:
+    """Seconds of one optimizer step per family on the task's model (families whose
+    optimizer cannot step without a closure, such as LBFGS, are left out)."""
+    import torch
+
+    from pipeline.search.engine.trial import factory
+
+    device = _device(str(cfg.trainer.get("accelerator", "auto")))
+    sync = _synchronize(device)
+    net = factory(cfg.task.model)().to(device)
+    params = [p for p in net.parameters() if p.requires_grad]
+    generator = torch.Generator().manual_seed(0)
+    for p in params:
+        p.grad = (torch.randn(p.shape, generator=generator) * 1e-3).to(device, p.dtype)
+    optimizers: dict[str, Any] = {}
+    blocks: dict[str, int] = {}
+    for name, family in families.items():
+        try:
+            optimizer = family.build({d.name: d.middle() for d in family.dims}, params)
+            optimizer.step()  # state allocated here, not in a timed block
+            sync()
+            started = time.perf_counter()
+            optimizer.step()
+            sync()
+        except Exception:
+            continue  # left out: EpochCost costs its step as the median family's
+        once = max(time.perf_counter() - started, 1e-7)
+        optimizers[name] = optimizer
+        blocks[name] = max(1, min(MAX_BLOCK_STEPS, math.ceil(BLOCK_SECONDS / once)))
+    best = dict.fromkeys(optimizers, math.inf)
+    names = list(optimizers)
+    for r in range(rounds):
+        shift = r % max(1, len(names))
+        for name in names[shift:] + names[:shift]:
+            optimizer, steps = optimizers[name], blocks[name]
+            sync()
+            started = time.perf_counter()
+            for _ in range(steps):
+                optimizer.step()
+            sync()
+            best[name] = min(best[name], (time.perf_counter() - started) / steps)
+    return best
+
+
+def _device(accelerator: str) -> str:
+    """The device Lightning's `accelerator` setting gives a trial on this machine."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda):
+        return "cuda" if cuda else "cpu"
+    if accelerator == "mps" or (accelerator == "auto" and mps):
+        return "mps" if mps else "cpu"
+    return "cpu"
+
+
+def _synchronize(device: str) -> Callable[[], None]:
+    """Waits for the device's queued work: a CUDA or MPS step returns before it is done."""
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.synchronize
+    if device == "mps":
+        return torch.mps.synchronize
+    return lambda: None

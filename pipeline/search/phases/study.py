@@ -1,0 +1,223 @@
+"""Create or resume the study: check it matches the config, queue its first trials, reap stale ones.
+
+    study, budget = prepare(cfg, space)      # pipeline.search.phases.run then runs what is missing
+
+search.n_trials is the total the study should hold. A trial counts once it is complete, pruned
+or failed with an error of its own (pipeline.core.record.counts); trials cut short by Ctrl-C or
+by a killed worker do not, so a rerun of the same command runs exactly what is missing. A rerun
+also retries the trials that failed with an error (the user may have fixed the cause): each is
+marked retried, kept as history, and its sampled values are queued again.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig
+from optuna.trial import FrozenTrial, TrialState
+
+from pipeline import __version__
+from pipeline.core import record
+from pipeline.core.errors import ConfigError
+from pipeline.core.secrets import public
+from pipeline.core.storage import open_storage
+from pipeline.search.sampling.samplers import equal_trials, make_pruner, make_sampler
+from pipeline.search.space import SearchSpace
+from pipeline.search.stale import fail_stale_trials, take
+from pipeline.verdict.progress import Budget
+
+# Config keys a resumed study may change without becoming a different study: the budget,
+# where the storage is reached from, how trials are run and picked, the report.
+RESUMABLE = (
+    "search.n_trials",
+    "search.timeout",
+    "search.n_workers",
+    "search.storage",
+    "search.min_trials_per_family",
+    "search.divergence_factor",
+    "search.seek",  # like the sampler: it changes only what later trials are proposed from
+    "trainer.verbose",
+    "trainer.threads",
+    "sampler",
+    "pruner",
+    "seed",
+    "confirm",
+    "report",
+    "compare",  # read by pipeline.compare only
+)
+
+
+def _print_err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def prepare(
+    cfg: DictConfig, space: SearchSpace, *, note: Callable[[str], None] = _print_err
+) -> tuple[optuna.Study, Budget]:
+    """Open or create the study, check it matches the config, and queue its first trials."""
+    sampler, grid = make_sampler(cfg)
+    pruner = make_pruner(cfg)
+    points = space.grid(seed=int(cfg.seed)) if grid else []
+    storage = open_storage(cfg.search.storage)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=cfg.search.study_name,
+        direction=cfg.search.direction,
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
+    )
+    config = fingerprint(cfg)
+    stored = study.user_attrs.get("config")
+    if stored is None:
+        study.set_user_attr("config", config)
+        study.set_user_attr("metric", cfg.search.metric)
+        study.set_user_attr("pipeline_version", __version__)
+        for i, params in enumerate(points):
+            study.enqueue_trial(params, user_attrs={record.GRID_POINT: i})
+    else:
+        _check_resumable(study, stored, config)
+        if public(stored) != stored:  # made before passwords were masked: mask it now
+            study.set_user_attr("config", public(stored))
+    fail_stale_trials(study)
+    retried = retry_failed(study)
+    if retried:
+        note(f"retrying {retried} trial{'s' if retried > 1 else ''} that failed with an error")
+    if not grid:
+        queue_first_looks(study, list(space.optimizers), cfg)
+    n_trials = int(cfg.search.n_trials)  # a grid smaller than that ends the study sooner
+    return study, Budget(min(n_trials, len(points)), grid=True) if grid else Budget(n_trials)
+
+
+def retry_failed(study: optuna.Study) -> int:
+    """Queue again the search trials that failed with an error; returns how many.
+
+    Each failed trial is marked retried (it stays in the study as history and no longer uses
+    a place in the budget) and its sampled values are queued, so the retry trains the same
+    choice. One that failed before it sampled anything just leaves its place to be refilled.
+    """
+    failed = [
+        t
+        for t in record.trials(study, states=(TrialState.FAIL,))
+        if record.role(t) == "search"
+        and record.ERROR in t.user_attrs
+        and not t.user_attrs.get(record.RETRIED)
+    ]
+    if not failed:
+        return 0
+    done = set(study.user_attrs.get(record.RETRIED_TRIALS) or ())
+    study.set_user_attr(record.RETRIED_TRIALS, sorted(done | {t.number for t in failed}))
+    for trial in failed:
+        if trial.params:
+            attrs = trial.user_attrs
+            keep = {k: attrs[k] for k in (record.GRID_POINT,) if k in attrs}
+            study.enqueue_trial(trial.params, user_attrs=keep or None, skip_if_exists=False)
+    return len(failed)
+
+
+def fingerprint(cfg: DictConfig) -> dict[str, Any]:
+    """The config a study is created with: only the searched families and schedules, in its
+    public form (no password; environment references as written: core.secrets)."""
+    config = public(cfg)
+    for group, plural in (("optimizer", "optimizers"), ("scheduler", "schedulers")):
+        chosen = set(cfg.search[plural])
+        config[group] = {k: v for k, v in (config.get(group) or {}).items() if k in chosen}
+    return config
+
+
+def queue_first_looks(study: optuna.Study, families: Sequence[str], cfg: DictConfig) -> int:
+    """Queue trials until each family has search.min_trials_per_family of them.
+
+    Round-robin over the families first, so each gets a fair look before the sampler
+    concentrates (Choi et al. 2019: rankings depend on how much search each family gets).
+    Run on every start, so a look lost to a killed worker is queued again. Under
+    search.protocol=balanced or fair every trial is queued so, and families get equal numbers
+    of trials; the sampler picks the other values when each runs.
+    """
+    per, n_trials = int(cfg.search.min_trials_per_family), int(cfg.search.n_trials)
+    if equal_trials(cfg):  # every trial queued round-robin: equal trials per family (up to one)
+        per = math.ceil(n_trials / len(families))
+    trials = [t for t in record.trials(study) if record.role(t) == "search"]
+    live = [t for t in trials if record.live(t)]
+    have = {f: sum(_family(t) == f for t in live) for f in families}
+    room = n_trials - len(live)
+    queued = 0
+    for k in range(per):
+        for family in families:
+            if have[family] <= k and queued < room:
+                study.enqueue_trial({"optimizer": family})
+                have[family] += 1
+                queued += 1
+    return queued
+
+
+def retire_surplus(study: optuna.Study, budget: Budget) -> int:
+    """Mark unused the queued search places left once the budget is met; returns how many.
+
+    Two commands that start in the same instant can each queue the study's places. Left
+    queued, the surplus would be taken by the next Optuna ask: a confirmation replicate run
+    one by one would get a search trial instead. Claimed as Optuna claims a queued trial
+    (WAITING -> RUNNING is refused when another worker got there first), then failed with
+    record.UNUSED: it does not count, and a later rerun with a larger budget queues anew.
+    A grid keeps its unrun points queued: a larger search.n_trials runs them later.
+    """
+    trials = record.trials(study)
+    if budget.grid or budget.role != "search" or budget.missing(trials) > 0:
+        return 0
+    storage, retired = study._storage, 0
+    for trial in budget.own(trials):
+        if trial.state != TrialState.WAITING or not take(storage, trial):
+            continue  # another worker took it to run
+        storage.set_trial_user_attr(trial._trial_id, record.UNUSED, True)
+        storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        retired += 1
+    return retired
+
+
+def _family(trial: FrozenTrial) -> str | None:
+    if trial.state == TrialState.WAITING:
+        return trial.system_attrs.get("fixed_params", {}).get("optimizer")
+    return trial.params.get("optimizer")
+
+
+# Built-in classes that moved when search/ was split into rooms: a study made before names
+# them by their old paths, and is still the same study.
+MOVED = re.compile(r"^pipeline\.search\.(data|fashion|planar|models|schedules)\.")
+
+
+def _moved(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    room = "engine" if value.startswith("pipeline.search.schedules.") else "tasks"
+    return MOVED.sub(lambda m: f"pipeline.search.{room}.{m.group(1)}.", value)
+
+
+def _check_resumable(study: optuna.Study, stored: dict[str, Any], config: dict[str, Any]) -> None:
+    old, new = _flat(stored), _flat(config)
+    changed = sorted(
+        key
+        for key in old.keys() | new.keys()
+        if _moved(old.get(key)) != new.get(key)
+        and not any(key == r or key.startswith(r + ".") for r in RESUMABLE)
+    )
+    if changed:
+        shown = ", ".join(changed[:4]) + (" ..." if len(changed) > 4 else "")
+        raise ConfigError(
+            "search.study_name",
+            f"study {study.study_name!r} was created with a different {shown}; "
+            "pick a new search.study_name (or delete its storage) to start another study",
+        )
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out |= _flat(value, f"{prefix}{key}.")
+        return out
+    return {prefix[:-1]: tree}

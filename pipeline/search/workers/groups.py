@@ -1,0 +1,255 @@
+"""The confirmation's replicates of one config trained together: one stacked model, R trials.
+
+    pipeline.search.workers.loop.work() runs the replicate phase with GroupWorker when it applies
+    (confirm.vectorize, on by default; false runs every replicate as its own Lightning trial).
+
+It applies to a plain nn.Module on a TensorDataModule (the embedded tasks and any in-memory
+task of yours), trained in 32-bit precision: the fast path of pipeline.search.engine.module. A
+LightningModule, another data module, or a model torch.vmap cannot run trains its replicates
+one by one, as before.
+
+The replicate trials are queued WAITING by pipeline.search.phases.confirm with their params fixed.
+A worker claims one as Optuna does (WAITING -> RUNNING, refused when another worker got there
+first: safe on SQLite, journal and PostgreSQL storages), then its WAITING siblings (same role,
+same config, other seeds), names itself on each at once (the stale-trial reaper fails a
+running trial nobody claims), trains them as one group (pipeline.search.engine.vectorized) and
+records each as its own trial: its curve, seed, test scores, and how it ended. A diverging
+replicate is recorded diverged (pruned) and the others go on. The worker never asks Optuna for
+a new trial, so it cannot sample a surplus search trial: it stops when nothing is queued.
+
+Each replicate's curve `seconds` is the group's wall clock since the group started (all of
+the group's work, not its share); record.GROUP on the trial holds the group size, so a
+report can tell such seconds from a trial's own. A config whose optimizer is not elementwise
+(probe: pipeline.search.engine.vectorized.elementwise, once per family and process) runs one by one,
+said once. kill -9 leaves the group's trials RUNNING under a dead worker: the next command
+marks them lost and queues them again; Ctrl-C records them interrupted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+import torch
+from omegaconf import DictConfig
+from optuna.trial import FrozenTrial, TrialState
+
+from pipeline.core import record
+from pipeline.core.errors import first_line
+from pipeline.core.record import Run, write_run
+from pipeline.search import interrupt
+from pipeline.search.engine.callbacks import describe_device
+from pipeline.search.engine.losses import FUNCTIONS as LOSSES
+from pipeline.search.engine.losses import classifies
+from pipeline.search.engine.objective import Objective, run_trial
+from pipeline.search.engine.packages import lightning_package
+from pipeline.search.engine.trial import factory, trainer_kwargs
+from pipeline.search.engine.vectorized import (
+    NotStackable,
+    Replicate,
+    Spec,
+    check_stackable,
+    elementwise,
+    is_oom,
+    train_group,
+)
+from pipeline.search.space import Choice, SearchSpace
+from pipeline.search.stale import take
+from pipeline.search.tasks.data import TensorDataModule, on_device
+
+FIXED = "fixed_params"  # where Optuna keeps an enqueued trial's params (system_attrs)
+PRECISIONS = ("32-true", "32")
+
+
+class GroupWorker:
+    """Runs queued replicates, a config's seeds as one group where it can; see the module."""
+
+    def __init__(self, cfg: DictConfig, space: SearchSpace, *, note: Callable[[str], None]):
+        self.cfg, self.space, self.note = cfg, space, note
+        self.epochs = int(cfg.trainer.max_epochs)
+        self.make_model = factory(cfg.task.model)
+        self.make_data = factory(cfg.task.data)
+        self.objective = Objective(cfg, space, prune=False, note=note)  # one by one
+        self.device = torch.device("cpu")
+        self.said: set[str] = set()
+        try:
+            self.reason = self._why_not()
+        except Exception as exc:  # the trials, run one by one, record what is wrong
+            self.reason = f"{type(exc).__name__}: {first_line(exc)}"
+
+    @property
+    def grouped(self) -> bool:
+        """Whether this task's replicates can train as groups at all."""
+        return self.reason is None
+
+    def _why_not(self) -> str | None:
+        """Why groups do not apply to this task (None: they do)."""
+        cfg = self.cfg
+        if not bool(cfg.confirm.get("vectorize", True)):
+            return "confirm.vectorize is false"
+        if str(cfg.trainer.precision) not in PRECISIONS:
+            return f"trainer.precision is {cfg.trainer.precision}"
+        loss, metric = str(cfg.task.get("loss", "")), str(cfg.search.metric)
+        if loss not in LOSSES:
+            return f"task.loss {loss!r}"
+        if metric not in ("train_loss", "val_loss") and not (
+            metric == "val_acc" and classifies(loss)
+        ):
+            return f"search.metric {metric!r}"
+        net = self.make_model()
+        datamodule = self.make_data(batch_size=min(self.space.batch_sizes))
+        if isinstance(net, lightning_package(net, datamodule).LightningModule):
+            return "the model is a LightningModule"
+        if not isinstance(datamodule, TensorDataModule):
+            return "the data module is not a TensorDataModule"
+        trainer = lightning_package(net, datamodule).Trainer(**trainer_kwargs(cfg))
+        self.device = trainer.strategy.root_device  # the device Lightning would train on
+        try:
+            check_stackable(self.make_model, datamodule.arrays[0][:2])
+        except NotStackable as exc:
+            reason = f"the model cannot run under torch.vmap ({exc})"
+            self.note(f"confirmation: replicates run one by one: {reason}")
+            return reason
+        return None
+
+    def run(self, trials: list[optuna.Trial]) -> None:
+        """Run claimed replicates: one through the Lightning trial path, several as a group."""
+        if len(trials) == 1:
+            run_trial(trials[0].study, trials[0], self.objective)
+        else:
+            self._group(trials[0].study, trials)
+
+    def claim(self, study: optuna.Study, queued: list[FrozenTrial]) -> list[FrozenTrial]:
+        """A queued replicate and, when its config can train as a group, its queued siblings."""
+        storage = study._storage
+        # Longest groups first (the smallest batch: the most steps), so that the last groups
+        # are short and the workers end the phase close together.
+        for first in sorted(queued, key=lambda t: (_batch_size(t), t.number)):
+            if not take(storage, first):
+                continue
+            group = [first]
+            if self.grouped and self._stackable(first):
+                key = _group_key(first)
+                group += [
+                    t
+                    for t in queued
+                    if t is not first and _group_key(t) == key and take(storage, t)
+                ]
+            return sorted(group, key=lambda t: int(t.user_attrs.get(record.REPLICATE, 0)))
+        return []
+
+    def _stackable(self, trial: FrozenTrial) -> bool:
+        """Whether the trial's optimizer family updates elementwise (probed once per family)."""
+        try:
+            choice = self.space.sample(optuna.trial.FixedTrial(dict(trial.system_attrs[FIXED])))
+            configure = self._configure(choice)
+            if elementwise(configure, self.device, key=(choice.optimizer, self.device.type)):
+                return True
+        except Exception:  # its trial, run alone, records what is wrong
+            return False
+        if choice.optimizer not in self.said:
+            self.said.add(choice.optimizer)
+            name = self.space.optimizers[choice.optimizer].target
+            self.note(
+                f"confirmation: {choice.optimizer} ({name}) does not update each element on its "
+                "own (a norm?): its replicates run one by one"
+            )
+        return False
+
+    def _configure(self, choice: Choice) -> Callable[[Any, int], tuple[Any, Any, str]]:
+        def configure(parameters: Any, steps_per_epoch: int) -> tuple[Any, Any, str]:
+            return self.space.configure(
+                choice, parameters, epochs=self.epochs, steps_per_epoch=steps_per_epoch
+            )
+
+        return configure
+
+    # --- one group ---------------------------------------------------------------------------
+
+    def _group(self, study: optuna.Study, trials: list[optuna.Trial]) -> None:
+        """Train the trials (one config, R seeds) as one group and record each."""
+        cfg = self.cfg
+        started = time.perf_counter()
+        replicates = [Replicate(int(t.user_attrs[record.SEED])) for t in trials]
+        device = describe_device(self.device)
+        sizes: dict[str, Any] = {}
+
+        def runs() -> list[Run]:
+            seconds = round(time.perf_counter() - started, 4)
+            return [
+                Run(
+                    curve=rep.curve,
+                    device=device,
+                    seed=rep.seed,
+                    seconds=seconds,
+                    **sizes,
+                    **rep.scores,
+                )
+                for rep in replicates
+            ]
+
+        batch_size: int | None = None
+        try:
+            choice = [self.space.sample(t) for t in trials][-1]  # writes each trial's params
+            batch_size = choice.batch_size
+            datamodule = self.make_data(batch_size=choice.batch_size)
+            test = getattr(datamodule, "test_arrays", None)
+            spec = Spec(
+                batch_size=choice.batch_size,
+                epochs=self.epochs,
+                loss=str(cfg.task.loss),
+                configure=self._configure(choice),
+                metric=str(cfg.search.metric),
+                divergence_factor=float(cfg.search.divergence_factor),
+                test=test() if callable(test) else None,
+            )
+            sizes["n_params"] = sum(p.numel() for p in self.make_model().parameters())
+            sizes |= {"n_train": datamodule.n_train, "n_val": datamodule.n_val}
+            data = on_device(datamodule.arrays, self.device)
+            train_group(self.make_model, replicates, data, spec)
+        except BaseException as exc:
+            stopped = interrupt.requested() or isinstance(
+                exc, interrupt.Interrupted | KeyboardInterrupt
+            )
+            if not stopped and not isinstance(exc, Exception):
+                raise
+            if stopped:
+                attr, value = record.INTERRUPTED, True
+            else:
+                message = f"{type(exc).__name__}: {first_line(exc)}"
+                if is_oom(exc):
+                    message = f"OutOfMemory: out of memory at batch size {batch_size}"
+                attr, value = record.ERROR, message
+                self.note(f"trials {', '.join(str(t.number) for t in trials)} failed: {message}")
+            for trial, rep, run in zip(trials, replicates, runs(), strict=True):
+                write_run(trial, run)
+                if rep.group > 1 and rep.epochs:
+                    trial.set_user_attr(record.GROUP, rep.group)
+                trial.set_user_attr(attr, value)
+                study.tell(trial, state=TrialState.FAIL)
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            return
+        for trial, rep, run in zip(trials, replicates, runs(), strict=True):
+            write_run(trial, run)
+            if rep.group > 1:
+                trial.set_user_attr(record.GROUP, rep.group)
+            if rep.diverged is not None:
+                trial.set_user_attr(record.STOPPED, rep.diverged)
+                trial.set_user_attr(record.DIVERGED, True)
+                study.tell(trial, state=TrialState.PRUNED)
+            else:
+                study.tell(trial, float(rep.last(str(cfg.search.metric))))
+
+
+def _batch_size(trial: FrozenTrial) -> float:
+    size = (trial.system_attrs.get(FIXED) or {}).get("batch_size")
+    return float(size) if isinstance(size, int | float) else float("inf")
+
+
+def _group_key(trial: FrozenTrial) -> tuple[str, Any, str]:
+    """Replicates of one config: the same role, the same search trial, the same params."""
+    fixed = trial.system_attrs.get(FIXED) or {}
+    return (record.role(trial), trial.user_attrs.get(record.OF), repr(sorted(fixed.items())))
