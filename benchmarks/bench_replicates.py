@@ -34,8 +34,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.search.engine import vectorized
-from pipeline.search.engine.vectorized import Replicate, Spec, train_group, train_one
+from pipeline.search.engine import stacking
+from pipeline.search.engine.replicate import Replicate, Spec, train_one
+from pipeline.search.engine.vectorized import train_group
 from pipeline.search.tasks.data import digits_arrays
 from pipeline.search.tasks.models import MLP
 
@@ -99,9 +100,9 @@ def engine(
     data = digits_arrays(0.2, 0)
     spec = Spec(batch_size=64, epochs=epochs, loss="cross_entropy", configure=adam)
     seeds = list(range(replicates))
-    real = vectorized._mlp_forward
+    real = stacking.mlp_forward
     if vmap:
-        vectorized._mlp_forward = lambda base: None  # type: ignore[assignment]
+        stacking.mlp_forward = lambda base: None  # type: ignore[assignment]
     try:
         return alternate(
             lambda: train_group(make_model, [Replicate(s) for s in seeds], data, spec),
@@ -109,7 +110,7 @@ def engine(
             blocks,
         )
     finally:
-        vectorized._mlp_forward = real
+        stacking.mlp_forward = real
 
 
 def phase(

@@ -24,8 +24,9 @@ from pipeline.config import check
 from pipeline.core import record
 from pipeline.core.errors import ConfigError
 from pipeline.search import interrupt
-from pipeline.search.engine import vectorized
-from pipeline.search.engine.vectorized import Replicate, Spec, train_group, train_one
+from pipeline.search.engine import stacking, vectorized
+from pipeline.search.engine.replicate import Replicate, Spec, train_one
+from pipeline.search.engine.vectorized import train_group
 from pipeline.search.phases.confirm import replicate_seed
 from pipeline.search.space import SearchSpace
 from pipeline.search.tasks.data import moons_arrays
@@ -43,7 +44,7 @@ SEEDS = 2
 @pytest.fixture(autouse=True)
 def _fresh(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.set_num_threads(1)
-    monkeypatch.setattr(vectorized, "_elementwise", {})  # each test probes afresh
+    monkeypatch.setattr(stacking, "_elementwise", {})  # each test probes afresh
 
 
 def _config(tmp_path: Path, *overrides: str, config_dirs: Iterable[Path] = ()) -> DictConfig:
@@ -333,8 +334,8 @@ def test_other_errors_are_not_taken_for_memory(monkeypatch):
 
 
 def test_a_model_drawing_random_numbers_is_not_stackable():
-    with pytest.raises(vectorized.NotStackable):
-        vectorized.check_stackable(lambda: nn.Sequential(Residual(), nn.Dropout(0.2)), _moons()[0])
+    with pytest.raises(stacking.NotStackable):
+        stacking.check_stackable(lambda: nn.Sequential(Residual(), nn.Dropout(0.2)), _moons()[0])
 
 
 def test_train_one_reproduces_the_lightning_trial_of_its_seed(tmp_path):

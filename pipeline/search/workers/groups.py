@@ -45,16 +45,10 @@ from pipeline.search.engine.losses import FUNCTIONS as LOSSES
 from pipeline.search.engine.losses import classifies
 from pipeline.search.engine.objective import Objective, run_trial
 from pipeline.search.engine.packages import lightning_package
+from pipeline.search.engine.replicate import Replicate, Spec
+from pipeline.search.engine.stacking import NotStackable, check_stackable, elementwise, is_oom
 from pipeline.search.engine.trial import factory, trainer_kwargs
-from pipeline.search.engine.vectorized import (
-    NotStackable,
-    Replicate,
-    Spec,
-    check_stackable,
-    elementwise,
-    is_oom,
-    train_group,
-)
+from pipeline.search.engine.vectorized import train_group
 from pipeline.search.space import Choice, SearchSpace
 from pipeline.search.stale import take
 from pipeline.search.tasks.data import TensorDataModule, on_device
