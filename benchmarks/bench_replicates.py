@@ -122,7 +122,7 @@ def phase(
 
     from pipeline.config import compose
     from pipeline.core import record
-    from pipeline.search.phases.confirm import replicate_seed
+    from pipeline.search.phases.race import replicate_seed
     from pipeline.search.space import SearchSpace
     from pipeline.search.workers.loop import work
     from pipeline.search.workers.progress import quiet

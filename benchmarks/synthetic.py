@@ -4,6 +4,10 @@
 
 Parameters come from the real search space (so names and distributions match a real study);
 curves follow loss(t) = floor + (start - floor) * exp(-rate * t), faster near a family's best lr.
+With `race=True` the real race (verdict.race) is run on such curves: its plan is made by
+search.phases.race and each round's missing runs are made up until it ends. A family named
+`<name>_twin` trains exactly as <name> (the same curve for the same lr, batch and seed, as two
+copies of one optimizer do); `<name>_slow` as <name> at `slow` times fewer epochs' progress.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import random
 from collections.abc import Sequence
 
 import optuna
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState, create_trial
 
 from pipeline.config import compose
@@ -45,9 +49,21 @@ SPEED = {
 }
 
 
+def _base(family: str) -> tuple[str, float]:
+    """The family a made-up family trains as, and how much slower."""
+    for suffix, factor in (("_twin", 1.0), ("_slow", SLOW)):
+        if family.endswith(suffix):
+            return family[: -len(suffix)], factor
+    return family, 1.0
+
+
+SLOW = 1.5  # a planted difference: <name>_slow progresses this many times slower
+
+
 def _curve(family: str, lr: float, batch: int, epochs: int, rng: random.Random) -> dict:
+    family, slower = _base(family)
     distance = abs(math.log10(lr) - math.log10(BEST_LR.get(family, 1e-2)))
-    rate = SPEED.get(family, 0.5) * math.exp(-distance) * (64 / batch) ** 0.3
+    rate = SPEED.get(family, 0.5) * math.exp(-distance) * (64 / batch) ** 0.3 / slower
     floor, start = 0.05 + 0.1 * distance, 2.3
     per_epoch = 0.02 * (128 / batch) ** 0.5
     rows: dict[str, list] = {
@@ -74,27 +90,24 @@ def write_study(
     epochs: int = 20,
     seed: int = 0,
     overrides: Sequence[str] = (),
-    replicates: int = 0,
-    top_k: int = 2,
+    race: bool = False,
+    config_dirs: Sequence[str] = (),
 ) -> optuna.Study:
-    """Create a study in `storage` holding n_trials finished trials; returns it.
+    """Create a study in `storage` holding n_trials finished search trials; returns it.
 
-    With `replicates`, each family's top_k complete trials are repeated with that many seeds,
-    as the confirmation phase does (same settings, a new noise draw per seed).
-    """
+    With `race`, the race is run to its end on made-up runs (see the module)."""
     cfg = compose(
         [
             f"search.storage={storage}",
             f"search.study_name={study_name}",
-            # a finished study, so its report is final: every trial and replicate is there
+            # a finished study, so its report is final: every trial and run is there
             f"search.n_trials={n_trials}",
-            f"confirm.seeds={replicates}",
-            f"confirm.top_k={top_k}",
+            *([] if race else ["race.seeds=[]"]),
+            *([f"search.optimizers=[{','.join(families)}]"] if families else []),
             *overrides,
-        ]
+        ],
+        config_dirs=config_dirs,
     )
-    if families is not None:
-        cfg.search.optimizers = list(families)
     space = SearchSpace.from_config(cfg)
     rng = random.Random(seed)
     sampler_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
@@ -137,9 +150,54 @@ def write_study(
             )
         )
     study.add_trials(trials)
-    if replicates:
-        study.add_trials(_replicates(study, replicates, top_k, epochs, rng))
+    if race:
+        run_race(study, cfg, space, epochs=epochs, seed=seed)
     return study
+
+
+def run_race(
+    study: optuna.Study, cfg: DictConfig, space: SearchSpace, *, epochs: int, seed: int
+) -> None:
+    """The race of search.phases.race, each round's runs made up (the same curve for the same
+    lr, batch size and seed index whatever the family's name: paired seeds)."""
+    from pipeline.search.phases import race
+    from pipeline.verdict.judge import judge
+
+    study.set_user_attr(record.STEP_SECONDS, {f: 1e-4 for f in space.optimizers})
+    race.plan(study, cfg, space)
+    for _ in range(20):
+        _, state = judge(study, cfg, claims=False)
+        if state is None or state.done:
+            return
+        runs = []
+        for arm_id, index in state.missing:
+            arm = state.arms[arm_id]
+            lr, batch = arm.lr, int(arm.params["batch_size"])
+            rng = random.Random(f"{seed}:{lr:.6g}:{batch}:{index}")
+            curve = _curve(arm.family, lr, batch, epochs, rng)
+            attrs = _attrs(curve, index) | {
+                record.ROLE: "race",
+                record.ARM: arm_id,
+                record.REPLICATE: index,
+                record.SEED: race.replicate_seed(seed, index),
+            }
+            runs.append(
+                create_trial(
+                    state=TrialState.COMPLETE,
+                    value=curve["val_loss"][-1],
+                    params=arm.params,
+                    distributions=_distributions(space, arm.params),
+                    user_attrs=attrs,
+                )
+            )
+        study.add_trials(runs)
+
+
+def _distributions(space: SearchSpace, params: dict) -> dict:
+    """The Optuna distributions the space gives these params (as a real run's trial has)."""
+    fixed = optuna.trial.FixedTrial(dict(params))
+    space.sample(fixed)
+    return fixed.distributions
 
 
 def _attrs(curve: dict, seed: int) -> dict:
@@ -153,37 +211,3 @@ def _attrs(curve: dict, seed: int) -> dict:
         seconds=curve["seconds"][-1],
     )
     return {record.RUN: run.to_attr(), record.WORKER: "synthetic:1"}
-
-
-def _replicates(
-    study: optuna.Study, seeds: int, top_k: int, epochs: int, rng: random.Random
-) -> list[optuna.trial.FrozenTrial]:
-    done = sorted(
-        (t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value
-    )
-    picked: dict[str, list[optuna.trial.FrozenTrial]] = {}
-    for t in done:
-        picked.setdefault(t.params["optimizer"], [])
-        if len(picked[t.params["optimizer"]]) < top_k:
-            picked[t.params["optimizer"]].append(t)
-    out = []
-    for family, configs in picked.items():
-        for config in configs:
-            lr = config.params[f"{family}.lr"]
-            for index in range(seeds):
-                curve = _curve(family, lr, config.params["batch_size"], epochs, rng)
-                attrs = _attrs(curve, index) | {
-                    record.ROLE: "replicate",
-                    record.OF: config.number,
-                    record.REPLICATE: index,
-                }
-                out.append(
-                    create_trial(
-                        state=TrialState.COMPLETE,
-                        value=curve["val_loss"][-1],
-                        params=config.params,
-                        distributions=config.distributions,
-                        user_attrs=attrs,
-                    )
-                )
-    return out

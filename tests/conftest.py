@@ -21,17 +21,15 @@ from pipeline.config import check, compose
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 USER_CONF = TESTS / "conf"
-# Small enough to finish in seconds on 2 cores, big enough to exercise every stage. The
-# confirmation phase is off here; tests of it turn it on (CONFIRM).
-# The second look (confirm.challengers) is off here; tests/test_challenge.py turns it on.
+# Small enough to finish in seconds on 2 cores, big enough to exercise every stage. The race
+# is off here; tests of it turn it on (RACE: two rounds, one seed then two).
 TINY = (
     "task=moons",
     "trainer.max_epochs=3",
     "search.batch_sizes=[64,128]",
-    "confirm.challengers=0",
-    "confirm.seeds=0",
+    "race.seeds=[]",
 )
-CONFIRM = ("confirm.seeds=2", "confirm.top_k=1")
+RACE = ("race.seeds=[1,2]",)
 DEFAULT_STORAGE = "journal:///{}/studies/study.journal"  # the fixed default path, under cwd
 
 

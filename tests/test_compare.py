@@ -11,7 +11,6 @@ import pytest
 from benchmarks.synthetic import write_study
 from pipeline.compare.__main__ import main as compare_main
 from pipeline.compare.profiles import ratios, scores
-from pipeline.core import record
 from tests.conftest import require_service
 
 
@@ -43,18 +42,12 @@ def test_a_family_fastest_on_every_task_scores_one():
 def test_compare_page_from_generated_studies(tmp_path, capsys):
     for task, seed in (("digits", 1), ("moons", 2)):
         study = write_study(
-            f"journal:///{tmp_path}/{task}.journal", 80, study_name=task, replicates=3, seed=seed
+            f"journal:///{tmp_path}/{task}.journal", 80, study_name=task, race=True, seed=seed
         )
-    # One more replicate of moons is still queued: its confirmation is not finished.
-    queued = next(t for t in study.get_trials() if t.user_attrs.get(record.ROLE) == "replicate")
-    study.enqueue_trial(
-        queued.params,
-        user_attrs={
-            record.ROLE: "replicate",
-            record.OF: queued.user_attrs[record.OF],
-            record.REPLICATE: 3,
-        },
-    )
+    # moons is to be raced on to 30 seeds (a rerun with a longer race): not finished.
+    config = study.user_attrs["config"]
+    config["race"]["seeds"] = [*config["race"]["seeds"], 30]
+    study.set_user_attr("config", config)
     code = compare_main(
         [
             f"compare.studies=[{tmp_path}/digits.journal,{tmp_path}/moons.journal]",
@@ -64,8 +57,7 @@ def test_compare_page_from_generated_studies(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     html = (tmp_path / "compare" / "index.html").read_text()
     assert "Try " in html and "digits" in html and "moons" in html
-    done = sum(t.user_attrs.get(record.ROLE) == "replicate" for t in study.get_trials()) - 1
-    assert f"Not final: on moons, the confirmation has {done} of its {done + 1} replicates" in html
+    assert "Not final: on moons, round 4 of the race still needs" in html
     assert "on digits" not in html.split("Try ")[0]  # finished: no word about it
     assert "data:image/png;base64," in html and "<script" not in html
     table = pd.read_csv(tmp_path / "compare" / "table.csv")
@@ -75,11 +67,11 @@ def test_compare_page_from_generated_studies(tmp_path, capsys):
     _render(tmp_path / "compare" / "index.html")
 
 
-def test_compare_refuses_a_study_without_replicates(tmp_path, capsys):
+def test_compare_refuses_a_study_that_was_not_raced(tmp_path, capsys):
     write_study(f"journal:///{tmp_path}/a.journal", 10, study_name="a")
     code = compare_main([f"compare.studies=[{tmp_path}/a.journal]", f"compare.dir={tmp_path}/c"])
     err = capsys.readouterr().err
-    assert code == 2 and "no confirmation replicates" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "has not been raced" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "c").exists()
 
 
@@ -111,7 +103,7 @@ def test_on_generated_studies_the_family_fastest_everywhere_scores_one(tmp_path,
             30,
             study_name=task,
             families=["sgd", "adam"],
-            replicates=3,
+            race=True,
             seed=seed,
         )
     code = compare_main(

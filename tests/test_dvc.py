@@ -20,7 +20,7 @@ TINY_PARAMS = [
     "search.n_trials=3",
     "trainer.max_epochs=2",
     "search.batch_sizes=[64]",
-    "confirm.seeds=0",
+    "race.seeds=[]",
 ]
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "test",
@@ -103,7 +103,7 @@ def test_dvc_repro_exp_run_metrics_and_plots(tmp_path):
         "trainer.max_epochs=2",
         "search.batch_sizes=[64]",
         "optimizer.sgd.lr.high=0.05",  # a search space narrowed through DVC
-        "confirm.seeds=0",
+        "race.seeds=[]",
         "search.n_workers=1",  # one worker: bit-identical to the direct run below
     ]
     exp = _sh(repo, dvc, "exp", "run", "report", *[a for o in changed for a in ("-S", o)])

@@ -10,7 +10,7 @@ from pipeline.core.record import counts
 from pipeline.core.storage import load_study
 from tests.conftest import TINY, USER_CONF, default_storage, run_cli
 
-USER = ("--config-dir", str(USER_CONF), "task=user", "trainer.max_epochs=2", "confirm.seeds=0")
+USER = ("--config-dir", str(USER_CONF), "task=user", "trainer.max_epochs=2", "race.seeds=[]")
 
 
 def _trials(tmp_path, name):

@@ -209,7 +209,7 @@ def test_a_short_study_runs_on_tiny_files(tmp_path, task):
         "task.data.n_train=100",
         "task.data.n_val=null",
         "search.n_trials=2",
-        "confirm.seeds=0",
+        "race.seeds=[]",
         "trainer.max_epochs=1",
         "search.batch_sizes=[32]",
         f"search.storage=sqlite:///{tmp_path}/study.db",
@@ -273,7 +273,7 @@ def test_planar_trains_with_bce_and_reports_accuracy(tmp_path):
         "pipeline.search",
         "task=planar",
         "search.n_trials=2",
-        "confirm.seeds=0",
+        "race.seeds=[]",
         "trainer.max_epochs=3",
         "search.metric=val_acc",
         "search.direction=maximize",
@@ -293,7 +293,7 @@ def test_planar_trains_with_bce_and_reports_accuracy(tmp_path):
 
 @pytest.mark.slow
 def test_the_report_shows_the_recommended_settings_test_accuracy(tmp_path):
-    """Replicates are scored on the test images, which choose nothing; the report says so."""
+    """Race runs are scored on the test images, which choose nothing; the report says so."""
     write_fashion(tmp_path / "data")
     args = [
         "task=fashion_mnist",
@@ -301,9 +301,9 @@ def test_the_report_shows_the_recommended_settings_test_accuracy(tmp_path):
         "task.data.n_train=100",
         "search.n_trials=2",
         "search.optimizers=[adam,sgd]",
-        "confirm.seeds=2",
-        "confirm.top_k=1",
-        "confirm.baseline=null",
+        "race.seeds=[1,2]",
+        "race.settings=0",
+        "race.baseline=null",
         "trainer.max_epochs=2",
         "search.batch_sizes=[32]",
         f"report.dir={tmp_path / 'reports'}",
@@ -311,11 +311,13 @@ def test_the_report_shows_the_recommended_settings_test_accuracy(tmp_path):
     result = run_cli("pipeline", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     study = load_study(default_storage(tmp_path), "fashion_mnist")
-    replicates = [t for t in study.get_trials() if "role" in t.user_attrs]
+    raced = [
+        t
+        for t in study.get_trials()
+        if t.user_attrs.get("role") == "race" and "diverged" not in t.user_attrs
+    ]
     searched = [t for t in study.get_trials() if "role" not in t.user_attrs]
-    assert len(replicates) == 4 and all(
-        0 <= t.user_attrs["run"]["test_acc"] <= 1 for t in replicates
-    )
+    assert len(raced) >= 4 and all(0 <= t.user_attrs["run"]["test_acc"] <= 1 for t in raced)
     assert all("test_acc" not in t.user_attrs["run"] for t in searched)  # chooses nothing
     summary = json.loads((tmp_path / "reports" / "summary.json").read_text())
     scores = [f["test_acc"] for f in summary["recommendation"]["families"]]

@@ -10,7 +10,7 @@ from pipeline.core.storage import load_study
 from pipeline.search.__main__ import main as search_main
 from tests.conftest import USER_CONF, assert_refused_in_one_line, default_storage, run_cli
 
-ARGS = ("--config-dir", str(USER_CONF), "trainer.max_epochs=2", "confirm.seeds=0")
+ARGS = ("--config-dir", str(USER_CONF), "trainer.max_epochs=2", "race.seeds=[]")
 
 
 def test_lightning_pytorch_module_is_trained_with_its_own_steps(tmp_path):

@@ -27,7 +27,7 @@ SLOWER = (
     "trainer.max_epochs=30",
     "search.batch_sizes=[16]",
     "pruner=none",
-    "confirm.seeds=0",
+    "race.seeds=[]",
 )
 
 

@@ -15,7 +15,6 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from benchmarks.synthetic import write_study
-from pipeline.core import record
 from pipeline.core.storage import load_study
 from pipeline.report import prose
 from pipeline.report.__main__ import main as report_main
@@ -24,9 +23,13 @@ from pipeline.report.results import collect
 from pipeline.report.tables import recommend, time_to_target
 from pipeline.search.phases.run import search
 from pipeline.verdict.progress import unfinished
-from tests.conftest import CONFIRM, ROOT, TINY, require_service, tiny_config
+from pipeline.verdict.race import Arm, State
+from tests.conftest import RACE, ROOT, TINY, require_service, tiny_config
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
+
+
+RACED = "race.seeds=[1,5,10,20]"  # the rounds write_study(race=True) raced (the default)
 
 
 def _report(tmp_path: Path, capsys, *overrides: str) -> tuple[int, str, str]:
@@ -53,10 +56,10 @@ def _assert_self_contained(html: str) -> None:
 
 def test_report_from_a_real_study(tmp_path, capsys):
     families = "search.optimizers=[sgd,adam,momentum]"
-    cfg = tiny_config(tmp_path, "search.n_trials=10", families, *CONFIRM)
+    cfg = tiny_config(tmp_path, "search.n_trials=10", families, *RACE)
     search(cfg)
     capsys.readouterr()
-    code, out, err = _report(tmp_path, capsys, families, *CONFIRM)
+    code, out, err = _report(tmp_path, capsys, families, *RACE)
     assert code == 0, err
     reports = tmp_path / "reports"
     assert out.strip().splitlines()[-1] == str(reports / "index.html")  # the last line: its path
@@ -87,10 +90,11 @@ def test_report_from_a_real_study(tmp_path, capsys):
     summary = json.loads((reports / "summary.json").read_text())
     assert summary["trials"] == 10 and summary["metric"] == "val_loss"
     declared = summary["recommendation"]
-    assert declared["confirmed"] and declared["seeds"] == 2
+    assert declared["raced"] and declared["seeds"] == 2
     # The page and summary.json say the same thing.
     assert html_escape(declared["sentence"]) in html
-    assert summary["replicates"] == len(declared["families"]) * 2 + 2  # and the baseline
+    assert summary["race_runs"] == declared["runs"] > 0
+    assert summary["seconds"] == "modelled" and summary["timing"]
     assert summary["best_value"] == pytest.approx(
         min(
             t.value
@@ -102,13 +106,13 @@ def test_report_from_a_real_study(tmp_path, capsys):
     table = pd.read_csv(reports / "recommendation.csv")
     assert list(table.family) == [f["family"] for f in declared["families"]]
     assert list(table["rank"]) == list(range(1, len(table) + 1))
-    assert list(table.speed) == sorted(table.speed)  # ranked by mean time over seeds
-    if declared["winner"] is None:  # the leader misses in most seeds: nothing is named
-        assert declared["group"] == [] and "No confirmed setting" in declared["sentence"]
-    elif declared["decided"]:
-        assert declared["group"] == [declared["winner"]] == [table.family[0]]
-    else:
-        assert declared["group"][0] == table.family[0] and len(declared["group"]) > 1
+    racing = table[table.status != "slower"]
+    assert list(racing.index) == list(range(len(racing)))  # the declaration's families first
+    assert list(racing.speed) == sorted(racing.speed)  # ranked by mean time over seeds
+    assert declared["leader"] == table.family[0] and table.status[0] == "leader"
+    assert declared["group"] == list(racing.family)
+    assert {f["claim"] for f in declared["families"]} == {"family"}
+    assert declared["setting"]["claim"] == "setting"
 
     curves = pd.read_csv(reports / "curves.csv")
     assert {
@@ -177,12 +181,12 @@ def test_time_to_target_and_ranking_by_hand():
     table = results.recommendation
     assert list(table.family) == ["adam", "momentum", "sgd"]
     assert list(table.reached) == [True, True, False]
-    # Single runs: no confirmation, so no ratio, and the sentence says a rerun may differ.
-    assert results.confidence is None
+    # Single runs: no race, so no ratio, and the sentence says a rerun may differ.
+    assert results.verdict is None
     assert prose.sentence(results) == (
         "The fastest single run was Adam (lr 0.01, constant, batch 32): val_loss ≤ 0.2 in "
         "2.00 s (2 epochs). These are single runs, one seed each, so a rerun may name another "
-        "family; confirm them over seeds with confirm.seeds=20 (the default)."
+        "family; race them over seeds with race.seeds=[1,5,10,20] (the default)."
     )
 
 
@@ -190,7 +194,7 @@ def test_derived_target_is_the_best_relaxed_by_the_tolerance():
     results = collect(_hand_made_study(), tolerance=0.5)
     assert results.target.value == pytest.approx(0.15)  # best final 0.10 relaxed by 50%
     assert "relaxed by 50%" in prose.target_how(results.target)
-    assert "set report.target to time every run against the same one" in prose.target_how(
+    assert "set verdict.target to time every run against the same one" in prose.target_how(
         results.target
     )
     assert list(results.recommendation.family[:1]) == ["adam"]
@@ -237,7 +241,7 @@ def test_partial_studies_still_render(tmp_path, capsys):
     assert "ValueError: boom" in html and "No plot of" in html
     summary = json.loads((tmp_path / "reports" / "summary.json").read_text())
     assert summary["failed"] == 1 and summary["best_value"] is None
-    assert summary["recommendation"]["winner"] is None
+    assert summary["recommendation"]["leader"] is None
 
     # Only pruned trials:
     pruned = optuna.create_study(storage=storage, study_name="pruned")
@@ -297,8 +301,8 @@ def test_report_renders_in_a_real_browser(tmp_path, capsys):
     chromium = _chromium()
     from playwright.sync_api import sync_playwright
 
-    write_study(f"sqlite:///{tmp_path}/study.db", 60, study_name="moons", replicates=3)
-    code, _out, err = _report(tmp_path, capsys)
+    write_study(f"sqlite:///{tmp_path}/study.db", 60, study_name="moons", race=True)
+    code, _out, err = _report(tmp_path, capsys, RACED, "search.n_trials=60")
     assert code == 0, err
     page_url = (tmp_path / "reports" / "index.html").as_uri()
     errors: list[str] = []
@@ -323,10 +327,24 @@ def test_report_renders_in_a_real_browser(tmp_path, capsys):
         images = page.eval_on_selector_all(
             "img", "imgs => imgs.map(i => [i.alt, i.complete, i.naturalWidth])"
         )
+        first_screen = page.evaluate(
+            """() => ({
+              verdict: document.querySelector("p.verdict").getBoundingClientRect().bottom,
+              table: document.querySelector("table.compact").getBoundingClientRect().bottom,
+              text: [...document.querySelectorAll("p.verdict")].map(p => p.textContent),
+            })"""
+        )
+        # A sentence ends at ". " before a capital letter (decimals and "e.g." do not).
+        first_screen["sentences"] = sum(
+            len(re.split(r"[.!?]\s+(?=[A-Z])", text.strip())) for text in first_screen["text"]
+        )
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
         browser.close()
-    assert len(images) >= 9, images  # the confidence figures too
+    assert len(images) >= 9, images  # the race's figures too
+    # The first screen (1200 x 900) answers the question: the sentence and the compact table.
+    assert first_screen["verdict"] <= 900 and first_screen["table"] <= 900, first_screen
+    assert first_screen["sentences"] <= 3, first_screen
     assert all(complete and width > 0 for _, complete, width in images), images
     assert errors == []
     assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
@@ -334,23 +352,23 @@ def test_report_renders_in_a_real_browser(tmp_path, capsys):
 
 
 def test_generated_study_with_a_known_order_declares_it_in_every_file(tmp_path, capsys):
-    """Synthetic replicates: Adam and AdamW learn alike and fastest (benchmarks/synthetic.py)."""
+    """Synthetic runs: Adam, AdamW and Nadam learn alike and fastest (benchmarks/synthetic.py)."""
     storage = f"sqlite:///{tmp_path}/study.db"
-    write_study(storage, 120, study_name="moons", replicates=5, seed=3)
-    code, _out, err = _report(tmp_path, capsys)
+    write_study(storage, 120, study_name="moons", race=True, seed=3)
+    code, _out, err = _report(tmp_path, capsys, RACED)
     assert code == 0, err
     summary = json.loads((tmp_path / "reports" / "summary.json").read_text())
     declared = summary["recommendation"]
     html = (tmp_path / "reports" / "index.html").read_text()
     assert html_escape(declared["sentence"]) in html
-    assert declared["winner"] in ("adam", "adamw", "nadam")
+    assert declared["leader"] in ("adam", "adamw", "nadam")
     assert "sgd" not in declared["group"]
-    # The page says what the seeds cannot cover: another master seed searches other settings.
-    assert "not the search itself" in html
-    if declared["decided"]:
-        assert "the settings this search found" in declared["sentence"]
+    assert set(declared["equivalent"]) <= {"adam", "adamw", "nadam"}
+    # Each claim says its level: families at the shared condition, or a setting.
+    assert f"At batch {declared['condition']['batch_size']}" in declared["sentence"]
+    assert "Claims about families hold at this batch size and schedule" in html
     table = pd.read_csv(tmp_path / "reports" / "recommendation.csv")
-    assert table.family[0] == declared["winner"]
+    assert table.family[0] == declared["leader"]
     for row, family in zip(table.itertuples(), declared["families"], strict=True):
         assert row.family == family["family"]
         assert family["success"] == f"{row.reached}/{row.replicates}"
@@ -368,7 +386,7 @@ def test_a_trial_killed_before_it_picked_a_batch_size_keeps_batch_sizes_whole(tm
             user_attrs={"stale": "worker h:1 died"},
         )
     )
-    code, _out, err = _report(tmp_path, capsys, "confirm.seeds=0")
+    code, _out, err = _report(tmp_path, capsys, "race.seeds=[]")
     assert code == 0, err
     raw = pd.read_csv(tmp_path / "reports" / "recommendation.csv", dtype=str)
     assert raw.batch_size.str.fullmatch(r"\d+").all(), list(raw.batch_size)
@@ -391,30 +409,19 @@ def _ended(number: int, state: TrialState = TrialState.COMPLETE, **attrs) -> Fro
 
 def test_what_an_unfinished_study_lacks_by_hand():
     search = [_ended(0), _ended(1, TrialState.PRUNED)]
-    replicate = {record.ROLE: "replicate", record.OF: 0, record.REPLICATE: 0}
-    # The search done, the confirmation not queued yet: not final, unless it is turned off.
-    left = unfinished(search, None, n_trials=2, seeds=20)
-    assert missing(left) == "the confirmation has not started"
-    assert unfinished(search, None, n_trials=2, seeds=0) is None
+    # The search done, the race not planned yet: not final, unless it is turned off.
+    left = unfinished(search, None, n_trials=2, racing=True)
+    assert missing(left) == "the race has not started"
+    assert unfinished(search, None, n_trials=2, racing=False) is None
     # The command's budget counts, not the study's first one: a rerun may raise it.
-    assert missing(unfinished(search, None, n_trials=3, seeds=0)) == (
+    assert missing(unfinished(search, None, n_trials=3, racing=False)) == (
         "the search has run 2 of its 3 trials"
     )
-    done = [*search, _ended(2, **replicate)]
-    assert unfinished(done, None, n_trials=2, seeds=1) is None
-    # A second look whose trials ended but whose best are not queued for confirmation yet.
-    plan = {"trials": [{}, {}]}
-    looks = [
-        _ended(3, **{record.ROLE: "challenge", record.CHALLENGE: 0}),
-        _ended(4, TrialState.PRUNED, **{record.ROLE: "challenge", record.CHALLENGE: 1}),
-    ]
-    left = unfinished(done + looks, plan, n_trials=2, seeds=1)
-    assert missing(left) == "the second look's best are not yet confirmed" and left.second_look
-    assert missing(unfinished(done + looks[:1], plan, n_trials=2, seeds=1)) == (
-        "the second look has run 1 of its 2 trials"
+    # A race whose round 1 still needs runs, then one that has ended.
+    arms = {"adam lr 0.01": Arm("adam lr 0.01", "family", "adam", {})}
+    running = State(arms=arms, alive=list(arms), round=1, missing=[("adam lr 0.01", 3)])
+    assert missing(unfinished(search, running, n_trials=2, racing=True)) == (
+        "round 1 of the race still needs 1 runs"
     )
-    confirmed = {**replicate, record.OF: 3}
-    assert unfinished([*done, *looks, _ended(5, **confirmed)], plan, n_trials=2, seeds=1) is None
-    # Every look pruned: nothing of it to confirm, so it is finished.
-    pruned = [_ended(3, TrialState.PRUNED, **{record.ROLE: "challenge", record.CHALLENGE: 0})]
-    assert unfinished(done + pruned + looks[1:], plan, n_trials=2, seeds=1) is None
+    ended = State(arms=arms, alive=list(arms), round=2, done=True)
+    assert unfinished(search, ended, n_trials=2, racing=True) is None

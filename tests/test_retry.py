@@ -18,7 +18,7 @@ ARGS = (
     "trainer.max_epochs=2",
     "search.n_trials=3",
     "search.n_workers=1",
-    "confirm.seeds=0",
+    "race.seeds=[]",
 )
 
 

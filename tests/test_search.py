@@ -143,7 +143,7 @@ def test_user_model_and_data_plugged_in_by_config(tmp_path):
             str(USER_CONF),
             f"task={task}",
             "search.n_trials=3",
-            "confirm.seeds=0",
+            "race.seeds=[]",
             "trainer.max_epochs=2",
             "search.batch_sizes=[32]",
             cwd=tmp_path,

@@ -21,11 +21,11 @@ from pipeline.config import compose
 from pipeline.core.errors import ConfigError, first_line
 from pipeline.core.secrets import MASK, mask, public
 from pipeline.core.storage import open_storage
-from tests.conftest import CONFIRM, TINY, require_service, run_cli
+from tests.conftest import RACE, TINY, require_service, run_cli
 from tests.test_parallel import PG_URL
 
 ENV = "OPTUNA_TEST_STORAGE"
-SMALL = (*TINY, *CONFIRM, "search.n_trials=4", "search.optimizers=[adam,sgd]")
+SMALL = (*TINY, *RACE, "search.n_trials=4", "search.optimizers=[adam,sgd]")
 
 
 @pytest.mark.parametrize(

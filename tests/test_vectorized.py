@@ -1,8 +1,8 @@
-"""Confirmation replicates trained as one stacked group match the same seeds run one by one.
+"""A race arm's seed replicates trained as one stacked group match the same seeds run one by one.
 
 python -m pytest tests/test_vectorized.py
 
-"One by one" is what the pipeline runs with confirm.vectorize=false: each replicate its own
+"One by one" is what the pipeline runs with race.vectorize=false: each replicate its own
 Lightning trial (pipeline.search.engine.trial.TrialRunner) with its seed. train_one, the plain loop
 a group falls back to for a single seed, is checked against it too.
 """
@@ -27,7 +27,7 @@ from pipeline.search import interrupt
 from pipeline.search.engine import stacking, vectorized
 from pipeline.search.engine.replicate import Replicate, Spec, train_one
 from pipeline.search.engine.vectorized import train_group
-from pipeline.search.phases.confirm import replicate_seed
+from pipeline.search.phases.race import replicate_seed
 from pipeline.search.space import SearchSpace
 from pipeline.search.tasks.data import moons_arrays
 from pipeline.search.workers import groups as replicates
@@ -52,7 +52,7 @@ def _config(tmp_path: Path, *overrides: str, config_dirs: Iterable[Path] = ()) -
         tmp_path,
         f"trainer.max_epochs={EPOCHS}",
         "search.batch_sizes=[64]",
-        f"confirm.seeds={SEEDS}",
+        f"race.seeds=[{SEEDS}]",
         *overrides,
         config_dirs=list(config_dirs),
     )
@@ -69,25 +69,25 @@ def _params(space: SearchSpace, family: str, schedule: str) -> dict[str, Any]:
 
 
 def _run(cfg: DictConfig, configs: list[dict[str, Any]], *, vectorize: bool) -> optuna.Study:
-    """Queue SEEDS replicates of each config, as confirm.enqueue_missing does, and run them."""
-    cfg = OmegaConf.merge(cfg, {"confirm": {"vectorize": vectorize}})
+    """Queue SEEDS runs of each config, as search.phases.race.enqueue does, and run them."""
+    cfg = OmegaConf.merge(cfg, {"race": {"vectorize": vectorize}})
     space = SearchSpace.from_config(cfg)
     study = optuna.create_study(direction=cfg.search.direction)
     for r in range(SEEDS):
         for i, params in enumerate(configs):
             attrs = {
-                record.ROLE: "replicate",
-                record.OF: i,
+                record.ROLE: "race",
+                record.ARM: str(i),
                 record.REPLICATE: r,
                 record.SEED: replicate_seed(int(cfg.seed), r),
             }
             study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
-    work(cfg, space, Budget(len(configs) * SEEDS, role="replicate"), study)
+    work(cfg, space, Budget(len(configs) * SEEDS, role="race"), study)
     return study
 
 
-def _key(t: FrozenTrial) -> tuple[int, int]:
-    return t.user_attrs[record.OF], t.user_attrs[record.REPLICATE]
+def _key(t: FrozenTrial) -> tuple[str, int]:
+    return t.user_attrs[record.ARM], t.user_attrs[record.REPLICATE]
 
 
 def assert_same_curve(got: dict[str, list[Any]], want: dict[str, list[Any]], n_val: int) -> None:
@@ -138,7 +138,7 @@ def test_every_family_grouped_reproduces_its_seeds_run_one_by_one(tmp_path, sche
     assert_same_trials(grouped, alone)
     # Each replicate is its own run: the seeds differ, their curves too; seconds are the group's.
     for i in range(len(configs)):
-        runs = [record.run_of(t) for t in grouped.trials if _key(t)[0] == i]
+        runs = [record.run_of(t) for t in grouped.trials if _key(t)[0] == str(i)]
         assert len({r.final("val_loss") for r in runs}) == SEEDS
         assert len({tuple(r.curve["seconds"]) for r in runs}) == 1
 
@@ -182,8 +182,8 @@ def test_a_norm_based_optimizer_runs_one_by_one_and_says_so_once(tmp_path, monke
     grouped = _run(cfg, configs, vectorize=True)
     said = [n for n in notes if "lars" in n]
     assert said == [
-        "confirmation: lars (tests.test_vectorized.NormScaledSGD) does not update each element "
-        "on its own (a norm?): its replicates run one by one"
+        "race: lars (tests.test_vectorized.NormScaledSGD) does not update each element "
+        "on its own (a norm?): its runs go one by one"
     ]
     for t in grouped.trials:
         assert t.state == TrialState.COMPLETE
@@ -249,9 +249,9 @@ def test_ctrl_c_records_the_group_interrupted(tmp_path, monkeypatch):
         assert t.user_attrs[record.GROUP] == SEEDS
 
 
-def test_confirm_vectorize_is_a_checked_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"confirm\.vectorize"):
-        check(OmegaConf.merge(_config(tmp_path), {"confirm": {"vectorize": "yes"}}))
+def test_race_vectorize_is_a_checked_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"race\.vectorize"):
+        check(OmegaConf.merge(_config(tmp_path), {"race": {"vectorize": "yes"}}))
 
 
 def test_a_plain_lightning_user_task_runs_one_by_one(tmp_path):

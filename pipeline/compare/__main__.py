@@ -4,7 +4,7 @@
 
 Each entry of compare.studies is a storage (a journal or SQLite file path, or any storage
 URL); every study in it is a task. Each study's recommendation is computed as its own report
-does (confirmation replicates, the same target rule), then laid side by side: a table of
+does (the race, the same target rule), then laid side by side: a table of
 median time to target per family and task with its 95 % interval, AlgoPerf performance
 profiles and their scores (pipeline.compare.profiles), and one sentence.
 """
@@ -40,7 +40,7 @@ def _url(entry: str) -> str:
 
 
 def gather(cfg: DictConfig) -> pd.DataFrame:
-    """One row per (task, family): the confirmed setting's median time and interval."""
+    """One row per (task, family): its raced setting's median time and interval."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rows = []
     for entry in cfg.compare.studies:
@@ -55,11 +55,11 @@ def gather(cfg: DictConfig) -> pd.DataFrame:
                 results = collect_for(study, cfg, runs_it=False)
             finally:
                 close(study)
-            if results.confidence is None or results.recommendation.empty:
+            if results.verdict is None or results.recommendation.empty:
                 raise ConfigError(
                     "compare.studies",
-                    f"study {name!r} in {entry} has no confirmation replicates; "
-                    "run it with confirm.seeds > 0 (the default)",
+                    f"study {name!r} in {entry} has not been raced; "
+                    "run it with race.seeds=[1,5,10,20] (the default)",
                 )
             for _, row in results.recommendation.iterrows():
                 rows.append(
@@ -70,8 +70,8 @@ def gather(cfg: DictConfig) -> pd.DataFrame:
                         "low": float(row["low_seconds"]),
                         "high": float(row["high_seconds"]),
                         "reached": f"{row['reached']}/{row['replicates']}",
-                        "winner": results.confidence.winner,
-                        "group": list(results.confidence.group),
+                        "winner": results.verdict.leader,
+                        "group": list(results.verdict.group),
                         # what its report's "Not final" names; empty: finished
                         "unfinished": missing(results.unfinished) if results.unfinished else "",
                     }

@@ -37,14 +37,14 @@ PRECISIONS = (
 )
 # Sections whose keys are ours: a key the shipped config lacks is a typo, never ignored.
 # task, sampler, pruner, optimizer.* and scheduler.* pass arguments through to user classes.
-STRICT = ("search", "trainer", "report", "confirm", "compare")
+STRICT = ("search", "trainer", "report", "race", "verdict", "compare")
 BASELINE = ("optimizer", "lr", "schedule", "batch_size")
 
 
 def check(cfg: DictConfig, *, config_dirs: Sequence[str] = ()) -> None:
     """Raise ConfigError for the first bad value. Touches no storage and no file."""
     _known(cfg)
-    _section(cfg, "search", "trainer", "task", "sampler", "pruner", "confirm", "report")
+    _section(cfg, "search", "trainer", "task", "sampler", "pruner", "race", "verdict", "report")
     _int(cfg, "seed", low=0)
 
     task = cfg.task
@@ -111,42 +111,60 @@ def check(cfg: DictConfig, *, config_dirs: Sequence[str] = ()) -> None:
 
     for part in ("sampler", "pruner"):
         _has_target(cfg, part)
-    _confirm(cfg)
-    if cfg.report.get("target") is not None:
-        _number(cfg, "report.target")
-    _number(cfg, "report.target_tolerance", low=0)
-    if cfg.report.target_tolerance >= 1:
-        raise ConfigError("report.target_tolerance", "must be below 1 (a fraction, e.g. 0.1)")
+    _race(cfg)
+    _verdict(cfg)
     _str(cfg, "report.dir")
 
 
-def _confirm(cfg: DictConfig) -> None:
-    _int(cfg, "confirm.seeds", low=0)
-    _int(cfg, "confirm.top_k", low=1)
-    _int(cfg, "confirm.challengers", low=0)
-    _int(cfg, "confirm.resamples", low=100)
-    _number(cfg, "confirm.margin", low=0)
-    _bool(cfg, "confirm.vectorize")
-    confidence = _number(cfg, "confirm.confidence", low=0.5, strict=True)
+def _verdict(cfg: DictConfig) -> None:
+    if cfg.verdict.get("target") is not None:
+        _number(cfg, "verdict.target")
+    _number(cfg, "verdict.tolerance", low=0)
+    if cfg.verdict.tolerance >= 1:
+        raise ConfigError("verdict.tolerance", "must be below 1 (a fraction, e.g. 0.3)")
+    _int(cfg, "verdict.resamples", low=100)
+    _number(cfg, "verdict.margin", low=0)
+    confidence = _number(cfg, "verdict.confidence", low=0.5, strict=True)
     if confidence >= 1:
-        raise ConfigError("confirm.confidence", "must be below 1 (a probability, e.g. 0.9)")
-    base = cfg.confirm.get("baseline")
+        raise ConfigError("verdict.confidence", "must be below 1 (a probability, e.g. 0.9)")
+
+
+def _race(cfg: DictConfig) -> None:
+    seeds = _get(cfg, "race.seeds")
+    if not OmegaConf.is_list(seeds) or not all(_is_int(k) and k >= 1 for k in seeds):
+        raise ConfigError(
+            "race.seeds",
+            f"{_show(seeds)} is not allowed; use [] or rising counts, e.g. [1,5,10,20]",
+        )
+    if list(seeds) != sorted(set(seeds)):
+        raise ConfigError("race.seeds", f"{_show(seeds)} must rise, e.g. [1,5,10,20]")
+    _int(cfg, "race.keep", low=1)
+    _int(cfg, "race.settings", low=0)
+    _int(cfg, "race.budget", low=1)
+    _bool(cfg, "race.vectorize")
+    base = cfg.race.get("baseline")
     if base is None:
         return
     if not isinstance(base, DictConfig) or set(base) != set(BASELINE):
         raise ConfigError(
-            "confirm.baseline", f"use null or a mapping with exactly: {', '.join(BASELINE)}"
+            "race.baseline", f"use null or a mapping with exactly: {', '.join(BASELINE)}"
         )
-    _str(cfg, "confirm.baseline.optimizer")
-    _str(cfg, "confirm.baseline.schedule")
-    _number(cfg, "confirm.baseline.lr", low=0, strict=True)
-    _int(cfg, "confirm.baseline.batch_size", low=1)
+    _str(cfg, "race.baseline.optimizer")
+    _str(cfg, "race.baseline.schedule")
+    _number(cfg, "race.baseline.lr", low=0, strict=True)
+    _int(cfg, "race.baseline.batch_size", low=1)
 
 
 def _known(cfg: DictConfig) -> None:
     """Refuse keys the shipped config does not have (a typo, or `+search.bar=1`)."""
     base = default_config()
     for key in cfg:
+        if key == "confirm":  # a params.yaml written before the race
+            raise ConfigError(
+                "confirm",
+                "was replaced by race and verdict; rewrite the params file "
+                "(python -m pipeline.config > params.yaml)",
+            )
         if key not in base:
             raise ConfigError(str(key), f"no such key; the config has: {', '.join(map(str, base))}")
     for section in STRICT:

@@ -41,6 +41,19 @@ def _conf_dir() -> Path:
 
 
 CONF_DIR = _conf_dir()
+# Keys that were renamed or replaced: named in the refusal, so an old command says what to type.
+RENAMED = {
+    "confirm.seeds": "race.seeds (seeds per arm, round by round, e.g. [1,5,10,20])",
+    "confirm.baseline": "race.baseline",
+    "confirm.vectorize": "race.vectorize",
+    "confirm.confidence": "verdict.confidence",
+    "confirm.margin": "verdict.margin",
+    "confirm.resamples": "verdict.resamples",
+    "confirm.top_k": "race.keep (the race raced every family's learning rates instead)",
+    "confirm.challengers": "race.keep (every family is raced; there is no second look)",
+    "report.target": "verdict.target",
+    "report.target_tolerance": "verdict.tolerance",
+}
 # Config groups whose chosen options are composed side by side, one key per option.
 SPACES = {"optimizer": "optimizers", "scheduler": "schedulers"}
 
@@ -170,6 +183,9 @@ def _composition_error(exc: BaseException, overrides: list[str]) -> ConfigError:
     )
     if match:
         key = match.group(1)
+        old = next((k for k in RENAMED if key == k or key.startswith(k + ".")), None)
+        if old is not None:
+            return ConfigError(key, f"was replaced; use {RENAMED[old]}")
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         others = [o for o in overrides if not o.lstrip("+~").startswith(key)]
         if "already at" in text:

@@ -1,22 +1,22 @@
 """The trial record: what a trial stores on itself in the study, and how it is read back.
 
-    pipeline.search writes it (trial.py, objective.py, stale.py); pipeline.report reads it.
+    pipeline.search writes it (engine, workers, stale); the verdict and the report read it.
 
 Everything a report needs lives on the Optuna trial, so a study file is the whole result:
   params                 optimizer, <family>.<hp>, schedule, <schedule>.<hp>, batch_size
   user_attrs["run"]      a Run: the per-epoch curve, device, seed, data sizes, parameter count
   user_attrs["worker"]   host:pid of the process that ran it (to tell a dead worker's trials)
   user_attrs[...]        how it ended when not complete: stopped, diverged, interrupted,
-                         error, stale, unused; for confirmation replicates, role, of,
-                         replicate, seed, and group (the size of the stacked group it trained in);
-                         for a challenger's trial, role and challenge (its place in the plan)
+                         error, stale, unused; for a race run, role, arm, replicate, seed and
+                         group (the size of the stacked group it trained in)
+The study holds the race's plan (RACE) and each family's timed optimizer step (STEP_SECONDS).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Container
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -41,20 +41,18 @@ RETRIED = "retried"  # a failed trial whose config was queued again after the us
 # listed on the study (by number) and trials() marks them RETRIED as it reads them.
 RETRIED_TRIALS = "retried_trials"
 # Seconds of one optimizer step per family on the task's model, timed once per study before the
-# confirmation (pipeline.search.phases.steptime); the cost model reads them (core.cost.EpochCost).
+# race (search.phases.steptime); the cost model reads them (verdict.cost.EpochCost).
 STEP_SECONDS = "step_seconds"
-# Confirmation replicates (pipeline.search.phases.confirm): which search trial they repeat.
-ROLE = "role"  # "search" (absent), "replicate", "baseline" or "challenge"
-CONFIRMED = ("replicate", "baseline")  # the roles of confirmation replicates
-OF = "of"  # the trial number (search or challenge) a replicate repeats
-REPLICATE = "replicate"  # its index 0..R-1
+# The race (search.phases.race): its plan on the study, decided once after the search.
+RACE = "race"
+ROLE = "role"  # "search" (absent), "race" or "timing"
+RACED = ("race",)  # the roles of the race's runs (seed replicates of an arm)
+ARM = "arm"  # the arm a race run belongs to (verdict.race.Arm.id)
+REPLICATE = "replicate"  # its seed index 0..R-1
 SEED = "seed"  # the seed it trains with, when not the search's seed + trial number
-# Replicates trained as one stacked group (pipeline.search.workers.groups): the group's size. Their
+# Replicates trained as one stacked group (search.workers.groups): the group's size. Their
 # curve seconds are the group's wall clock since it started, not a run of their own.
 GROUP = "group"
-# The runners-up's second look before a single winner is named (pipeline.search.phases.challenge):
-# the plan, decided once, on the study; each of its trials' index in the plan, on the trial.
-CHALLENGE = "challenge"
 
 # State labels, in the order a report lists them; MAIN are shown even when zero.
 STATES = (
@@ -172,20 +170,10 @@ def live(trial: FrozenTrial) -> bool:
     return counts(trial) or trial.state in (TrialState.RUNNING, TrialState.WAITING)
 
 
-def replicate_key(trial: FrozenTrial) -> tuple[str, int | None, int]:
-    """A confirmation replicate's place: (role, the trial it repeats, its index)."""
+def replicate_key(trial: FrozenTrial) -> tuple[str, str | None, int]:
+    """A race run's place: (role, its arm, its seed index)."""
     attrs = trial.user_attrs
-    return (role(trial), attrs.get(OF), int(attrs.get(REPLICATE, -1)))
-
-
-def looked(trials: Sequence[FrozenTrial], *, holding: Callable[[FrozenTrial], bool]) -> set[int]:
-    """The places in the second look's plan (CHALLENGE) held by a trial: `holding` is counts
-    (ended) or live (ended, running or queued)."""
-    return {
-        int(t.user_attrs[CHALLENGE])
-        for t in trials
-        if role(t) == "challenge" and CHALLENGE in t.user_attrs and holding(t)
-    }
+    return (role(trial), attrs.get(ARM), int(attrs.get(REPLICATE, -1)))
 
 
 def counts(trial: FrozenTrial) -> bool:

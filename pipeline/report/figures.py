@@ -230,37 +230,42 @@ def importance(results: Results) -> str | None:
 
 
 def seed_times(results: Results) -> str | None:
-    """Each confirmed config's time to target over its seeds; misses drawn apart at the right."""
-    sure = results.confidence
-    if sure is None or sure.families.empty:
+    """Each family's raced setting's time to target over its seeds, then the search's settings
+    and the baseline; misses drawn apart at the right."""
+    verdict = results.verdict
+    if verdict is None or verdict.families.empty:
         return None
-    order = list(sure.families.config)
-    labels = {
-        c: family_label(f) for c, f in zip(sure.families.config, sure.families.family, strict=True)
-    }
-    if sure.baseline is not None:
-        order.append("baseline")
-        labels["baseline"] = "your current setting"
-    data = sure.replicates[sure.replicates.config.isin(order)].copy()
+    rows = [
+        (a, family_label(f), lo, med, hi)
+        for a, f, lo, med, hi in verdict.families[
+            ["arm", "family", "low_seconds", "median_seconds", "high_seconds"]
+        ].itertuples(index=False)
+    ]
+    for _, row in verdict.settings.iterrows():
+        label = "your current setting" if row["kind"] == "baseline" else f"{row['arm']} (as found)"
+        rows.append(
+            (row["arm"], label, row["low_seconds"], row["median_seconds"], row["high_seconds"])
+        )
+    order = [r[0] for r in rows]
+    times = verdict.times
+    k = {a: verdict.state.seeds.get(a, 0) for a in order}
+    data = times[times.arm.isin(order) & (times.replicate < times.arm.map(k))].copy()
     finite = data.loc[data.reached, "time"]
     edge = (finite.max() if not finite.empty else 1.0) * 1.15
     data["x"] = data["time"].where(data.reached, edge)
-    data["y"] = data.config.map({c: i for i, c in enumerate(order)})
+    data["y"] = data.arm.map({a: i for i, a in enumerate(order)})
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(7, 0.9 + 0.42 * len(order)))
     hit, miss = data[data.reached], data[~data.reached]
     ax.scatter(hit.x, hit.y, s=22, color="tab:blue", alpha=0.7, label="a seed")
     ax.scatter(miss.x, miss.y, s=30, color="tab:red", marker="x", label="missed the target")
-    rows = sure.configs.set_index("config")
-    for i, config in enumerate(order):
-        row = rows.loc[config]
-        if math.isfinite(row["median_time"]):
-            high = min(row["high"], edge)
-            ax.plot([row["low"], high], [i, i], color="black", linewidth=1)
-            ax.plot([row["median_time"]] * 2, [i - 0.25, i + 0.25], color="black", linewidth=2)
+    for i, (_, _, low, middle, high) in enumerate(rows):
+        if math.isfinite(middle):
+            ax.plot([low, min(high, edge)], [i, i], color="black", linewidth=1)
+            ax.plot([middle] * 2, [i - 0.25, i + 0.25], color="black", linewidth=2)
     ax.axvline(edge, color="tab:red", linewidth=0.6, linestyle=":")
     ax.set_yticks(range(len(order)))
-    ax.set_yticklabels([labels[c] for c in order])
+    ax.set_yticklabels([r[1] for r in rows])
     ax.invert_yaxis()
     ax.set_xlabel("time to target (s): epochs x seconds per epoch of one run")
     return titled(

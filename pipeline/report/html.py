@@ -80,7 +80,7 @@ def facts(results: Results) -> dict[str, Any]:
             s: int(states.get(s, 0)) for s in record.STATES if states.get(s, 0) or s in record.MAIN
         },
         "total": len(trials),
-        "replicates": int(every.role.isin(record.CONFIRMED).sum()),
+        "replicates": int(every.role.isin(record.RACED).sum()),
         "compute_seconds": float(every.seconds.fillna(0).sum()),
         "best": None
         if best.empty
@@ -150,8 +150,10 @@ def render(results: Results, info: dict[str, Any], *, command: str) -> str:
         target_how=prose.target_how(results.target) if results.target else "",
         how_sure=prose.how_sure(results),
         baseline_line=prose.baseline(results),
+        compact=prose.compact_rows(results),
+        rounds_line=prose.rounds_line(results),
+        method_line=prose.method_line(results),
         test_line=prose.test_score(results),
-        step_line=prose.step_times(results),
         recommendation=table.to_dict("records") if not table.empty else [],
         trials=results.trials.sort_values("number").to_dict("records"),
         params_of=lambda p: ", ".join(f"{k} {num(v, 3)}" for k, v in p.items() if k != "lr"),

@@ -1,9 +1,10 @@
-"""The report's words: the recommendation sentence, the target, how sure it is.
+"""The report's words: the recommendation, the target, how sure it is, what is still missing.
 
     prose.sentence(results)     # pipeline.report.html renders them
 
 Each function takes the numbers (report.results, the verdict) and returns words; nothing here
-computes a number the report shows.
+computes a number the report shows. Each claim says its level: a setting ("train with ...")
+or families at the race's shared batch size and schedule.
 """
 
 from __future__ import annotations
@@ -12,34 +13,47 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.report.names import chance, family_label, names, num, seconds, setting, span
+from pipeline.report.names import chance, family_label, names, num, seconds, span
 from pipeline.report.results import Results
 from pipeline.verdict.confidence import mostly_misses
 from pipeline.verdict.progress import Unfinished
 from pipeline.verdict.target import Target
 
 
+def setting_of(arm: dict[str, Any] | Any) -> str:
+    """A raced arm's setting as a person would type it (the others at the family's defaults)."""
+    params = arm.get("params") or {}
+    family = str(arm["family"])
+    where = f"search trial {arm['of']}, " if arm.get("kind") == "setting" else ""
+    if arm.get("kind") == "baseline":
+        where = "your current setting, "
+    return (
+        f"{family_label(family)} ({where}lr {num(float(arm['lr']))}, "
+        f"{params.get('schedule', arm.get('schedule'))}, "
+        f"batch {params.get('batch_size', arm.get('batch_size'))})"
+    )
+
+
 def step_times(r: Results) -> str:
     """Each family's timed optimizer step, quickest first ("" when the study has none)."""
-    timed = r.confidence.step_seconds if r.confidence is not None else {}
+    timed = r.verdict.step_seconds if r.verdict is not None else {}
     ordered = sorted(timed.items(), key=lambda item: (item[1], item[0]))
     return ", ".join(f"{family_label(f)} {num(s * 1e6)} \u00b5s" for f, s in ordered)
 
 
 def sentence(r: Results) -> str:
-    """The recommendation in one or two sentences, as sure as the evidence allows."""
+    """The recommendation in two sentences (a setting, then the families), as sure as the
+    evidence allows; "Not final" first while the study is unfinished."""
     return not_final(r) + _sentence(r)
 
 
 def not_final(r: Results) -> str:
-    """Said first while the study is unfinished: what follows may still change."""
     left = r.unfinished
     if left is None:
         return ""
     return (
-        f"Not final: {missing(left)} (the rest are queued, running, or were cut short). What "
-        "follows rests on what has ended and may change; the same search command runs only "
-        "what is missing. "
+        f"Not final: {missing(left)}. What follows rests on what has ended and may change; "
+        "the same search command runs only what is missing. "
     )
 
 
@@ -47,231 +61,151 @@ def missing(left: Unfinished) -> str:
     """What an unfinished study lacks, first things first."""
     if left.searched < left.searched_planned:
         return f"the search has run {left.searched} of its {left.searched_planned} trials"
-    if not left.confirmation_queued:
-        return "the confirmation has not started"
-    if left.looks < left.looks_planned:
-        return f"the second look has run {left.looks} of its {left.looks_planned} trials"
-    if not left.looks_queued:
-        return "the second look's best are not yet confirmed"
-    return f"the confirmation has {left.replicates} of its {left.replicates_planned} replicates"
+    if not left.race_planned:
+        return "the race has not started"
+    return f"round {left.race_round} of the race still needs {left.race_missing} runs"
+
+
+def _goal(r: Results, target: Target) -> str:
+    return f"{r.metric} {_cmp_word(target)} {target.value:.4g}"
 
 
 def _sentence(r: Results) -> str:
-    table, target = r.recommendation, r.target
+    table, target, verdict = r.recommendation, r.target, r.verdict
     if table.empty:
         return "No trial completed yet, so there is nothing to recommend."
     if target is None:
         return "No trial completed, so no target could be set; see the trials below."
-    goal = f"{r.metric} {_cmp_word(target)} {target.value:.4g}"
-    sure = r.confidence
-    if sure is None:
+    goal = _goal(r, target)
+    if verdict is None:
         return _single_runs(r, goal)
-    top = table.iloc[0]
-    if sure.winner is None:
+    fastest = verdict.fastest
+    if fastest is None or mostly_misses(fastest["reached"], fastest["seeds"]):
         return (
-            f"No confirmed setting reaches {goal} in most of its {sure.seeds} seeds; the closest "
-            f"is {setting(top)}, with a median final {r.metric} of {top['median_final']:.4g}."
+            f"No raced setting reaches {goal} in most of its seeds: the task, the budget of "
+            f"{r.max_epochs} epochs or the target needs a change before speed can be compared."
         )
-    lead = (
-        f"{setting(top)} reaches {goal} in {seconds(top['median_seconds'])} "
-        f"(median of {top['replicates']} seeds, 95 % interval "
-        f"{span(top['low_seconds'], top['high_seconds'], ' s')}; {top['reached']} of "
-        f"{top['replicates']} seeds reach it)"
+    first = (
+        f"Train with {setting_of(fastest)}: it reaches {goal} in "
+        f"{seconds(fastest['median_seconds'])} (median of {fastest['seeds']} seeds, 95 % "
+        f"interval {span(fastest['low_seconds'], fastest['high_seconds'], ' s')})."
     )
-    if sure.decided:
-        if len(table) == 1:
-            return lead + "; it is the only family searched."
-        runner = table.iloc[1]
+    return f"{first} {families_sentence(r)}"
+
+
+def families_sentence(r: Results) -> str:
+    """The claim about families, at the race's shared batch size and schedule."""
+    verdict = r.verdict
+    assert verdict is not None
+    table = verdict.families
+    where = (
+        f"At batch {verdict.condition.get('batch_size')} with the "
+        f"{verdict.condition.get('schedule')} schedule, each family at its best raced learning rate"
+    )
+    leader = verdict.leader or ""
+    if len(table) == 1:
+        return f"{where}, {family_label(leader)} is the only family raced."
+    margin, conf = f"{verdict.margin:.0%}", f"{verdict.confidence:.2f}"
+    slower = table[table.status == "slower"]
+    unseparated = list(table[table.status == "not separated"].family)
+    if verdict.decided:
         return (
-            f"{lead}. It is the fastest of the settings this search found: more than "
-            f"{sure.margin:.0%} faster than the runner-up, {family_label(runner['family'])}, "
-            f"with probability {chance(runner['p_winner_faster'], line=sure.confidence)} "
-            f"({_times(runner)}). {_still_leads(r)}{_search_luck(table)}" + _border(sure)
+            f"{where}, {family_label(leader)} is more than {margin} faster than each of the "
+            f"other {len(slower)} (probability >= {conf} each)."
         )
-    tied = table[table.family.isin(sure.group)]
-    weakest = tied.iloc[1:]["p_winner_faster"].min()
-    line = sure.confidence
-    return (
-        f"{names(sure.group)} cannot be separated on this evidence: {lead}, but the chance that "
-        f"it is more than {sure.margin:.0%} faster than {family_label(tied.iloc[1]['family'])} "
-        f"is only {chance(tied.iloc[1]['p_winner_faster'], line=line)} (a single winner needs "
-        f"{line:.2f} against each; the weakest is {chance(weakest, line=line)}). Any of them is a "
-        "good choice." + _border(sure)
-    )
-
-
-def _still_leads(r: Results) -> str:
-    """A single winner that kept its lead through the runners-up's second look."""
-    looked = r.challenge
-    if not looked or looked.get("winner") != (r.confidence.winner if r.confidence else None):
-        return ""
-    if r.unfinished is not None and r.unfinished.second_look:
-        return ""  # not_final() says so; "it still leads" would claim what has not run
-    return f"{_tried_again(looked)} and their best confirmed: it still leads. "
-
-
-def second_look(r: Results) -> str:
-    """What the runners-up's second look was, in plain words (empty when there was none)."""
-    looked = r.challenge
-    if not looked:
-        return ""
-    left = r.unfinished
-    done = (
-        "and the quickest and the best of each were confirmed with the same seeds"
-        if left is None or not left.second_look
-        else f"and their quickest and best are to be confirmed with the same seeds; so far "
-        f"{left.looks} of the {left.looks_planned} trials have ended"
-    )
-    return (
-        f"{family_label(looked['winner'])} led alone on the first confirmation (probability "
-        f"{looked['p_runner_up']:.2f} against the runner-up). Before naming it, "
-        f"{_tried_again(looked)} ({len(looked.get('trials') or [])} trials, learning rates from "
-        "a quarter to four times their own, and the winner's own values where their families "
-        f"share them), {done}, because a family's few search trials may simply have missed "
-        'where it is fast. The table marks settings found so ("second look").'
-    )
-
-
-def _tried_again(looked: dict[str, Any]) -> str:
-    verb = "was" if len(looked["families"]) == 1 else "were"
-    return (
-        f"{names(looked['families'])}, next in line, {verb} searched again at its batch size "
-        f"({looked['batch_size']}) and {looked['schedule']} schedule"
-    )
-
-
-def _search_luck(table: Any) -> str:
-    """What the seeds do not cover: which settings the search happened to try."""
-    trials = int(table["trials"].median()) if "trials" in table else 0
-    return (
-        f"Another master seed searches other settings ({trials} search trials a family here) "
-        "and may find a faster one for another family."
-    )
-
-
-def _border(sure: Any) -> str:
-    """What a rerun of the same command may change: families at the line, said by name."""
-    near = sure.borderline
-    if not near:
-        return ""
-    rows = sure.families.set_index("family").loc[near]
-    probabilities = ", ".join(chance(p, line=sure.confidence) for p in rows["p_winner_faster"])
-    verb = "is" if len(near) == 1 else "are"
-    return (
-        f" {names(near)} {verb} at the line ({probabilities} against the "
-        f"{sure.confidence:.2f} needed): a rerun times the epochs afresh and may count "
-        f"{'it' if len(near) == 1 else 'them'} in or out of the group."
-    )
-
-
-def _times(row: Any) -> str:
-    return (
-        f"{row['ratio']:.3g}x slower on average over seeds, 95 % interval "
-        f"{span(row['ratio_low'], row['ratio_high'], 'x')}"
-    )
-
-
-def _single_runs(r: Results, goal: str) -> str:
-    top = r.recommendation.iloc[0]
-    if not top["reached"]:
-        return (
-            f"No trial reaches {goal}; the closest is {family_label(top['family'])} "
-            f"(trial {top['trial']}) with {r.metric} {top['value']:.4g}."
+    parts = []
+    if verdict.equivalent:
+        parts.append(
+            f"{names([leader, *verdict.equivalent])} are within {margin} of each other "
+            f"(probability >= {conf}): any of them is a good choice"
         )
-    return (
-        f"The fastest single run was {setting(top)}: {goal} in "
-        f"{top['seconds_to_target']:.2f} s ({int(top['epochs_to_target'])} epochs). These are "
-        "single runs, one seed each, so a rerun may name another family; confirm them over "
-        "seeds with confirm.seeds=20 (the default)."
-    )
+    else:
+        parts.append(f"{family_label(leader)} leads")
+    if unseparated:
+        parts.append(
+            f"{names(unseparated)} cannot be told apart from {family_label(leader)} on this "
+            f"evidence (neither shown slower nor shown within {margin})"
+        )
+    if len(slower):
+        parts.append(f"the other {len(slower)} are slower (probability >= {conf} each)")
+    return f"{where}, " + "; ".join(parts) + "."
 
 
-def test_score(r: Results) -> str:
-    """The recommended setting on the task's test set, which chose nothing."""
-    table = r.recommendation
-    if r.confidence is None or table.empty or "test_acc" not in table:
-        return ""
-    top = table.iloc[0]
-    if pd.isna(top["test_acc"]):
-        return ""
-    return (
-        f"On the held-out test set, never used to choose anything, "
-        f"{family_label(top['family'])}'s setting scores a median test accuracy of "
-        f"{top['test_acc']:.3f} over its {top['replicates']} seeds."
-    )
+def claim(row: Any) -> str:
+    """A family row's claim, in the table's words."""
+    status = row["status"]
+    if status == "slower":
+        return f"family: slower (p {row['out_p']:.2f})"
+    return f"family: {status}"
 
 
 def baseline(r: Results) -> str:
     """The recommended setting against the one the user trains with today."""
-    sure = r.confidence
-    base = (r.config.get("confirm") or {}).get("baseline")
-    if sure is None or sure.winner is None or base is None:
+    verdict = r.verdict
+    if verdict is None or verdict.fastest is None or verdict.settings.empty:
+        base = (r.config.get("race") or {}).get("baseline")
+        if verdict is not None and base is not None and "baseline" not in verdict.state.arms:
+            return "Against your current setting: not raced (it is not in the searched space)."
         return ""
-    current = (
-        f"your current setting ({family_label(base['optimizer'])}, lr {num(float(base['lr']))}, "
-        f"{base['schedule']}, batch {base['batch_size']})"
-    )
-    b = sure.baseline
-    if b is None:
-        return f"Against {current}: not run (it is not in the searched space)."
-    if mostly_misses(b["reached"], b["replicates"]):
+    rows = verdict.settings[verdict.settings.kind == "baseline"]
+    if rows.empty:
+        return ""
+    b = rows.iloc[0]
+    current = setting_of(b.to_dict())
+    if mostly_misses(b["reached"], b["seeds"]):
         return (
-            f"Against {current}: it reaches the target in only {b['reached']} of "
-            f"{b['replicates']} seeds; the recommended setting does in most."
+            f"Against {current}: it reaches the target in only {b['reached']} of {b['seeds']} "
+            "seeds; the recommended setting does in most."
         )
-    if b["p"] < sure.confidence:
+    if b["p_slower"] < verdict.confidence:
         return (
             f"Against {current}: about as fast on this evidence ({b['ratio']:.3g}x on average, "
-            f"95 % interval {span(b['low'], b['high'], 'x')}; probability {b['p']:.2f} that the "
-            "recommendation is faster)."
+            f"95 % interval {span(b['ratio_low'], b['ratio_high'], 'x')})."
         )
     return (
         f"Against {current}: {b['ratio']:.2g}x faster (95 % interval "
-        f"{span(b['low'], b['high'], 'x')}, probability {b['p']:.2f})."
+        f"{span(b['ratio_low'], b['ratio_high'], 'x')}, probability "
+        f"{chance(b['p_slower'], line=verdict.confidence)})."
     )
 
 
 def how_sure(r: Results) -> str:
-    """One paragraph in plain words: what was repeated, what it shows, what it cannot."""
-    sure = r.confidence
-    if sure is None:
+    """One paragraph in plain words: what was raced, what the claims cover, what they do not."""
+    verdict = r.verdict
+    if verdict is None:
         return (
-            "Every number above comes from single runs. Rerun with confirmation on "
-            "(confirm.seeds=20, the default) to repeat the leading settings over seeds."
+            "Every number above comes from single runs. Rerun with the race on "
+            "(race.seeds=[1,5,10,20], the default) to compare families over seeds."
         )
-    top_k = (r.config.get("confirm") or {}).get("top_k", "?")
+    rounds = (r.config.get("race") or {}).get("seeds") or []
     parts = [
-        f"Each family's {top_k} best search settings were trained again with {sure.seeds} "
-        "new seeds (new initial weights and data order) for the full "
-        f"{r.max_epochs} epochs. Times are the median over those seeds; the interval is the "
-        "range the median would likely fall in with other seeds. Families are ranked by their "
-        "mean time over seeds, a seed that misses counting as one epoch past the budget, so "
-        "a setting that sometimes misses ranks below one that never does; a probability says "
-        "how often the winner stays more than "
-        f"{sure.margin:.0%} faster when the seeds are drawn again."
+        f"The race trained every family at batch {verdict.condition.get('batch_size')} with the "
+        f"{verdict.condition.get('schedule')} schedule (the search's quickest setting's), its "
+        "learning rate on a lattice half a decade apart and its other hyperparameters at their "
+        "defaults, beside the search's quickest settings and your current one. Rounds of "
+        f"{', '.join(str(k) for k in rounds)} seeds (seed i the same for every arm) kept what "
+        f"was not yet beaten: a family is dropped once its best learning rate, chosen again in "
+        f"each bootstrap resample of the seeds, is more than {verdict.margin:.0%} slower than "
+        f"the leading family's with probability >= {verdict.confidence:.2f}, so its interval "
+        "includes which of its learning rates looked best. Two copies of one family get the "
+        "same arms and are never told apart by what a search happened to find.",
+        "Claims about families hold at this batch size and schedule; the search's own settings "
+        "and your current setting are claims about those settings. Equivalent means shown "
+        f"within {verdict.margin:.0%}; not separated means neither shown slower nor shown "
+        "equivalent.",
     ]
-    if sure.winner is not None and sure.decided:
+    if verdict.state.note:
+        parts.append(f"The race stopped early: {verdict.state.note}.")
+    if not r.timing.empty:
+        error = (r.timing.modelled_seconds / r.timing.measured_seconds - 1).abs().median()
         parts.append(
-            f"{family_label(sure.winner)} was faster than every other family often enough to "
-            "be named alone, among the settings this search found."
+            f"Times are modelled (epochs to the target x an epoch's seconds); {len(r.timing)} "
+            f"settings trained once alone took a median {error:.0%} off the model."
         )
-    elif sure.winner is not None:
-        parts.append(
-            f"{names(sure.group)} trade places from seed to seed: pick by what else matters "
-            "to you (tuning ease below, or what you use today)."
-        )
-    if r.challenge:
-        parts.append(second_look(r))
-    parts.append(
-        "The seeds cover training noise and timing, not the search itself: with another "
-        "master seed the search tries other settings, and a family whose search found no fast "
-        "setting here may find one."
-    )
     if not r.random_sampler:
         parts.append(
             "The budget curves assume independent draws (random search); this study's sampler "
-            "was not random, so read them as a guide (search.protocol=fair gives the unbiased "
-            "comparison)."
+            "was not random, so read them as a guide."
         )
     return " ".join(parts)
 
@@ -284,16 +218,144 @@ def target_how(target: Target) -> str:
     """The target in one sentence: its value, and where it came from."""
     cmp = "<=" if target.direction == "minimize" else ">="
     if target.best is None:
-        return f"{target.metric} {cmp} {target.value:.4g} (report.target)"
+        return f"{target.metric} {cmp} {target.value:.4g} (verdict.target)"
     source = (
-        f"the median over seeds of the best confirmed setting's final {target.metric}"
-        if target.source == "replicates"
+        f"the median over families of each family's best search value of {target.metric}"
+        if target.source == "search"
         else f"the best final {target.metric} of a single trial"
     )
     return (
         f"{target.metric} {cmp} {target.value:.4g}: {source} "
         f"({target.best:.4g}) relaxed by {target.tolerance:.0%}"
         + (" of its error rate" if target.metric == "val_acc" else "")
-        + ". A rerun with another master seed finds other settings and so derives another "
-        "target; set report.target to time every run against the same one"
+        + ". Another master seed derives another target; set verdict.target to time every "
+        "run against the same one"
+    )
+
+
+def _single_runs(r: Results, goal: str) -> str:
+    top = r.recommendation.iloc[0]
+    if not top["reached"]:
+        return (
+            f"No trial reaches {goal}; the closest is {family_label(top['family'])} "
+            f"(trial {top['trial']}) with {r.metric} {top['value']:.4g}."
+        )
+    return (
+        f"The fastest single run was {family_label(top['family'])} (lr "
+        f"{num(float(top['lr']))}, {top['schedule']}, batch {int(top['batch_size'])}): {goal} "
+        f"in {top['seconds_to_target']:.2f} s ({int(top['epochs_to_target'])} epochs). These "
+        "are single runs, one seed each, so a rerun may name another family; race them over "
+        "seeds with race.seeds=[1,5,10,20] (the default)."
+    )
+
+
+def test_score(r: Results) -> str:
+    """The recommended family's setting on the task's test set, which chose nothing."""
+    table = r.recommendation
+    if r.verdict is None or table.empty or "test_acc" not in table:
+        return ""
+    top = table.iloc[0]
+    if pd.isna(top["test_acc"]):
+        return ""
+    return (
+        f"On the held-out test set, never used to choose anything, "
+        f"{family_label(top['family'])}'s raced setting scores a median test accuracy of "
+        f"{top['test_acc']:.3f} over its {top['replicates']} seeds."
+    )
+
+
+def compact_rows(r: Results) -> list[dict[str, Any]]:
+    """The first screen's table: each family's raced setting, then the search's settings and
+    the baseline, each with its time, how it compares and what kind of claim it is."""
+    verdict = r.verdict
+    if verdict is None or verdict.families.empty:
+        return []
+    rows = []
+    for _, row in r.recommendation.iterrows():
+        versus = (
+            "leader"
+            if row["status"] == "leader"
+            else f"{row['ratio']:.2f}x ({row['ratio_low']:.2f}\u2013{row['ratio_high']:.2f})"
+        )
+        rows.append(
+            {
+                "family": family_label(row["family"]),
+                "setting": f"lr {num(float(row['lr']), 2)}, {row['schedule']}, batch "
+                f"{row['batch_size']}",
+                "time": _time(row),
+                "versus": versus,
+                "claim": claim(row),
+                "lead": row["status"] != "slower",
+            }
+        )
+    # The search's own settings that the fastest arm beat are in the race's details below.
+    shown = [verdict.fastest] if verdict.fastest and verdict.fastest["kind"] == "setting" else []
+    shown += [row for _, row in verdict.settings.iterrows() if row["kind"] == "baseline"]
+    for row in shown:
+        kind = "your current setting" if row["kind"] == "baseline" else f"search {row['arm']}"
+        rows.append(
+            {
+                "family": f"{family_label(row['family'])} ({kind})",
+                "setting": f"lr {num(float(row['lr']), 2)}, {row['params'].get('schedule')}, "
+                f"batch {row['params'].get('batch_size')}",
+                "time": _time(row),
+                "versus": (
+                    f"{row['ratio']:.2f}x the fastest" if row["kind"] == "baseline" else "fastest"
+                ),
+                "claim": "setting: " + ("fastest" if row["kind"] == "setting" else row["status"]),
+                "lead": False,
+            }
+        )
+    return rows
+
+
+def _time(row: Any) -> str:
+    if mostly_misses(row["reached"], row["seeds"]):
+        return f"never in most seeds ({row['reached']}/{row['seeds']})"
+    return (
+        f"{seconds(row['median_seconds'])} ({span(row['low_seconds'], row['high_seconds'], ' s')})"
+    )
+
+
+def rounds_line(r: Results) -> str:
+    """The race round by round: how many seeds, what was dropped and with what probability."""
+    verdict = r.verdict
+    if verdict is None:
+        return ""
+    state = verdict.state
+    by_round: dict[int, list[str]] = {}
+    for family, out in sorted(state.families_out.items(), key=lambda kv: kv[1].round):
+        by_round.setdefault(out.round, []).append(
+            f"{family_label(family)} ({chance(out.p, line=verdict.confidence)})"
+        )
+    seeds = (r.config.get("race") or {}).get("seeds") or []
+    said = [
+        f"round {i} ({seeds[i] if i < len(seeds) else '?'} seeds): "
+        + ("; ".join(by_round[i]) + " found slower" if i in by_round else "no family dropped")
+        for i in range(1, state.round)
+    ]
+    head = (
+        f"{state.runs} runs over {state.round} rounds; round 0 (one seed) kept each family's "
+        f"best learning rates. "
+    )
+    return (
+        head
+        + ("; ".join(said) + "." if said else "")
+        + (f" The race stopped early: {state.note}." if state.note else "")
+    )
+
+
+def method_line(r: Results) -> str:
+    """How a time to the target is measured, for the method section."""
+    steps = step_times(r)
+    return (
+        f"A run's time to the target is its epochs to the first evaluation whose {r.metric} "
+        "reaches it (interpolated between evaluations), times the seconds one epoch of its "
+        "family at its batch size costs: the search runs at that batch size, each at its "
+        "expected fastest of four epochs with its own optimizer steps taken out, plus the "
+        "family's optimizer step timed on the model"
+        + (f" ({steps})" if steps else " (none timed: every family alike)")
+        + ". So a busy moment on the machine does not decide the ranking, and runs trained as "
+        "one stacked group are timed as single runs. A seed that never reaches the target "
+        "counts as never in a median and as one epoch past the budget in a mean."
     )

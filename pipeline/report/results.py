@@ -1,10 +1,10 @@
 """Every number a report shows, computed once from the study (its words: report.prose).
 
-    results = collect(study, target=None, tolerance=0.1)   # pipeline.report.html renders it
+    results = collect(study, rules=Rules())   # pipeline.report.html renders it
 
-With confirmation replicates (the default), the recommendation ranks each family's confirmed
-config by its median time-to-target over seeds (pipeline.verdict). Without them
-(confirm.seeds=0), it shows each family's fastest single search trial.
+With a race (the default), the recommendation is the verdict's: each family at its best raced
+learning rate over seeds, the fastest setting raced, the baseline (pipeline.verdict). Without
+one (race.seeds=[]), it shows each family's fastest single search trial.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from pipeline.core import record
 from pipeline.report.budget import budget_curves, lr_band
 from pipeline.report.importance import importance
 from pipeline.report.tables import recommend, time_to_target
-from pipeline.verdict.confidence import Confidence
+from pipeline.verdict.claims import Verdict
+from pipeline.verdict.confidence import arm_times
 from pipeline.verdict.frames import curves_frame, trials_frame, visible_trials
-from pipeline.verdict.judge import decide, metric_of
+from pipeline.verdict.judge import decide, metric_of, rules_of
 from pipeline.verdict.progress import Unfinished, unfinished
+from pipeline.verdict.race import Rules
 from pipeline.verdict.target import Target
 
 
@@ -39,14 +41,13 @@ class Results:
     target: Target | None
     ttt: pd.DataFrame  # search trials' time to the target
     recommendation: pd.DataFrame  # one row per family, ranked
-    confidence: Confidence | None  # None: no confirmation replicates
+    verdict: Verdict | None  # None: no race (yet)
     budget: pd.DataFrame  # expected best of k search trials, per family
     lr_band: dict[str, float]  # decades of lr within 10 % of each family's best
     data_sizes: dict[str, int] = field(default_factory=dict)  # n_train, n_val, n_params
     importance: dict[str, dict[str, float]] = field(default_factory=dict)
     importance_note: str = ""
-    # The runners-up's second look before a single winner was named (search.phases.challenge)
-    challenge: dict[str, Any] | None = None
+    timing: pd.DataFrame = field(default_factory=pd.DataFrame)  # runs alone: modelled vs measured
     unfinished: Unfinished | None = None  # what the study still lacks; None: nothing
 
     @property
@@ -65,30 +66,23 @@ def collect(
     study: optuna.Study,
     *,
     target: float | None = None,
-    tolerance: float = 0.1,
-    confidence: float = 0.9,
-    margin: float = 0.1,
-    resamples: int = 2000,
+    tolerance: float = 0.3,
+    rules: Rules | None = None,
     n_trials: int | None = None,
-    seeds: int | None = None,
+    max_epochs: int | None = None,
 ) -> Results:
-    """`n_trials`, `seeds`: the search budget and confirmation seeds the study is run with
-    (the study's first config's when None), for what is still missing (unfinished())."""
+    """`rules` (the race's) and `n_trials`: the command's, which a rerun may change (the
+    study's first config's when None). `max_epochs`: the runs' (the study's)."""
     config = study.user_attrs.get("config", {})
     metric, direction = metric_of(study)
+    rules = rules or rules_of(config)
+    epochs = int(max_epochs or config.get("trainer", {}).get("max_epochs") or 1)
     every = record.trials(study)
     visible = visible_trials(every)
     trials = trials_frame(visible)
     curves = curves_frame(visible)
-    aim, sure = decide(
-        study,
-        trials,
-        curves,
-        target=target,
-        tolerance=tolerance,
-        confidence=confidence,
-        margin=margin,
-        resamples=resamples,
+    aim, verdict, state = decide(
+        study, trials, curves, target=target, tolerance=tolerance, rules=rules, max_epochs=epochs
     )
     searched = trials[trials.role == "search"]
     ttt = (
@@ -100,9 +94,8 @@ def collect(
     )
     band = lr_band(trials, direction=direction)
     budget = budget_curves(trials, direction=direction)
-    if sure is not None and not sure.families.empty:
-        settings = trials[trials.role.isin(("search", "challenge"))]
-        table = _confirmed_table(sure, settings, band, budget, trials_test(trials))
+    if verdict is not None and not verdict.families.empty:
+        table = _raced_table(verdict, trials, band)
     elif not searched.empty:
         table = recommend(searched, ttt, direction=direction)
     else:
@@ -126,95 +119,92 @@ def collect(
         target=aim,
         ttt=ttt,
         recommendation=table,
-        confidence=sure,
+        verdict=verdict,
         budget=budget,
         lr_band=band,
         data_sizes=sizes,
         importance=scores,
         importance_note=note,
-        challenge=study.user_attrs.get(record.CHALLENGE),
+        timing=_timing(verdict, trials, curves, aim, epochs),
         unfinished=unfinished(
             every,
-            study.user_attrs.get(record.CHALLENGE),
+            state,
             n_trials=int(n_trials or config.get("search", {}).get("n_trials") or 0),
-            seeds=int(config.get("confirm", {}).get("seeds", 0) if seeds is None else seeds),
+            racing=bool(rules.rounds),
         ),
     )
 
 
 def collect_for(study: optuna.Study, cfg: Any, *, runs_it: bool = True) -> Results:
-    """collect() with the report and confirm settings of a composed config. `runs_it`: the
-    config is the one the study is run with (the report's), so its search budget and seeds
-    say what is still missing; compare's is not, and the study's own are used."""
+    """collect() under a composed config. `runs_it`: the config is the one the study is run
+    with (the report's), so its rules and budget say what is still missing; compare's is
+    not, and the study's own are used."""
+    own = study.user_attrs.get("config", {})
+    source = cfg if runs_it else own
+    verdict = source.get("verdict") or {}
     return collect(
         study,
-        target=cfg.report.target,
-        tolerance=float(cfg.report.target_tolerance),
-        confidence=float(cfg.confirm.confidence),
-        margin=float(cfg.confirm.margin),
-        resamples=int(cfg.confirm.resamples),
+        target=verdict.get("target"),
+        tolerance=float(verdict.get("tolerance", 0.3)),
+        rules=rules_of(source),
         n_trials=int(cfg.search.n_trials) if runs_it else None,
-        seeds=int(cfg.confirm.seeds) if runs_it else None,
     )
 
 
-def trials_test(trials: pd.DataFrame) -> pd.DataFrame:
-    return trials[["number", "test_acc"]].rename(columns={"number": "trial"})
+def _raced_table(verdict: Verdict, trials: pd.DataFrame, band: dict[str, float]) -> pd.DataFrame:
+    """One row per family: its raced setting beside its times over seeds."""
+    table = verdict.families.copy()
+    race = trials[trials.role == "race"]
+    first = race.sort_values("replicate").drop_duplicates("arm").set_index("arm")["number"]
+    schedule = verdict.condition.get("schedule")
+    table["schedule"] = [p.get("schedule", schedule) for p in table.params]
+    table["batch_size"] = [p.get("batch_size") for p in table.params]
+    table["hyperparameters"] = [
+        {k.split(".", 1)[1]: v for k, v in p.items() if k.startswith(f"{f}.")}
+        for f, p in zip(table.family, table.params, strict=True)
+    ]
+    table["trial"] = [int(first.get(a, -1)) for a in table.arm]
+    table["replicates"] = table["seeds"]
+    table["lr_band_decades"] = table.family.map(band)
+    tests = race.groupby("arm")["test_acc"].median()
+    table["test_acc"] = table.arm.map(tests)
+    return table.drop(columns="params")
 
 
-def _confirmed_table(
-    sure: Confidence,
-    searched: pd.DataFrame,
-    band: dict[str, float],
-    budget: pd.DataFrame,
-    tests: pd.DataFrame,
+def _timing(
+    verdict: Verdict | None,
+    trials: pd.DataFrame,
+    curves: pd.DataFrame,
+    target: Target | None,
+    epochs: int,
 ) -> pd.DataFrame:
-    """One row per family: its confirmed config's settings beside its times over seeds."""
-    tested = sure.replicates.merge(tests, on="trial", how="left")
-    test_acc = tested.groupby("config")["test_acc"].median()
-    by_number = searched.set_index("number")
-    counts = searched.groupby("family").size()
-    common = int(budget.groupby("family").k.max().min()) if not budget.empty else 0
-    at_common = (
-        budget[budget.k == common].set_index("family")["expected_best"] if common else pd.Series()
+    """Each timing run (an arm trained once alone): its measured seconds to the target against
+    the cost model's for the same run."""
+    runs = trials[(trials.role == "timing") & (trials.state == "complete")]
+    if verdict is None or target is None or runs.empty:
+        return pd.DataFrame()
+    times = verdict.times.dropna(subset=["batch_size"])
+    rates = {
+        (str(f), int(b)): float(r)
+        for f, b, r in zip(times.family, times.batch_size, times.rate, strict=True)
+    }
+    frame = runs.rename(columns={"number": "trial", "value": "final"})[
+        ["trial", "arm", "family", "batch_size", "replicate", "final"]
+    ]
+    timed = arm_times(
+        frame,
+        curves[curves.trial.isin(frame.trial)],
+        target=target,
+        rates=rates,
+        budget_epochs=epochs,
+        setup=verdict.setup,
     )
-    rows = []
-    for _, row in sure.families.iterrows():
-        trial = by_number.loc[int(row["config"])]
-        family = row["family"]
-        rows.append(
-            {
-                "rank": int(row["rank"]),
-                "family": family,
-                "trials": int(counts.get(family, 0)),
-                "trial": int(row["config"]),
-                "second_look": trial["role"] == "challenge",
-                "lr": trial["lr"],
-                "hyperparameters": trial["params"],
-                "schedule": trial["schedule"],
-                "batch_size": trial["batch_size"],
-                "speed": row["speed"],
-                "speed_low": row["speed_low"],
-                "speed_high": row["speed_high"],
-                "median_seconds": row["median_time"],
-                "low_seconds": row["low"],
-                "high_seconds": row["high"],
-                "reached": int(row["reached"]),
-                "replicates": int(row["replicates"]),
-                "median_epochs": row["median_epochs"],
-                "seconds_per_epoch": row["epoch_seconds"],
-                "median_steps": row["median_steps"],
-                "median_raw_seconds": row["median_raw_seconds"],
-                "ratio": row["ratio"],
-                "ratio_low": row["ratio_low"],
-                "ratio_high": row["ratio_high"],
-                "p_winner_faster": row["p_winner_faster"],
-                "tied": family in sure.group and family != sure.winner,
-                "median_final": row["median_final"],
-                "test_acc": test_acc.get(row["config"], float("nan")),
-                "lr_band_decades": band.get(family, float("nan")),
-                "expected_best_at_k": at_common.get(family, float("nan")),
-                "common_k": common,
-            }
-        )
-    return pd.DataFrame(rows)
+    timed = timed[timed.reached]
+    return pd.DataFrame(
+        {
+            "arm": timed.arm,
+            "family": timed.family,
+            "modelled_seconds": timed.time,
+            "measured_seconds": timed.raw_seconds_to_target,
+        }
+    ).reset_index(drop=True)

@@ -17,6 +17,7 @@ from pipeline.report.results import Results
 
 def summary(results: Results, info: dict[str, Any]) -> dict[str, Any]:
     """The outcome for machines: the declaration, its intervals and probabilities."""
+    verdict = results.verdict
     return {
         "study": results.study_name,
         "metric": results.metric,
@@ -26,67 +27,97 @@ def summary(results: Results, info: dict[str, Any]) -> dict[str, Any]:
         "target_source": results.target.source if results.target else None,
         "recommendation": declaration(results),
         # seconds of one optimizer step per family, timed on the model (search.phases.steptime)
-        "step_seconds": results.confidence.step_seconds if results.confidence else {},
+        "step_seconds": verdict.step_seconds if verdict else {},
+        # every time above is modelled: epochs to the target x an epoch's seconds (verdict.cost);
+        # each setting trained once alone, timed end to end, is kept beside its model
+        "seconds": "modelled",
+        "timing": [
+            {
+                "arm": row["arm"],
+                "family": row["family"],
+                "modelled_seconds": number(row["modelled_seconds"]),
+                "measured_seconds": number(row["measured_seconds"]),
+            }
+            for _, row in results.timing.iterrows()
+        ],
         "trials": info["total"],
         **{f"{state}": n for state, n in info["counts"].items()},
-        "replicates": info["replicates"],
+        "race_runs": info["replicates"],
         "compute_seconds": round(info["compute_seconds"], 3),
     }
 
 
 def declaration(results: Results) -> dict[str, Any]:
-    """What the sentence says: a winner, or the families it cannot separate, and per family
-    the median time with its interval, the chance the winner is faster, the success rate."""
-    sure, table = results.confidence, results.recommendation
+    """What the sentence says, claim by claim: the setting to train with (a setting claim) and
+    each family's standing at the race's shared condition (family claims)."""
+    verdict, table = results.verdict, results.recommendation
     out: dict[str, Any] = {
-        "confirmed": sure is not None,
+        "raced": verdict is not None,
         "decided": False,
-        "winner": None,
+        "leader": None,
         "group": [],
-        "borderline": [],
+        "equivalent": [],
         "sentence": prose.sentence(results),
-        # False while the search, the confirmation or the second look is unfinished
+        # False while the search or the race is unfinished
         "final": results.unfinished is None,
         "unfinished": None if results.unfinished is None else asdict(results.unfinished),
     }
     if table.empty:
         return out
-    if sure is None:
+    if verdict is None:
         top = table.iloc[0]
         out["best_single_run"] = {
+            "claim": "setting",
             "family": top["family"],
             "trial": int(top["trial"]),
             "seconds_to_target": number(top["seconds_to_target"]),
         }
         return out
+    fastest = verdict.fastest
     out |= {
-        "decided": sure.decided,
-        "winner": sure.winner,
-        "group": list(sure.group),
-        "borderline": sure.borderline,  # a rerun may move these in or out of the group
-        "second_look": _second_look(results.challenge),
-        "seeds": sure.seeds,
-        "confidence": sure.confidence,
-        "baseline": {k: number(v) for k, v in sure.baseline.items()} if sure.baseline else None,
+        "decided": verdict.decided,
+        "leader": verdict.leader,
+        "group": verdict.group,
+        "equivalent": verdict.equivalent,
+        "condition": verdict.condition,
+        "seeds": verdict.seeds,
+        "confidence": verdict.confidence,
+        "margin": verdict.margin,
+        "runs": verdict.state.runs,
+        "ended_early": verdict.state.note or None,
+        "setting": None if fastest is None else _arm(fastest) | {"claim": "setting"},
+        "settings": [
+            _arm(row)
+            | {
+                "claim": "setting",
+                "ratio_to_setting": number(row["ratio"]),
+                "ratio_interval": [number(row["ratio_low"]), number(row["ratio_high"])],
+                "p_slower": number(row["p_slower"]),
+                "status": row["status"],
+            }
+            for _, row in verdict.settings.iterrows()
+        ],
         "families": [
             {
+                "claim": "family",
                 "family": row["family"],
                 "rank": int(row["rank"]),
-                "trial": int(row["trial"]),
-                "second_look": bool(row.get("second_look", False)),
+                "status": row["status"],
                 "lr": number(row["lr"]),
                 "schedule": row["schedule"],
                 "batch_size": int(row["batch_size"]),
+                "seeds": int(row["seeds"]),
                 "speed_seconds": number(row["speed"]),
-                "speed_interval": [number(row["speed_low"]), number(row["speed_high"])],
                 "median_seconds": number(row["median_seconds"]),
                 "interval_seconds": [number(row["low_seconds"]), number(row["high_seconds"])],
                 "median_epochs": number(row["median_epochs"]),
                 "seconds_per_epoch": number(row["seconds_per_epoch"]),
                 "success": f"{row['reached']}/{row['replicates']}",
-                "ratio_to_winner": number(row["ratio"]),
+                "ratio_to_leader": number(row["ratio"]),
                 "ratio_interval": [number(row["ratio_low"]), number(row["ratio_high"])],
-                "p_winner_faster": number(row["p_winner_faster"]),
+                "p_slower": number(row["p_slower"]),
+                "p_within_margin": number(row["p_within"]),
+                "dropped_at_round": None if pd.isna(row["out_round"]) else int(row["out_round"]),
                 "lr_band_decades": number(row["lr_band_decades"]),
                 "test_acc": number(row["test_acc"]),
             }
@@ -96,12 +127,20 @@ def declaration(results: Results) -> dict[str, Any]:
     return out
 
 
-def _second_look(challenge: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Who led alone on the first confirmation, and which families were tried again where."""
-    if not challenge:
-        return None
-    keys = ("winner", "p_runner_up", "families", "batch_size", "schedule")
-    return {k: challenge.get(k) for k in keys} | {"trials": len(challenge.get("trials", []))}
+def _arm(arm: Any) -> dict[str, Any]:
+    params = dict(arm["params"])
+    return {
+        "arm": arm["arm"],
+        "kind": arm["kind"],
+        "family": arm["family"],
+        "lr": number(arm["lr"]),
+        "schedule": params.get("schedule"),
+        "batch_size": params.get("batch_size"),
+        "seeds": int(arm["seeds"]),
+        "success": f"{arm['reached']}/{arm['seeds']}",
+        "median_seconds": number(arm["median_seconds"]),
+        "interval_seconds": [number(arm["low_seconds"]), number(arm["high_seconds"])],
+    }
 
 
 def number(value: Any) -> float | str | None:
@@ -124,6 +163,7 @@ def recommendation_csv(results: Results) -> str:
 def curves_csv(results: Results) -> str:
     """One row per trial per epoch; family_best marks each family's recommended trial."""
     curves = results.curves.copy()
-    picked = set(results.recommendation.trial) if not results.recommendation.empty else set()
+    table = results.recommendation
+    picked = set(table.trial) if not table.empty and "trial" in table else set()
     curves["family_best"] = curves.trial.isin(picked).astype(int)
     return curves.to_csv(index=False)

@@ -40,22 +40,15 @@ def summary(outcome: Outcome, cfg: DictConfig) -> list[str]:
     running = sum(t.state == TrialState.RUNNING for t in searched)
     if running:  # another command on the same storage: the study is not short
         lines[0] += f"; {running} more running in another command, which will complete the study"
-    if outcome.replicates_planned:
-        confirmed = [
-            t for t in outcome.trials if record.role(t) in record.CONFIRMED and record.counts(t)
-        ]
+    state = outcome.race
+    if state is not None:
+        ended = sum(record.role(t) == "race" and record.counts(t) for t in outcome.trials)
+        families = len(dict.fromkeys(a.family for a in state.arms.values() if a.kind == "family"))
+        racing = sorted({state.arms[a].family for a in state.racing_all()})
         lines.append(
-            f"confirmation: {len(confirmed)}/{outcome.replicates_planned} replicates "
-            f"({cfg.confirm.seeds} seeds for each family's top {cfg.confirm.top_k} and the "
-            "baseline)"
-        )
-    decided = outcome.challenge
-    if decided:
-        looked = sum(record.role(t) == "challenge" and record.counts(t) for t in outcome.trials)
-        lines.append(
-            f"second look: {', '.join(decided['families'])} at {decided['winner']}'s batch "
-            f"{decided['batch_size']} and {decided['schedule']} schedule "
-            f"({looked}/{len(decided['trials'])} trials), before naming {decided['winner']} alone"
+            f"race: {ended}/{state.runs} runs, {state.round} round(s) of {len(cfg.race.seeds)}; "
+            f"{len(racing)} of {families} families still racing ({', '.join(racing)})"
+            + (f"; {state.note}" if state.note else "")
         )
     from pipeline.search.workers.progress import best_value
 

@@ -25,7 +25,7 @@ from pipeline.core import record
 from pipeline.verdict.target import reaches
 
 ANY = "*"  # EpochCost's family for a family whose step was not timed (the median family's)
-COLUMNS = ["trial", "family", "batch_size", "steps", "epoch_seconds"]
+COLUMNS = ["trial", "family", "batch_size", "steps", "epoch_seconds", "setup"]
 # A run's cost per epoch is its expected fastest of this many epochs (quick_epoch_seconds):
 # under the default pruner every search run has at least 4 timed epochs (its warm-up is 5), so
 # pruned and finished runs are measured alike.
@@ -69,6 +69,16 @@ def quick_epoch_seconds(seconds: Sequence[float], *, of: int = QUICK_OF) -> floa
     # P(the i-th fastest is the fastest of `of` drawn without replacement) = C(n-i, of-1) / C(n, of)
     weights = np.array([math.comb(n - i, of - 1) for i in range(1, n + 1)], dtype=float)
     return float(weights @ gaps / math.comb(n, of))
+
+
+def setup_seconds(seconds: Sequence[float]) -> float | None:
+    """A run's seconds before its first epoch trains (model, data and Trainer set up): its
+    first evaluation's seconds less one of its epochs (None: fewer than two epochs)."""
+    values = [s for s in seconds if s is not None]
+    epoch = quick_epoch_seconds(values)
+    if len(values) < 2 or epoch is None:
+        return None
+    return max(0.0, values[0] - epoch)
 
 
 def crossing(values: Sequence[float | None], target: float, *, direction: str) -> float | None:
@@ -143,6 +153,8 @@ class EpochCost:
         by_trial = ordered.groupby("trial")
         per_trial = by_trial["seconds"].agg(lambda s: quick_epoch_seconds(list(s)))
         frame = per_trial.rename("epoch_seconds").reset_index()
+        setup = by_trial["seconds"].agg(lambda s: setup_seconds(list(s)))
+        frame["setup"] = frame.trial.map(setup)
         if "step" in ordered:
             last = by_trial[["step", "epoch"]].last()
             frame["steps"] = frame.trial.map(last["step"] / last["epoch"])
@@ -158,22 +170,30 @@ class EpochCost:
         for t in trials:
             run = record.run_of(t)
             if record.role(t) == "search" and run is not None and run.epochs:
-                seconds = quick_epoch_seconds(run.curve.get("seconds") or [])
+                curve = run.curve.get("seconds") or []
+                seconds = quick_epoch_seconds(curve)
                 done = [s for s in run.curve.get("step") or [] if s is not None]
                 steps = done[-1] / run.epochs if done else None
                 family, size = t.params.get("optimizer"), t.params.get("batch_size")
-                rows.append((t.number, family, size, steps, seconds))
+                rows.append((t.number, family, size, steps, seconds, setup_seconds(curve)))
         return cls._kept(pd.DataFrame(rows, columns=COLUMNS), dict(step_seconds or {}))
 
     @classmethod
     def _kept(cls, runs: pd.DataFrame, step_seconds: dict[str, float]) -> EpochCost:
-        if "steps" not in runs:
-            runs = runs.assign(steps=np.nan)
+        for column in ("steps", "setup"):
+            if column not in runs:
+                runs = runs.assign(**{column: np.nan})
         runs = runs.dropna(subset=["family", "epoch_seconds", "batch_size"])
         runs = runs[runs.epoch_seconds > 0].astype(
-            {"batch_size": int, "steps": float, "epoch_seconds": float}
+            {"batch_size": int, "steps": float, "epoch_seconds": float, "setup": float}
         )
         return cls(runs[COLUMNS].reset_index(drop=True), step_seconds)
+
+    def setup(self) -> float:
+        """Seconds a run spends before its first epoch trains: the median search run's (the
+        same for every setting; a time to the target includes it, as a run's own does)."""
+        known = self.runs.setup.dropna()
+        return float(known.median()) if len(known) else 0.0
 
     def step(self, family: str) -> float:
         """Seconds of one optimizer step of `family`: timed, else the median family's (0 when

@@ -33,7 +33,7 @@ TRIAL_COLUMNS = [
     "note",
     "params",
     "role",
-    "of",
+    "arm",
     "replicate",
     "test_acc",
 ]
@@ -73,7 +73,7 @@ def trials_frame(trials: list[FrozenTrial]) -> pd.DataFrame:
                 "note": record.note(t),
                 "params": own,
                 "role": record.role(t),
-                "of": t.user_attrs.get(record.OF),
+                "arm": t.user_attrs.get(record.ARM),
                 "replicate": t.user_attrs.get(record.REPLICATE),
                 "test_acc": math.nan if run.test_acc is None else run.test_acc,
             }
@@ -83,25 +83,19 @@ def trials_frame(trials: list[FrozenTrial]) -> pd.DataFrame:
     return frame.astype({"batch_size": "Int64"})
 
 
-def replicates_frame(trials: pd.DataFrame) -> pd.DataFrame:
-    """Confirmation replicates that ended on their own, one per (config, index), for assess().
-
-    A diverged or failed replicate counts: it never reaches the target. One cut short by a
-    kill or Ctrl-C does not (a rerun runs it again).
-    """
+def race_runs(trials: pd.DataFrame) -> pd.DataFrame:
+    """The race's runs that ended on their own, one per (arm, seed index): trial, arm, family,
+    batch_size, replicate, final. A diverged or failed run counts (it never reaches the
+    target); one cut short by a kill or Ctrl-C does not (a rerun runs it again)."""
     ended = trials[
-        trials.role.isin(record.CONFIRMED)
+        trials.role.isin(record.RACED)
         & trials.state.isin(("complete", "pruned", "diverged", "failed"))
+        & trials.arm.notna()
     ]
-    ended = ended.sort_values("number").copy()
-    ended["config"] = [
-        "baseline" if role == "baseline" else str(int(of))
-        for role, of in zip(ended.role, ended.of, strict=True)
-    ]
-    ended = ended.drop_duplicates(subset=["config", "replicate"], keep="first")
-    return ended.rename(columns={"number": "trial", "value": "final"})[
-        ["trial", "role", "config", "family", "batch_size", "replicate", "final"]
-    ]
+    ended = ended.sort_values("number").drop_duplicates(subset=["arm", "replicate"], keep="first")
+    out = ended.rename(columns={"number": "trial", "value": "final"})
+    out = out[["trial", "arm", "family", "batch_size", "replicate", "final"]].copy()
+    return out.astype({"replicate": int})
 
 
 def curves_frame(trials: list[FrozenTrial]) -> pd.DataFrame:

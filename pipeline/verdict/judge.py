@@ -1,10 +1,11 @@
-"""The verdict on a study as it stands: its target, and its confirmed settings ranked over
-seeds with intervals and probabilities (verdict.confidence).
+"""The verdict on a study as it stands: its target, the race's decisions, and the claims.
 
-    sure = judge(study, cfg)     # what the report will declare; the search asks it too
+    verdict = judge(study, cfg)     # what the report will declare; the search races by it
 
-The report renders this verdict and the search acts on it (pipeline.search.phases.challenge), so
-both read it from here and neither computes its own.
+The report renders this verdict and the search acts on the same replay of the race
+(verdict.race), so neither computes its own. The rules come from the command's config: a
+rerun with another confidence or target replays the race under those, and runs what that
+replay still needs.
 """
 
 from __future__ import annotations
@@ -15,10 +16,39 @@ import optuna
 import pandas as pd
 
 from pipeline.core import record
-from pipeline.verdict.confidence import Confidence, assess
+from pipeline.verdict.claims import Verdict, declare
+from pipeline.verdict.confidence import arm_times
 from pipeline.verdict.cost import EpochCost
-from pipeline.verdict.frames import curves_frame, replicates_frame, trials_frame, visible_trials
-from pipeline.verdict.target import Target, derive_target, replicate_target
+from pipeline.verdict.frames import curves_frame, race_runs, trials_frame, visible_trials
+from pipeline.verdict.race import Rules, State, replay
+from pipeline.verdict.target import Target, derive_target
+
+
+def rules_of(config: Any) -> Rules:
+    """The race's rules from a config (a DictConfig or the study's stored dict)."""
+    race, verdict = config.get("race") or {}, config.get("verdict") or {}
+    return Rules(
+        rounds=tuple(int(k) for k in race.get("seeds") or ()),
+        keep=int(race.get("keep", 2)),
+        confidence=float(verdict.get("confidence", 0.9)),
+        margin=float(verdict.get("margin", 0.1)),
+        budget=int(race.get("budget", 600)),
+        resamples=int(verdict.get("resamples", 2000)),
+    )
+
+
+def race_target(plan: dict[str, Any], *, metric: str, direction: str, given: Any) -> Target:
+    """verdict.target when set, else the one the race was planned with."""
+    if given is not None:
+        return Target(float(given), metric, direction, source="verdict.target")
+    return Target(
+        float(plan["target"]),
+        metric,
+        direction,
+        plan.get("best"),
+        float(plan.get("tolerance", 0.0)),
+        source="search",
+    )
 
 
 def decide(
@@ -28,37 +58,47 @@ def decide(
     *,
     target: float | None,
     tolerance: float,
-    confidence: float,
-    margin: float,
-    resamples: int,
-) -> tuple[Target | None, Confidence | None]:
-    """The target, and the confirmed configs ranked with their intervals (None: no replicates)."""
-    config = study.user_attrs.get("config", {})
+    rules: Rules,
+    max_epochs: int,
+    claims: bool = True,
+) -> tuple[Target | None, Verdict | None, State | None]:
+    """The target, the verdict (None: no race yet, or `claims` false: the search only needs
+    the state) and the race's state (None: no plan)."""
     metric, direction = metric_of(study)
-    replicates = replicates_frame(trials)
-    goal = (
-        Target(float(target), metric, direction, source="report.target")
-        if target is not None
-        else replicate_target(replicates, metric=metric, direction=direction, tolerance=tolerance)
-    ) or derive_target(trials, metric=metric, direction=direction, target=None, tolerance=tolerance)
-    if goal is None or replicates.empty:
-        return goal, None
-    seeds = int(config.get("confirm", {}).get("seeds", replicates.replicate.max() + 1))
-    sure = assess(
-        replicates,
-        curves[curves.trial.isin(replicates.trial)],
-        target=goal,
-        cost=EpochCost.measure(
-            trials[trials.role == "search"],
-            curves,
-            step_seconds=study.user_attrs.get(record.STEP_SECONDS),
-        ),
-        seeds=seeds,
-        confidence=confidence,
-        margin=margin,
-        resamples=resamples,
+    plan = study.user_attrs.get(record.RACE)
+    if not plan or not rules.rounds:  # no race yet, or none wanted (race.seeds=[])
+        aim = derive_target(
+            trials, metric=metric, direction=direction, target=target, tolerance=tolerance
+        )
+        return aim, None, None
+    aim = race_target(plan, metric=metric, direction=direction, given=target)
+    cost = EpochCost.measure(
+        trials[trials.role == "search"],
+        curves,
+        step_seconds=study.user_attrs.get(record.STEP_SECONDS),
     )
-    return goal, sure
+    runs = race_runs(trials)
+    times = arm_times(
+        runs,
+        curves[curves.trial.isin(runs.trial)],
+        target=aim,
+        rates=cost.lookup(),
+        budget_epochs=max_epochs,
+        setup=cost.setup(),
+    )
+    state = replay(plan, times, rules)
+    if not claims:
+        return aim, None, state
+    verdict = declare(
+        state,
+        times,
+        target=aim,
+        rules=rules,
+        condition=plan.get("condition") or {},
+        step_seconds=study.user_attrs.get(record.STEP_SECONDS),
+        setup=cost.setup(),
+    )
+    return aim, verdict, state
 
 
 def metric_of(study: optuna.Study) -> tuple[str, str]:
@@ -69,18 +109,19 @@ def metric_of(study: optuna.Study) -> tuple[str, str]:
     return metric, "minimize" if minimize else "maximize"
 
 
-def judge(study: optuna.Study, cfg: Any) -> Confidence | None:
-    """What the report will declare from the study as it stands (pipeline.search.phases.challenge
-    asks before it gives the runners-up a second look)."""
+def judge(
+    study: optuna.Study, cfg: Any, *, claims: bool = True
+) -> tuple[Verdict | None, State | None]:
+    """The verdict and the race's state from the study as it stands, under `cfg`'s rules."""
     visible = visible_trials(record.trials(study))
-    trials = trials_frame(visible)
-    return decide(
+    _, verdict, state = decide(
         study,
-        trials,
+        trials_frame(visible),
         curves_frame(visible),
-        target=cfg.report.target,
-        tolerance=float(cfg.report.target_tolerance),
-        confidence=float(cfg.confirm.confidence),
-        margin=float(cfg.confirm.margin),
-        resamples=int(cfg.confirm.resamples),
-    )[1]
+        target=cfg.verdict.target,
+        tolerance=float(cfg.verdict.tolerance),
+        rules=rules_of(cfg),
+        max_epochs=int(cfg.trainer.max_epochs),
+        claims=claims,
+    )
+    return verdict, state

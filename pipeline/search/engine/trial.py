@@ -114,9 +114,11 @@ class TrialRunner:
         cache_callback_factories()
 
     def run(self, trial: optuna.Trial) -> float:
-        started = time.perf_counter()
         choice = self.space.sample(trial)
-        attrs = trial.user_attrs  # a confirmation replicate: its own seed, never pruned
+        # The run's clock starts once the sampler has picked: its time (and each suggestion's
+        # storage write) grows with the study and the sampler, not with the setting trained.
+        started = time.perf_counter()
+        attrs = trial.user_attrs  # a race or timing run: its own seed, never pruned
         seed = int(attrs.get(record.SEED, int(self.cfg.seed) + trial.number))
         pl.seed_everything(seed, verbose=False)
 

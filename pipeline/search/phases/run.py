@@ -16,7 +16,6 @@ import functools
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import optuna
 from omegaconf import DictConfig
@@ -25,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pipeline.core import record
 from pipeline.core.storage import close
 from pipeline.search import interrupt
-from pipeline.search.phases import challenge, confirm, steptime
+from pipeline.search.phases import race, steptime
 from pipeline.search.phases.preflight import preflight
 from pipeline.search.phases.study import prepare, retire_surplus
 from pipeline.search.space import SearchSpace
@@ -33,7 +32,9 @@ from pipeline.search.workers import cores
 from pipeline.search.workers.loop import print_err, set_threads, show, work
 from pipeline.search.workers.pool import Pool
 from pipeline.search.workers.progress import Progress, quiet
+from pipeline.verdict.judge import judge
 from pipeline.verdict.progress import Budget
+from pipeline.verdict.race import State
 
 
 @dataclass
@@ -43,8 +44,7 @@ class Outcome:
     seconds: float
     interrupted: bool
     failed_workers: int = 0
-    replicates_planned: int = 0
-    challenge: dict[str, Any] | None = None  # the runners-up's second look (search.challenge)
+    race: State | None = None  # the race's state when the command ended (None: no race)
 
     @property
     def exit_code(self) -> int:
@@ -59,7 +59,7 @@ class Outcome:
 
 
 def search(cfg: DictConfig, *, pool: Pool | None = None) -> Outcome:
-    """Prepare the study, run the missing trials, then the missing confirmation replicates.
+    """Prepare the study, run the missing trials, then the race's missing runs.
 
     `pool`: worker processes already started for this config (the command starts them before
     its own imports); made here otherwise. Either way this call closes it.
@@ -75,9 +75,8 @@ def search(cfg: DictConfig, *, pool: Pool | None = None) -> Outcome:
         interrupt.reset()
         interrupt.install()  # with a pool, its handlers also pass the signal on
     failed_workers = 0
-    planned = 0
     study = None
-    decided = None
+    state = None
     try:
         space = preflight(cfg)
         study, budget = prepare(cfg, space)
@@ -85,22 +84,18 @@ def search(cfg: DictConfig, *, pool: Pool | None = None) -> Outcome:
         failed_workers += _phase(cfg, space, study, budget, "trials", pool)
         if not interrupt.requested():
             retire_surplus(study, budget)
-        trials = record.trials(study)
-        if int(cfg.confirm.seeds) > 0 and not interrupt.requested() and budget.done(trials):
+        if race.racing(cfg) and not interrupt.requested() and budget.done(record.trials(study)):
             steptime.ensure(study, cfg, space)  # the workers are idle: the machine is quiet
-            _, planned = confirm.enqueue_missing(study, cfg, space)
-            for line in confirm.notes(cfg, space):
-                print_err(line)
-            replicates = Budget(planned, role="replicate")
-            failed_workers += _phase(cfg, space, study, replicates, "replicates", pool)
-            more, planned = _challenge(cfg, space, study, pool, replicates)
-            failed_workers += more
+            if race.plan(study, cfg, space) is not None:
+                for line in race.notes(cfg, space):
+                    print_err(line)
+                more, state = _race(cfg, space, study, pool)
+                failed_workers += more
     finally:
         if pool is not None:
             pool.close(wait=False)  # phases report their failed workers; the exit joins them
         if study is not None:
             trials = record.trials(study)
-            decided = study.user_attrs.get(record.CHALLENGE)
             close(study)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -110,29 +105,39 @@ def search(cfg: DictConfig, *, pool: Pool | None = None) -> Outcome:
         time.perf_counter() - started,
         interrupt.requested(),
         failed_workers,
-        replicates_planned=planned,
-        challenge=decided,
+        race=state,
     )
 
 
-def _challenge(
-    cfg: DictConfig, space: SearchSpace, study: optuna.Study, pool: Pool | None, done: Budget
-) -> tuple[int, int]:
-    """A single winner's runners-up get a second look, then their best are confirmed
-    (pipeline.search.phases.challenge); (failed workers, replicates planned)."""
-    if interrupt.requested() or done.done(record.trials(study)) < done.n_trials:
-        return 0, done.n_trials
-    decided = challenge.plan(study, cfg, space)
-    if decided is None:
-        return 0, done.n_trials
-    challenge.enqueue_missing(study, decided)
-    looks = Budget(len(decided["trials"]), role="challenge")
-    failed = _phase(cfg, space, study, looks, "challenge", pool)
-    if interrupt.requested() or looks.done(record.trials(study)) < looks.n_trials:
-        return failed, done.n_trials
-    _, planned = confirm.enqueue_missing(study, cfg, space)
-    replicates = Budget(planned, role="replicate")
-    return failed + _phase(cfg, space, study, replicates, "replicates", pool), planned
+def _race(
+    cfg: DictConfig, space: SearchSpace, study: optuna.Study, pool: Pool | None
+) -> tuple[int, State | None]:
+    """Run the race round by round, then the timing runs; (failed workers, its last state)."""
+    failed, state = 0, None
+    while not interrupt.requested():
+        _, state = judge(study, cfg, claims=False)
+        if state is None or state.done:
+            break
+        race.enqueue(study, state, cfg)
+        before = len(state.missing)
+        runs = Budget(state.runs, role="race")
+        failed += _phase(cfg, space, study, runs, f"race round {state.round}", pool)
+        _, after = judge(study, cfg, claims=False)
+        if failed or after is None or (after.round == state.round and len(after.missing) >= before):
+            return failed, after  # a worker crashed or nothing ended: the next command resumes
+    if state is None or not state.done or interrupt.requested():
+        return failed, state
+    verdict, _ = judge(study, cfg)
+    if verdict is not None and not verdict.families.empty:
+        chosen = dict.fromkeys(verdict.families.arm)
+        if verdict.fastest is not None:
+            chosen[verdict.fastest["arm"]] = None
+        arms = [(a, state.arms[a].params) for a in chosen]
+        queued = race.enqueue_timing(study, arms, int(cfg.seed))
+        timing = Budget(len(arms), role="timing")
+        if queued or timing.missing(record.trials(study)):
+            failed += _phase(cfg, space, study, timing, "timing", pool)
+    return failed, state
 
 
 def _phase(

@@ -46,7 +46,9 @@ RESUMABLE = (
     "sampler",
     "pruner",
     "seed",
-    "confirm",
+    "race",  # a rerun replays the race under the new rules and runs what they still need
+    "verdict",
+    "confirm",  # studies made before the race
     "report",
     "compare",  # read by pipeline.compare only
 )

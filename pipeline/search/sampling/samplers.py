@@ -57,12 +57,12 @@ def _score(cfg: DictConfig) -> Callable[[list[FrozenTrial]], list[FrozenTrial]] 
     (pipeline.search.sampling.speed); value: from each trial's final value, as Optuna does."""
     if cfg.search.get("seek", "speed") != "speed":
         return None
-    target = cfg.report.get("target")
+    target = cfg.verdict.get("target")
     return partial(
         speed_view,
         metric=str(cfg.search.metric),
         direction=str(cfg.search.direction),
-        tolerance=float(cfg.report.target_tolerance),
+        tolerance=float(cfg.verdict.tolerance),
         target=None if target is None else float(target),
         cache={},  # each finished trial's curve and score, read once per process
     )

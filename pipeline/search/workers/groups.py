@@ -81,8 +81,8 @@ class GroupWorker:
     def _why_not(self) -> str | None:
         """Why groups do not apply to this task (None: they do)."""
         cfg = self.cfg
-        if not bool(cfg.confirm.get("vectorize", True)):
-            return "confirm.vectorize is false"
+        if not bool(cfg.race.get("vectorize", True)):
+            return "race.vectorize is false"
         if str(cfg.trainer.precision) not in PRECISIONS:
             return f"trainer.precision is {cfg.trainer.precision}"
         loss, metric = str(cfg.task.get("loss", "")), str(cfg.search.metric)
@@ -104,7 +104,7 @@ class GroupWorker:
             check_stackable(self.make_model, datamodule.arrays[0][:2])
         except NotStackable as exc:
             reason = f"the model cannot run under torch.vmap ({exc})"
-            self.note(f"confirmation: replicates run one by one: {reason}")
+            self.note(f"race: runs go one by one: {reason}")
             return reason
         return None
 
@@ -147,8 +147,8 @@ class GroupWorker:
             self.said.add(choice.optimizer)
             name = self.space.optimizers[choice.optimizer].target
             self.note(
-                f"confirmation: {choice.optimizer} ({name}) does not update each element on its "
-                "own (a norm?): its replicates run one by one"
+                f"race: {choice.optimizer} ({name}) does not update each element on its "
+                "own (a norm?): its runs go one by one"
             )
         return False
 
@@ -244,6 +244,6 @@ def _batch_size(trial: FrozenTrial) -> float:
 
 
 def _group_key(trial: FrozenTrial) -> tuple[str, Any, str]:
-    """Replicates of one config: the same role, the same search trial, the same params."""
+    """Seeds of one arm: the same role, the same arm, the same params."""
     fixed = trial.system_attrs.get(FIXED) or {}
-    return (record.role(trial), trial.user_attrs.get(record.OF), repr(sorted(fixed.items())))
+    return (record.role(trial), trial.user_attrs.get(record.ARM), repr(sorted(fixed.items())))

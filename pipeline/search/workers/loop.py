@@ -64,7 +64,7 @@ def work(
     """
     note = progress.note if progress else print_err
     retried = record.retried_numbers(study)  # fixed while workers run: read it once
-    if budget.role in ("search", "challenge"):  # one trial at a time, pruned as searched
+    if budget.role == "search":  # one trial at a time, pruned as searched
         objective = Objective(cfg, space, prune=prunes(study), note=note)
 
         def claim(study: optuna.Study, eligible: list[FrozenTrial]) -> list[FrozenTrial]:
@@ -75,7 +75,7 @@ def work(
 
         timeout = cfg.search.timeout
     else:
-        # A config's replicates as one stacked group where that applies (confirm.vectorize).
+        # An arm's seeds as one stacked group where that applies (race.vectorize).
         group = GroupWorker(cfg, space, note=note)
         claim, run, timeout = group.claim, group.run, None
     deadline = None if timeout is None else time.monotonic() + float(timeout)

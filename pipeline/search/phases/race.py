@@ -1,0 +1,230 @@
+"""The race after the search: its arms planned once, then each round's missing runs queued.
+
+    python -m pipeline.search       # the search, then the race (race.seeds=[] turns it off)
+
+The plan (verdict.race says what the arms are and how rounds decide) is stored on the study
+when the search has ended: the target, the shared condition (the batch size and schedule of
+the search's quickest setting), each family's lattice of learning rates, the search's
+quickest settings and the baseline. Each round is a replay of the race over what has run
+(verdict.judge), so a rerun after a kill queues exactly the runs still missing. Run i of every
+arm trains with seed replicate_seed(seed, i).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import optuna
+from omegaconf import DictConfig
+from optuna.trial import FrozenTrial, TrialState
+
+from pipeline.core import record
+from pipeline.search.space import Component, SearchSpace
+from pipeline.verdict.cost import ANY, EpochCost, crossing
+from pipeline.verdict.race import State
+from pipeline.verdict.target import provisional
+
+SEED_STRIDE = 1_000_000  # replicate seeds never meet search-trial seeds (seed + number)
+TIMING = 900_000  # seed indices of the timing runs, far above any race's seeds
+
+
+def replicate_seed(seed: int, index: int) -> int:
+    """Run `index`'s seed: the same for every arm, new with the master seed."""
+    return (SEED_STRIDE * (seed + 1) + index) % 2**32
+
+
+def racing(cfg: DictConfig) -> bool:
+    return bool(cfg.race.seeds)
+
+
+def plan(study: optuna.Study, cfg: DictConfig, space: SearchSpace) -> dict[str, Any] | None:
+    """The stored plan, or a new one (stored) once the search has a complete trial."""
+    stored = study.user_attrs.get(record.RACE)
+    if stored:
+        return dict(stored)
+    trials = record.trials(study)
+    direction, metric = cfg.search.direction, cfg.search.metric
+    tolerance = float(cfg.verdict.tolerance)
+    complete = [
+        t
+        for t in trials
+        if record.role(t) == "search" and t.state == TrialState.COMPLETE and t.value is not None
+    ]
+    if not complete:
+        return None
+    sign = 1 if direction == "minimize" else -1
+    best: dict[str, float] = {}
+    for t in sorted(complete, key=lambda t: (sign * t.value, t.number)):
+        best.setdefault(str(t.params.get("optimizer")), float(t.value))
+    given = cfg.verdict.get("target")
+    target = (
+        float(given)
+        if given is not None
+        else provisional(best, metric=metric, direction=direction, tolerance=tolerance)
+    )
+    rates = EpochCost.from_trials(trials, step_seconds=study.user_attrs.get(record.STEP_SECONDS))
+    lookup = rates.lookup()
+    timed = sorted(  # a run's set-up is the same for every setting: the order needs none
+        (s, t.number, t)
+        for t in complete
+        if (s := seconds_to(t, lookup, target, metric=metric, direction=direction)) is not None
+    )
+    quick = [t for _, _, t in timed] or sorted(complete, key=lambda t: (sign * t.value, t.number))
+    lead = quick[0]
+    schedule = str(lead.params["schedule"])
+    shared = {k: v for k, v in lead.params.items() if k.startswith(f"{schedule}.")}
+    shared |= {"schedule": schedule, "batch_size": int(lead.params["batch_size"])}
+    arms: list[dict[str, Any]] = []
+    ranges: dict[str, list[float]] = {}
+    for name, family in space.optimizers.items():
+        lr = next((d for d in family.dims if d.name == "lr" and d.kind == "float"), None)
+        params = {"optimizer": name, **_defaults(family), **shared}
+        if lr is None:
+            arms.append(_arm(name, "family", name, params))
+            continue
+        ranges[name] = [float(lr.low), float(lr.high)]
+        for rate in lattice(float(lr.low), float(lr.high)):
+            arms.append(
+                _arm(f"{name} lr {rate:.3g}", "family", name, params | {family.param(lr): rate})
+            )
+    for t in quick[: int(cfg.race.settings)]:
+        arms.append(_arm(f"trial {t.number}", "setting", str(t.params["optimizer"]), t.params))
+        arms[-1]["of"] = t.number
+    base = baseline_params(cfg, space)
+    if base is not None:
+        arms.append(_arm("baseline", "baseline", str(base["optimizer"]), base))
+    decided = {
+        "target": target,
+        "best": float(np.median(list(best.values()))),
+        "tolerance": tolerance,
+        "condition": {
+            "trial": lead.number,
+            "batch_size": shared["batch_size"],
+            "schedule": schedule,
+        },
+        "ranges": ranges,
+        "arms": arms,
+    }
+    study.set_user_attr(record.RACE, decided)
+    return decided
+
+
+def lattice(low: float, high: float) -> list[float]:
+    """Learning rates a half decade apart (10^(k/2)) inside [low, high]: the same points for
+    every family whose range holds them. A range under a decade: its ends and middle."""
+    first, last = math.ceil(2 * math.log10(low) - 1e-9), math.floor(2 * math.log10(high) + 1e-9)
+    points = [10 ** (k / 2) for k in range(first, last + 1)]
+    if len(points) < 3:
+        points = [float(v) for v in np.geomspace(low, high, 3)]
+    return points
+
+
+def enqueue(study: optuna.Study, state: State, cfg: DictConfig) -> int:
+    """Queue the round's runs neither ended, running nor queued; returns how many."""
+    have = {
+        record.replicate_key(t)
+        for t in record.trials(study)
+        if record.role(t) in record.RACED and record.live(t)
+    }
+    queued = 0
+    for arm, index in state.missing:
+        if ("race", arm, index) in have:
+            continue
+        attrs = {
+            record.ROLE: "race",
+            record.ARM: arm,
+            record.REPLICATE: index,
+            record.SEED: replicate_seed(int(cfg.seed), index),
+        }
+        study.enqueue_trial(state.arms[arm].params, user_attrs=attrs, skip_if_exists=False)
+        queued += 1
+    return queued
+
+
+def enqueue_timing(study: optuna.Study, arms: list[tuple[str, dict[str, Any]]], seed: int) -> int:
+    """One run alone for each of `arms` (id, params), timed end to end: the cost model's check."""
+    have = {
+        t.user_attrs.get(record.ARM)
+        for t in record.trials(study)
+        if record.role(t) == "timing" and record.live(t)
+    }
+    queued = 0
+    for j, (arm, params) in enumerate(arms):
+        if arm in have:
+            continue
+        attrs = {
+            record.ROLE: "timing",
+            record.ARM: arm,
+            record.REPLICATE: 0,
+            record.SEED: replicate_seed(seed, TIMING + j),
+        }
+        study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
+        queued += 1
+    return queued
+
+
+def seconds_to(
+    trial: FrozenTrial,
+    rates: dict[tuple[str, int], float],
+    target: float,
+    *,
+    metric: str,
+    direction: str,
+) -> float | None:
+    """Epochs to the target (interpolated) x the family's seconds per epoch at its batch size,
+    as the verdict times a race run (verdict.cost); None when it never reaches it."""
+    run = record.run_of(trial)
+    if run is None or not run.epochs:
+        return None
+    where = crossing(run.curve.get(metric) or [], target, direction=direction)
+    size = trial.params.get("batch_size")
+    rate = rates.get((str(trial.params.get("optimizer")), size), rates.get((ANY, size)))
+    if where is None or rate is None:
+        return None
+    return (where + 1) * rate
+
+
+def baseline_params(cfg: DictConfig, space: SearchSpace) -> dict[str, Any] | None:
+    """The baseline as trial params: its family's defaults, with the lr it names. None when
+    there is none, or its family, schedule or batch size is not in the search space (a run is
+    a trial of the study: its values must be choices of the space)."""
+    base = cfg.race.get("baseline")
+    if (
+        base is None
+        or base.optimizer not in space.optimizers
+        or base.schedule not in space.schedulers
+        or int(base.batch_size) not in space.batch_sizes
+    ):
+        return None
+    family, schedule = space.optimizers[base.optimizer], space.schedulers[base.schedule]
+    params = {"optimizer": family.name, "schedule": schedule.name}
+    params |= _defaults(family) | _defaults(schedule)
+    params[f"{family.name}.lr"] = float(base.lr)
+    params["batch_size"] = int(base.batch_size)
+    return params
+
+
+def notes(cfg: DictConfig, space: SearchSpace) -> list[str]:
+    """What the race leaves out, said once."""
+    base = cfg.race.get("baseline")
+    if base is not None and baseline_params(cfg, space) is None:
+        return [
+            f"baseline not raced: {base.optimizer}, {base.schedule} and batch {base.batch_size} "
+            "must be among search.optimizers, search.schedulers and search.batch_sizes "
+            "(or set race.baseline=null)"
+        ]
+    return []
+
+
+def _defaults(component: Component) -> dict[str, Any]:
+    """A component's searched values at their defaults (the grid's first point when none)."""
+    return {
+        component.param(d): d.default if d.default is not None else d.grid_values()[0]
+        for d in component.dims
+    }
+
+
+def _arm(arm_id: str, kind: str, family: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {"id": arm_id, "kind": kind, "family": family, "params": dict(params)}

@@ -1,0 +1,282 @@
+"""What the race's runs support, said at the level each claim holds: a family or a setting.
+
+    verdict = declare(state, times, target=target, rules=rules, condition=plan["condition"])
+
+Family claims compare families at the shared condition, each at its best raced learning rate:
+a family's value is its best arm's mean time over seeds, the arm chosen again inside every
+resample (no winner's curse), and its interval covers that choice. A family still racing at the
+end is in the group; of those, one shown within `margin` of the leader with probability >=
+confidence is *equivalent* ("a good choice"), any other is only *not separated*. A family
+dropped by the race is *slower*, with the probability that dropped it. Setting claims (the
+search's quickest settings, the baseline) compare one setting with the fastest arm raced.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.verdict.confidence import (
+    Resamples,
+    interval,
+    means,
+    median,
+    medians,
+    mostly_misses,
+    share,
+    values,
+)
+from pipeline.verdict.race import Rules, State
+from pipeline.verdict.target import Target
+
+STATUSES = ("leader", "equivalent", "not separated", "slower")
+
+
+@dataclass
+class Verdict:
+    """Everything the report declares about the race (see the module)."""
+
+    target: Target
+    condition: dict[str, Any]  # batch_size and schedule the family arms share
+    families: pd.DataFrame  # one row per family, ranked (see _family_rows)
+    settings: pd.DataFrame  # setting arms and the baseline against the fastest arm
+    fastest: dict[str, Any] | None  # the arm to train with: the fastest raced to the end
+    state: State
+    times: pd.DataFrame  # one row per race run (confidence.arm_times)
+    confidence: float
+    margin: float
+    notes: list[str] = field(default_factory=list)
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    setup: float = 0.0  # seconds a run spends before its first epoch (verdict.cost)
+
+    @property
+    def leader(self) -> str | None:
+        return None if self.families.empty else str(self.families.iloc[0]["family"])
+
+    @property
+    def group(self) -> list[str]:
+        """Families still racing at the end, the leader first."""
+        racing = self.families[self.families.status != "slower"]
+        return [str(f) for f in racing.family]
+
+    @property
+    def equivalent(self) -> list[str]:
+        return [str(f) for f in self.families[self.families.status == "equivalent"].family]
+
+    @property
+    def decided(self) -> bool:
+        """Whether one family stands alone."""
+        return self.leader is not None and len(self.group) == 1
+
+    @property
+    def seeds(self) -> int:
+        return max(self.state.seeds.values(), default=0)
+
+
+def declare(
+    state: State,
+    times: pd.DataFrame,
+    *,
+    target: Target,
+    rules: Rules,
+    condition: dict[str, Any],
+    step_seconds: dict[str, float] | None = None,
+    setup: float = 0.0,
+) -> Verdict:
+    draws = Resamples(rules.resamples)
+    seeds = _seeds(state, times)
+    families = _family_rows(state, seeds, times, rules, draws)
+    verdict = Verdict(
+        target=target,
+        condition=dict(condition),
+        families=families,
+        settings=pd.DataFrame(),
+        fastest=None,
+        state=state,
+        times=times,
+        confidence=rules.confidence,
+        margin=rules.margin,
+        step_seconds=dict(step_seconds or {}),
+        setup=setup,
+    )
+    racing = [a for a in state.alive if state.arms[a].kind != "baseline" and seeds.get(a, 0)]
+    if not racing or times.empty:
+        return verdict
+    k = min(seeds[a] for a in racing)
+    fastest = min(racing, key=lambda a: (float(values(times, a, k=k).mean()), a))
+    verdict.fastest = _summary(state, seeds, times, fastest, draws)
+    verdict.settings = _setting_rows(state, seeds, times, fastest, rules, draws)
+    if mostly_misses(verdict.fastest["reached"], verdict.fastest["seeds"]):
+        verdict.notes.append("no raced setting reaches the target in most of its seeds")
+    if not state.done:
+        verdict.notes.append("the race has not ended")
+    return verdict
+
+
+def _seeds(state: State, times: pd.DataFrame) -> dict[str, int]:
+    """Per arm, the seeds it has ended so far (0, 1, ...) up to those it is raced with: a report
+    of a race cut short mid-round reads each arm at what it has."""
+    ended = times.groupby("arm")["replicate"].apply(set).to_dict() if len(times) else {}
+    out = {}
+    for arm, planned in state.seeds.items():
+        k = 0
+        while k < planned and k in ended.get(arm, ()):
+            k += 1
+        out[arm] = k
+    return out
+
+
+def _last_round(state: State, seeds: dict[str, int], family: str) -> tuple[list[str], int]:
+    """A family's arms in the last round it raced, and the seeds they have."""
+    own = [a for a, arm in state.arms.items() if arm.kind == "family" and arm.family == family]
+    k = max((seeds.get(a, 0) for a in own), default=0)
+    return [a for a in own if seeds.get(a, 0) == k], k
+
+
+def _chosen(times: pd.DataFrame, arms: list[str], k: int, draws: Resamples) -> dict[str, Any]:
+    """A family's value over `arms` at k seeds, the arm chosen inside each resample."""
+    index = draws.index(k)
+    speeds = np.stack([means(values(times, a, k=k), index) for a in arms])
+    pick = speeds.argmin(axis=0)
+    point = [float(values(times, a, k=k).mean()) for a in arms]
+    times_drawn = np.stack([medians(values(times, a, k=k, column="time"), index) for a in arms])
+    return {
+        "value": speeds[pick, np.arange(speeds.shape[1])],
+        "median_draws": times_drawn[pick, np.arange(speeds.shape[1])],
+        "arm": arms[int(np.argmin(point))],
+        "speed": min(point),
+    }
+
+
+def _family_rows(
+    state: State, seeds: dict[str, int], times: pd.DataFrame, rules: Rules, draws: Resamples
+) -> pd.DataFrame:
+    families = list(dict.fromkeys(a.family for a in state.arms.values() if a.kind == "family"))
+    rows, chosen = [], {}
+    for family in families:
+        arms, k = _last_round(state, seeds, family)
+        if k == 0:
+            continue
+        chosen[family] = (_chosen(times, arms, k, draws), k)
+    racing = [f for f in chosen if f not in state.families_out]
+    if not racing:
+        return pd.DataFrame()
+    leader = min(racing, key=lambda f: (chosen[f][0]["speed"], f))
+    for family, (c, k) in chosen.items():
+        lead, k_lead = chosen[leader]
+        common = min(k, k_lead)
+        if common == k and common == k_lead:
+            mine, theirs = c["value"], lead["value"]
+        else:  # compared on the seeds both have
+            arms, _ = _last_round(state, seeds, family)
+            mine = _chosen(times, arms, common, draws)["value"]
+            theirs = _chosen(times, _last_round(state, seeds, leader)[0], common, draws)["value"]
+        ratio = mine / theirs
+        low, high = interval(ratio)
+        out = state.families_out.get(family)
+        within = share(ratio <= 1 + rules.margin)
+        status = (
+            "leader"
+            if family == leader
+            else "slower"
+            if out is not None
+            else "equivalent"
+            if within >= rules.confidence
+            else "not separated"
+        )
+        arm = state.arms[c["arm"]]
+        own = times[(times.arm == c["arm"]) & (times.replicate < k)]
+        m_low, m_high = interval(c["median_draws"])
+        rows.append(
+            {
+                "family": family,
+                "status": status,
+                "arm": arm.id,
+                "lr": arm.lr,
+                "params": arm.params,
+                "seeds": k,
+                "reached": int(own.reached.sum()),
+                "speed": c["speed"],
+                "median_seconds": median(own.sort_values("replicate")["time"].to_numpy(float)),
+                "low_seconds": m_low,
+                "high_seconds": m_high,
+                "median_epochs": median(own["epochs_to_target"].to_numpy(float)),
+                "median_final": float(own["final"].median()),
+                "seconds_per_epoch": float(own["rate"].iloc[0]),
+                "ratio": c["speed"] / lead["speed"] if lead["speed"] > 0 else math.nan,
+                "ratio_low": low,
+                "ratio_high": high,
+                "p_slower": share(ratio > 1 + rules.margin),
+                "p_within": within,
+                "out_round": out.round if out else None,
+                "out_seeds": out.seeds if out else None,
+                "out_p": out.p if out else None,
+            }
+        )
+    table = pd.DataFrame(rows)
+    order = {"leader": 0, "equivalent": 1, "not separated": 1, "slower": 2}
+    table["_order"] = table.status.map(order)
+    table = table.sort_values(["_order", "speed", "family"]).drop(columns="_order")
+    table.insert(0, "rank", range(1, len(table) + 1))
+    return table.reset_index(drop=True)
+
+
+def _summary(
+    state: State, seeds: dict[str, int], times: pd.DataFrame, arm_id: str, draws: Resamples
+) -> dict[str, Any]:
+    """One arm at the seeds it has: its median time with an interval, its setting."""
+    arm, k = state.arms[arm_id], seeds.get(arm_id, 0)
+    own = times[(times.arm == arm_id) & (times.replicate < k)].sort_values("replicate")
+    low, high = interval(medians(own["time"].to_numpy(float), draws.index(k)))
+    return {
+        "arm": arm.id,
+        "kind": arm.kind,
+        "family": arm.family,
+        "params": arm.params,
+        "lr": arm.lr,
+        "of": arm.of,
+        "seeds": k,
+        "reached": int(own.reached.sum()),
+        "median_seconds": median(own["time"].to_numpy(float)),
+        "low_seconds": low,
+        "high_seconds": high,
+        "speed": float(own["speed"].mean()),
+        "median_final": float(own["final"].median()),
+    }
+
+
+def _setting_rows(
+    state: State,
+    seeds: dict[str, int],
+    times: pd.DataFrame,
+    fastest: str,
+    rules: Rules,
+    draws: Resamples,
+) -> pd.DataFrame:
+    """Each setting arm and the baseline against the fastest arm, on the seeds both have."""
+    rows = []
+    for a, arm in state.arms.items():
+        k = min(seeds.get(a, 0), seeds[fastest])
+        if arm.kind == "family" or a == fastest or k == 0:
+            continue
+        mine, theirs = values(times, a, k=k), values(times, fastest, k=k)
+        index = draws.index(k)
+        ratio = means(mine, index) / means(theirs, index)
+        low, high = interval(ratio)
+        out = state.arms_out.get(a)
+        rows.append(
+            _summary(state, seeds, times, a, draws)
+            | {
+                "ratio": float(mine.mean() / theirs.mean()),
+                "ratio_low": low,
+                "ratio_high": high,
+                "p_slower": share(ratio > 1 + rules.margin),
+                "status": "slower" if out is not None else "not separated",
+                "out_round": out.round if out else None,
+            }
+        )
+    return pd.DataFrame(rows)

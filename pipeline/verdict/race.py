@@ -1,0 +1,198 @@
+"""The race: round by round, which arms run on and with how many seeds, decided from what ran.
+
+    state = replay(plan, times, Rules(rounds=(1, 5, 10, 20)))
+    state.missing      # the (arm, seed index) runs the current round still needs
+    state.families_out # families found slower than the leading one, and when
+
+Arms (plan["arms"], made once after the search by search.phases.race):
+  family    a family at the shared condition (the batch size and schedule of the search's
+            quickest setting), its lr on a lattice of half decades across its range, its other
+            hyperparameters at their defaults: two copies of a family get the same arms, so
+            what tells families apart is how they train, not what their searches happened to
+            find;
+  setting   one of the search's quickest settings as found (a claim about that setting);
+  baseline  the setting you train with today.
+Round 0 runs every arm with one seed and keeps each family's `keep` best lattice points, adding
+a quarter decade either side of its best (successive halving, Li et al. 2018). Each later round
+brings the arms still racing to `rounds[r]` seeds (seed i is the same for every arm) and drops
+  an arm that its family's best arm beats, with probability >= confidence;
+  a family whose value (the mean time of its best arm, chosen again inside every resample) is
+  more than `margin` slower than the leading family's, with probability >= confidence;
+  a setting, or the baseline, that the fastest arm so beats (F-Race, Birattari et al. 2002).
+A round that would pass `budget` runs is not started. The decisions are a function of the
+runs and are replayed whenever asked: a rerun after a kill decides what it decided before, and
+the report declares what the search acted on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.verdict.confidence import Resamples, means, share, values
+
+REFINE = 10**0.25  # the neighbours round 0 adds around a family's best lattice lr
+
+
+@dataclass(frozen=True)
+class Arm:
+    id: str
+    kind: str  # family, setting or baseline
+    family: str
+    params: dict[str, Any]
+    of: int | None = None  # the search trial a setting repeats
+
+    @property
+    def lr(self) -> float:
+        return float(self.params.get(f"{self.family}.lr", math.nan))
+
+    @classmethod
+    def of_dict(cls, value: dict[str, Any]) -> Arm:
+        return cls(
+            value["id"], value["kind"], value["family"], dict(value["params"]), value.get("of")
+        )
+
+
+@dataclass(frozen=True)
+class Rules:
+    rounds: tuple[int, ...] = (1, 5, 10, 20)
+    keep: int = 2
+    confidence: float = 0.9
+    margin: float = 0.1
+    budget: int = 600
+    resamples: int = 2000
+
+
+@dataclass(frozen=True)
+class Out:
+    """Why an arm or a family stopped racing."""
+
+    round: int  # after which round
+    seeds: int  # the seeds it had then
+    p: float  # the probability that decided it (nan: round 0's halving)
+    against: str  # the arm or family it lost to
+
+
+@dataclass
+class State:
+    arms: dict[str, Arm]
+    alive: list[str]
+    seeds: dict[str, int] = field(default_factory=dict)  # seeds each arm is raced with
+    arms_out: dict[str, Out] = field(default_factory=dict)
+    families_out: dict[str, Out] = field(default_factory=dict)
+    round: int = 0  # the round running (or, done, the rounds run)
+    missing: list[tuple[str, int]] = field(default_factory=list)
+    done: bool = False
+    note: str = ""  # why it ended early
+
+    @property
+    def runs(self) -> int:
+        return sum(self.seeds.values())
+
+    def racing_all(self) -> list[str]:
+        """The family arms still racing, in plan order."""
+        return [a for a in self.alive if self.arms[a].kind == "family"]
+
+    def racing(self, family: str) -> list[str]:
+        return [
+            a for a in self.alive if self.arms[a].kind == "family" and self.arms[a].family == family
+        ]
+
+
+def arms_of(plan: dict[str, Any]) -> dict[str, Arm]:
+    return {a["id"]: Arm.of_dict(a) for a in plan.get("arms") or []}
+
+
+def replay(plan: dict[str, Any], times: pd.DataFrame, rules: Rules) -> State:
+    """Every decision the runs in `times` (arm_times of the ended runs) support, in order."""
+    arms = arms_of(plan)
+    state = State(arms=arms, alive=list(arms))
+    ended = set(zip(times.arm, times.replicate.astype(int), strict=True)) if len(times) else set()
+    draws = Resamples(rules.resamples)
+    for r, k in enumerate(rules.rounds):
+        state.round = r
+        new = sum(max(0, k - state.seeds.get(a, 0)) for a in state.alive)
+        if r > 0 and state.runs + new > rules.budget:
+            state.note = f"its budget of {rules.budget} runs ended the race after round {r - 1}"
+            break
+        for a in state.alive:
+            state.seeds[a] = max(state.seeds.get(a, 0), k)
+        state.missing = [(a, i) for a in state.alive for i in range(k) if (a, i) not in ended]
+        if state.missing:
+            return state
+        if r == 0:
+            _halve(state, plan, times, keep=rules.keep)
+        else:
+            _eliminate(state, times, r, k, rules, draws)
+    state.done, state.missing, state.round = True, [], len(rules.rounds)
+    return state
+
+
+def _halve(state: State, plan: dict[str, Any], times: pd.DataFrame, *, keep: int) -> None:
+    """Round 0: each family's `keep` best lattice arms on seed 0, and its best's neighbours."""
+    ranges = plan.get("ranges") or {}
+    for family in dict.fromkeys(state.arms[a].family for a in state.racing_all()):
+        lattice = state.racing(family)
+        ranked = sorted(lattice, key=lambda a: (float(values(times, a, k=1)[0]), state.arms[a].lr))
+        for a in ranked[keep:]:
+            state.arms_out[a] = Out(0, 1, math.nan, ranked[0])
+            state.alive.remove(a)
+        best = state.arms[ranked[0]]
+        low, high = ranges.get(family, (math.nan, math.nan))
+        known = [state.arms[a].lr for a in state.arms if state.arms[a].family == family]
+        for lr in (best.lr / REFINE, best.lr * REFINE):
+            inside = low * (1 - 1e-9) <= lr <= high * (1 + 1e-9)
+            if inside and all(abs(lr / k - 1) > 0.01 for k in known if k > 0):
+                arm = Arm(
+                    f"{family} lr {lr:.3g}", "family", family, best.params | {f"{family}.lr": lr}
+                )
+                state.arms[arm.id] = arm
+                state.alive.append(arm.id)
+
+
+def _eliminate(
+    state: State, times: pd.DataFrame, r: int, k: int, rules: Rules, draws: Resamples
+) -> None:
+    """After round r (every arm racing has k seeds): drop what is beaten (see the module)."""
+    index = draws.index(k)
+    speeds = {a: values(times, a, k=k) for a in state.alive}
+    drawn = {a: means(v, index) for a, v in speeds.items()}
+    point = {a: float(v.mean()) for a, v in speeds.items()}
+    conf, margin = rules.confidence, rules.margin
+    dropped: dict[str, Out] = {}
+    families = list(dict.fromkeys(state.arms[a].family for a in state.racing_all()))
+    value: dict[str, np.ndarray] = {}
+    best: dict[str, float] = {}
+    for family in families:
+        own = state.racing(family)
+        lead = min(own, key=lambda a: (point[a], a))
+        for a in own:
+            if a != lead and (p := share(drawn[a] > drawn[lead])) >= conf:
+                dropped[a] = Out(r, k, p, lead)
+        value[family] = np.min([drawn[a] for a in own], axis=0)  # chosen inside each resample
+        best[family] = min(point[a] for a in own)
+    if families:
+        leader = min(families, key=lambda f: (best[f], f))
+        for family in families:
+            if family == leader:
+                continue
+            p = share(value[family] > value[leader] * (1 + margin))
+            if p >= conf:
+                state.families_out[family] = Out(r, k, p, leader)
+                for a in state.racing(family):
+                    dropped[a] = Out(r, k, p, leader)
+    candidates = [a for a in state.alive if state.arms[a].kind != "baseline"]
+    if candidates:
+        fastest = min(candidates, key=lambda a: (point[a], a))
+        for a in state.alive:
+            if state.arms[a].kind in ("setting", "baseline") and a != fastest:
+                p = share(drawn[a] > drawn[fastest] * (1 + margin))
+                if p >= conf:
+                    dropped[a] = Out(r, k, p, fastest)
+    for a, why in dropped.items():
+        state.arms_out[a] = why
+        state.alive.remove(a)

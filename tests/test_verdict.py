@@ -1,0 +1,253 @@
+"""The race's rules and the claims they support, on runs made by hand and on generated studies.
+
+python -m pytest tests/test_verdict.py
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmarks.synthetic import write_study
+from pipeline.report import prose
+from pipeline.report.results import collect
+from pipeline.verdict.claims import declare
+from pipeline.verdict.race import Rules, replay
+from pipeline.verdict.target import Target
+from tests.conftest import ROOT
+
+TARGET = Target(0.5, "val_loss", "minimize")
+RATE = 0.1  # seconds an epoch, every arm alike unless a test says otherwise
+BUDGET_EPOCHS = 20
+
+
+def _times(epochs: dict[str, list[float | None]], *, rates: dict[str, float] | None = None):
+    """Race runs by hand: per arm, each seed's epochs to the target (None: never)."""
+    rows = []
+    miss_rate = max([RATE, *(rates or {}).values()])
+    for arm, hits in epochs.items():
+        rate = (rates or {}).get(arm, RATE)
+        for index, hit in enumerate(hits):
+            reached = hit is not None
+            time = hit * rate if reached else math.inf
+            rows.append(
+                {
+                    "trial": len(rows),
+                    "arm": arm,
+                    "family": arm.split()[0],
+                    "batch_size": 64,
+                    "replicate": index,
+                    "final": 0.4 if reached else 0.9,
+                    "epochs_to_target": hit if reached else math.inf,
+                    "reached": reached,
+                    "rate": rate,
+                    "time": time,
+                    "speed": time if reached else (BUDGET_EPOCHS + 1) * miss_rate,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _plan(
+    arms: dict[str, float], *, kinds: dict[str, str] | None = None, ranges: bool = False
+) -> dict:
+    """A plan of arms ("<family> lr <lr>": lr); with `ranges`, each family's lr range is
+    1e-4..1, so round 0 adds neighbours to its best (without, it cannot: no range known)."""
+    out = []
+    for arm, lr in arms.items():
+        family = arm.split()[0]
+        kind = (kinds or {}).get(arm, "family")
+        params = {"optimizer": family, f"{family}.lr": lr, "schedule": "constant", "batch_size": 64}
+        out.append({"id": arm, "kind": kind, "family": family, "params": params})
+    families = {a.split()[0] for a in arms}
+    return {"arms": out, "ranges": {f: [1e-4, 1.0] for f in families} if ranges else {}}
+
+
+def test_round_0_keeps_each_familys_best_lattice_points_and_adds_their_neighbours():
+    plan = _plan({"adam lr 0.001": 1e-3, "adam lr 0.01": 1e-2, "adam lr 0.1": 0.1}, ranges=True)
+    times = _times({"adam lr 0.001": [9], "adam lr 0.01": [3], "adam lr 0.1": [None]})
+    state = replay(plan, times, Rules(rounds=(1, 3), keep=1))
+    # 0.01 was best on seed 0: it alone is kept, with a quarter decade either side of it.
+    assert state.arms_out["adam lr 0.001"].round == 0 and "adam lr 0.1" in state.arms_out
+    assert sorted(state.alive) == ["adam lr 0.00562", "adam lr 0.01", "adam lr 0.0178"]
+    assert state.arms["adam lr 0.0178"].lr == pytest.approx(10**-1.75)
+    # Round 1 needs seeds 0-2 of the new arms and 1-2 of the kept one.
+    assert sorted(state.missing) == sorted(
+        [("adam lr 0.00562", i) for i in range(3)]
+        + [("adam lr 0.0178", i) for i in range(3)]
+        + [("adam lr 0.01", 1), ("adam lr 0.01", 2)]
+    )
+
+
+def test_a_clearly_slower_family_is_dropped_and_a_close_one_races_on():
+    plan = _plan({"adam lr 0.01": 0.01, "sgd lr 0.1": 0.1, "nadam lr 0.01": 0.01})
+    times = _times(
+        {
+            "adam lr 0.01": [4, 4.2, 3.9, 4.1, 4.0],
+            "nadam lr 0.01": [4.1, 4.3, 4.0, 4.2, 4.1],  # 2-3 % slower: within the margin
+            "sgd lr 0.1": [6, 6.3, 5.9, 6.2, 6.1],  # 1.5x slower in every seed
+        }
+    )
+    rules = Rules(rounds=(1, 5, 10), keep=2, confidence=0.9, margin=0.1)
+    state = replay(plan, times, rules)
+    assert set(state.families_out) == {"sgd"}
+    out = state.families_out["sgd"]
+    assert (out.round, out.seeds, out.against) == (1, 5, "adam") and out.p == 1.0
+    assert not state.done and {a for a, _ in state.missing} == {"adam lr 0.01", "nadam lr 0.01"}
+    verdict = declare(state, times, target=TARGET, rules=rules, condition={})
+    rows = verdict.families.set_index("family")
+    assert rows.loc["adam", "status"] == "leader" and rows.loc["sgd", "status"] == "slower"
+    assert rows.loc["nadam", "status"] == "equivalent"  # shown within 10 %
+    assert rows.loc["sgd", "ratio"] == pytest.approx(6.1 / 4.04, rel=0.01)
+
+
+def test_equivalent_is_said_only_when_shown_and_not_separated_otherwise():
+    plan = _plan({"adam lr 0.01": 0.01, "rmsprop lr 0.01": 0.01})
+    times = _times(
+        {
+            "adam lr 0.01": [4, 4, 4, 4, 4],
+            # 8 % slower on average, but seed by seed from 0.5x to 1.6x: neither shown slower
+            # by more than 10 % nor shown within it.
+            "rmsprop lr 0.01": [2, 6.4, 6.4, 2, 4.8],
+        }
+    )
+    rules = Rules(rounds=(1, 5), keep=1)
+    verdict = declare(replay(plan, times, rules), times, target=TARGET, rules=rules, condition={})
+    rows = verdict.families.set_index("family")
+    assert rows.loc["rmsprop", "status"] == "not separated"
+    assert 0.1 < rows.loc["rmsprop", "p_within"] < 0.9
+
+
+def test_seeds_are_paired_so_a_seed_hard_for_every_arm_counts_for_none():
+    plan = _plan({"adam lr 0.01": 0.01, "sgd lr 0.1": 0.1})
+    # Seed 3 is hard for both; sgd is 25 % slower in every seed.
+    times = _times({"adam lr 0.01": [4, 4, 4, 16, 4], "sgd lr 0.1": [5, 5, 5, 20, 5]})
+    state = replay(plan, times, Rules(rounds=(1, 5), keep=1))
+    assert state.families_out["sgd"].p == 1.0  # unpaired draws would put it near 0.8
+
+
+def test_a_miss_counts_as_never_and_ranks_below_any_hit():
+    plan = _plan({"adam lr 0.01": 0.01, "sgd lr 0.1": 0.1})
+    # sgd is quicker when it gets there, but 4 of its 5 seeds never do: a miss costs one
+    # epoch past the budget (DeepOBS), so its mean is 1.7x adam's sure 10 epochs.
+    times = _times(
+        {"adam lr 0.01": [10, 10, 10, 10, 10], "sgd lr 0.1": [2, None, None, None, None]}
+    )
+    rules = Rules(rounds=(1, 5), keep=1)
+    state = replay(plan, times, rules)
+    assert "sgd" in state.families_out
+    verdict = declare(state, times, target=TARGET, rules=rules, condition={})
+    sgd = verdict.families.set_index("family").loc["sgd"]
+    assert sgd["median_seconds"] == math.inf and sgd["reached"] == 1
+
+
+def test_the_budget_ends_the_race_before_a_round_it_cannot_pay():
+    plan = _plan({"adam lr 0.01": 0.01, "sgd lr 0.1": 0.1})
+    times = _times({"adam lr 0.01": [4] * 5, "sgd lr 0.1": [4.1] * 5})
+    state = replay(plan, times, Rules(rounds=(1, 5, 20), keep=1, budget=12))
+    assert state.done and "budget of 12 runs" in state.note and state.runs == 10
+
+
+def test_settings_and_the_baseline_are_compared_with_the_fastest_arm():
+    plan = _plan(
+        {"adam lr 0.01": 0.01, "trial 7": 0.02, "baseline": 0.001},
+        kinds={"trial 7": "setting", "baseline": "baseline"},
+    )
+    times = _times(
+        {
+            "adam lr 0.01": [4, 4.1, 3.9, 4.0, 4.2],
+            "trial 7": [3.0, 3.1, 2.9, 3.0, 3.2],  # the search's own setting: faster
+            "baseline": [None, None, None, None, 12],  # mostly misses
+        }
+    )
+    rules = Rules(rounds=(1, 5), keep=1)
+    verdict = declare(replay(plan, times, rules), times, target=TARGET, rules=rules, condition={})
+    assert verdict.fastest["arm"] == "trial 7" and verdict.fastest["kind"] == "setting"
+    base = verdict.settings.set_index("arm").loc["baseline"]
+    assert base["status"] == "slower" and base["reached"] == 1
+
+
+def _families_dir(tmp_path: Path, *names: str) -> Path:
+    """A config dir with copies of Adam under other names (tests/conf-style --config-dir)."""
+    folder = tmp_path / "conf" / "optimizer"
+    folder.mkdir(parents=True)
+    for name in names:
+        shutil.copy(ROOT / "conf" / "optimizer" / "adam.yaml", folder / f"{name}.yaml")
+    return tmp_path / "conf"
+
+
+FAMILIES = ["sgd", "momentum", "adagrad", "rmsprop", "adam", "nadam", "adamw"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_two_identical_families_are_never_split(tmp_path, seed):
+    conf = _families_dir(tmp_path, "adam_twin")
+    study = write_study(
+        f"sqlite:///{tmp_path}/s.db",
+        70,
+        families=[*FAMILIES, "adam_twin"],
+        race=True,
+        seed=seed,
+        config_dirs=[str(conf)],
+    )
+    verdict = collect(study).verdict
+    rows = verdict.families.set_index("family")
+    # Both in the declaration, or both out of it: never one declared slower than the other.
+    assert (rows.loc["adam", "status"] == "slower") == (rows.loc["adam_twin", "status"] == "slower")
+    assert rows.loc["adam", "median_seconds"] == pytest.approx(
+        rows.loc["adam_twin", "median_seconds"]
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_planted_one_and_a_half_times_slower_copy_is_found_slower(tmp_path, seed):
+    conf = _families_dir(tmp_path, "adam_slow")
+    study = write_study(
+        f"sqlite:///{tmp_path}/s.db",
+        70,
+        families=[*FAMILIES, "adam_slow"],
+        race=True,
+        seed=seed,
+        config_dirs=[str(conf)],
+    )
+    results = collect(study)
+    rows = results.verdict.families.set_index("family")
+    assert rows.loc["adam_slow", "status"] == "slower"
+    assert rows.loc["adam_slow", "ratio"] > 1.3
+    assert "adam_slow" not in results.verdict.group
+    assert "Adam" in prose.families_sentence(results) or "adam" in results.verdict.group
+
+
+def test_the_same_study_gives_the_same_declaration_in_another_process(tmp_path):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    write_study(storage, 60, families=FAMILIES, race=True, seed=4)
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(ROOT)!r})\n"
+        "from pipeline.core.storage import load_study\n"
+        "from pipeline.report.results import collect\n"
+        "from pipeline.report.summary import declaration\n"
+        f"d = declaration(collect(load_study({storage!r}, 'digits')))\n"
+        "print(json.dumps({k: d[k] for k in ('leader', 'group', 'equivalent', 'families')}))\n"
+    )
+    outs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        for _ in range(2)
+    ]
+    first, second = (json.loads(o.stdout) for o in outs)
+    assert first == second and first["leader"] is not None
+
+
+def test_resamples_are_fixed_per_seed_count():
+    from pipeline.verdict.confidence import Resamples
+
+    a, b = Resamples(50), Resamples(50)
+    assert np.array_equal(a.index(5), b.index(5)) and a.index(5).shape == (50, 5)
+    assert not np.array_equal(a.index(5)[:, :3], a.index(3))
