@@ -69,12 +69,12 @@ def run(seed: int, overrides: list[str], *, out: Path) -> dict:
         raise SystemExit(f"seed {seed} failed ({result.returncode}):\n{result.stderr[-2000:]}")
     summary = json.loads((folder / "reports" / "summary.json").read_text())
     return {
+        **summary,
         "seed": seed,
         "folder": folder,
         "conf": conf,
         "args": args,
-        "seconds": time.perf_counter() - started,
-        **summary,
+        "seconds": time.perf_counter() - started,  # the whole command, from outside
     }
 
 

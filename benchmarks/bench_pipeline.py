@@ -1,11 +1,15 @@
 """What the pipeline costs per trial, measured in one run and printed as ratios.
 
     python benchmarks/bench_pipeline.py [--quick] [--only overhead,workers,bookkeeping,memory]
+                                        [--threads 1]
 
 overhead     the pipeline's trial (through Optuna, callbacks, recording) against a plain
              PyTorch loop doing the same work: same model and init, same data order, same
-             optimizer (Adam, lr 1e-3), 20 epochs at batch 64 with validation every epoch.
-             Both reach the same final validation loss, which the benchmark checks.
+             optimizer (Adam, lr 1e-3, constant), 20 epochs at batch 64 with validation every
+             epoch, one thread, one worker. Both reach the same final validation loss, which
+             the benchmark checks. "ratio (trial seconds)" is the trial's own clock (Run.seconds:
+             set-up, training, validation) over the plain loop's; "ratio" the worker's whole
+             gap between trials (claiming, sampling, storage and tell too).
 workers      trials per minute with 2 worker processes against 1 (journal storage).
 bookkeeping  the pipeline's own cost per trial when training is trivial (1 epoch of 8 rows),
              at 100 and at 1000 trials in one study.
@@ -37,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import compose
+from pipeline.core import record
 from pipeline.search.phases.run import queue_places
 from pipeline.search.phases.study import prepare
 from pipeline.search.space import SearchSpace
@@ -84,6 +89,7 @@ def _config(tmp: str, name: str, *overrides: str) -> Any:
             "search.min_trials_per_family=0",
             "pruner=none",
             "sampler=random",
+            "race.seeds=[]",  # the search's trials alone: the race is benchmarked apart
             f"search.storage=sqlite:///{tmp}/{name}.db",
             *overrides,
         ]
@@ -106,7 +112,7 @@ def pipeline_trials(cfg: Any, n: int, fixed: dict[str, Any] | None) -> list[floa
     """
     space = SearchSpace.from_config(cfg)
     study, _ = prepare(cfg, space)
-    done = len(study.get_trials())
+    done = sum(record.counts(t) for t in study.get_trials())
     for _ in range(n + 1):
         if fixed is not None:
             study.enqueue_trial(fixed)
@@ -149,7 +155,15 @@ def bench_overhead(tmp: str, trials: int) -> list[dict[str, Any]]:
         extra = [f"task.model._target_={target}"] + (
             ["task.model.sizes=[64,128,10]"] if "sizes" in kwargs else ["~task.model.sizes"]
         )
-        cfg = _config(tmp, f"overhead{len(rows)}", "trainer.max_epochs=20", *extra)
+        # sampler: prepare() queues no places of its own, so the trials run are the fixed ones
+        # enqueued here (equal queues search.n_trials places of random Adam settings first).
+        cfg = _config(
+            tmp,
+            f"overhead{len(rows)}",
+            "trainer.max_epochs=20",
+            "search.trials_per_family=sampler",
+            *extra,
+        )
         pipeline_trials(cfg, 1, fixed)  # warm-up: imports, first-call costs
         pipeline, plain = [], []
         for _ in range(3):
@@ -163,12 +177,17 @@ def bench_overhead(tmp: str, trials: int) -> list[dict[str, Any]]:
         first = study.get_trials()[0]  # trial 0 trained with seed 0, as the plain loops did
         same = abs(plain_loss - first.user_attrs["run"]["curve"]["val_loss"][-1]) < 1e-4
         assert same, (plain_loss, first.user_attrs["run"]["curve"]["val_loss"][-1])
+        # The trial's own clock (Run.seconds: model, Trainer, training, validation) apart from
+        # the worker's gap between completions (that plus claim, sampling, storage and tell).
+        inside = [t.user_attrs["run"]["seconds"] for t in study.get_trials()[2:]]
         per_trial, base = statistics.median(pipeline), statistics.median(plain)
         rows.append(
             {
                 "model": label,
+                "trial seconds": round(statistics.median(inside), 4),
                 "pipeline s/trial": round(per_trial, 4),
                 "plain loop s/trial": round(base, 4),
+                "ratio (trial seconds)": round(statistics.median(inside) / base, 3),
                 "ratio": round(per_trial / base, 3),
                 "same final val loss": True,
             }
@@ -316,10 +335,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer trials, for a smoke run")
     parser.add_argument("--only", default="overhead,workers,bookkeeping,memory")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="intra-op threads here (a worker's default: 1)"
+    )
     args = parser.parse_args()
     quiet(False)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    threads = max(1, len(os.sched_getaffinity(0)))
+    threads = args.threads
     torch.set_num_threads(threads)
     n = {
         "overhead": 3 if args.quick else 5,
@@ -334,7 +356,8 @@ def main() -> None:
         "memory": (bench_memory, "Worker memory over one study"),
     }
     results = {}
-    print(f"# torch {torch.__version__}, {threads} cores, {threads} intra-op threads\n")
+    cores = max(1, len(os.sched_getaffinity(0)))
+    print(f"# torch {torch.__version__}, {cores} cores, {threads} intra-op thread(s)\n")
     for name in args.only.split(","):
         fn, title = benches[name]
         with tempfile.TemporaryDirectory() as tmp:

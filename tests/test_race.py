@@ -152,24 +152,24 @@ def test_the_race_runs_on_parallel_workers_without_surplus_trials(tmp_path):
     assert len(workers) == 2
 
 
-def test_balanced_protocol_gives_each_family_equal_trials_sampled_by_tpe(tmp_path):
+def test_equal_trials_per_family_sampled_by_tpe(tmp_path):
     cfg = tiny_config(
         tmp_path,
         "search.n_trials=8",
         "search.optimizers=[adam,sgd,momentum]",
         "trainer.max_epochs=1",
     )
-    assert cfg.search.protocol == "balanced"  # the default
+    assert cfg.search.trials_per_family == "equal"  # the default
     outcome = search(cfg)
     families = collections.Counter(t.params["optimizer"] for t in outcome.trials)
     assert families == {"adam": 3, "sgd": 3, "momentum": 2}
     assert isinstance(outcome.study.sampler.for_trial(0), optuna.samplers.TPESampler)
 
 
-def test_adaptive_protocol_lets_the_sampler_pick_families_after_the_first_looks(tmp_path):
+def test_the_sampler_picks_families_after_the_first_looks(tmp_path):
     cfg = tiny_config(
         tmp_path,
-        "search.protocol=adaptive",
+        "search.trials_per_family=sampler",
         "search.n_trials=8",
         "search.optimizers=[adam,sgd,momentum]",
         "trainer.max_epochs=1",
@@ -179,10 +179,10 @@ def test_adaptive_protocol_lets_the_sampler_pick_families_after_the_first_looks(
     assert len(queued) == 6  # min_trials_per_family=2 looks each, then the sampler's choice
 
 
-def test_fair_protocol_gives_each_family_equal_random_trials(tmp_path):
+def test_equal_random_gives_each_family_equal_random_trials(tmp_path):
     cfg = tiny_config(
         tmp_path,
-        "search.protocol=fair",
+        "search.trials_per_family=equal_random",
         "search.n_trials=6",
         "search.optimizers=[adam,sgd,momentum]",
         "trainer.max_epochs=1",

@@ -1,4 +1,4 @@
-"""What the sampler learns from under search.seek=speed: steps to a provisional target."""
+"""What the sampler learns from under search.learn_from=speed: steps to a provisional target."""
 
 from __future__ import annotations
 
@@ -154,11 +154,11 @@ def test_tpe_fed_speed_proposes_the_quick_settings_and_fed_values_the_ones_that_
 
 
 def test_a_study_made_with_seek_value_resumes_under_the_default(tmp_path):
-    """A study from before search.seek (its sampler learned from values) is resumed, not
+    """A study from before search.learn_from (its sampler learned from values) is resumed, not
     refused: like the sampler, the key changes only what later trials are proposed from."""
     storage = f"sqlite:///{tmp_path}/study.db"
     args = [*TINY, "trainer.max_epochs=2", f"search.storage={storage}"]
-    assert search_main([*args, "search.n_trials=2", "search.seek=value"]) == 0
+    assert search_main([*args, "search.n_trials=2", "search.learn_from=value"]) == 0
     assert search_main([*args, "search.n_trials=4"]) == 0
     trials = load_study(storage, "moons").get_trials()
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 4

@@ -50,3 +50,29 @@ def test_each_dvc_stage_depends_on_every_module_it_imports():
             assert any(relative == d or relative.startswith(d.rstrip("/") + "/") for d in deps), (
                 f"{stage} stage imports {relative} but dvc.yaml does not depend on it"
             )
+
+
+def test_the_config_key_table_is_the_schemas():
+    """docs/config.md is what `python -m pipeline.config --keys` prints, and names every key
+    of ours that conf/ composes (a key added to a YAML file without a schema entry fails)."""
+    from omegaconf import OmegaConf
+
+    from pipeline.config import compose
+    from pipeline.config.__main__ import key_table
+    from pipeline.config.schema import SCHEMAS, keys
+
+    assert (ROOT / "docs" / "config.md").read_text() == key_table()
+    composed = compose([])
+    documented = {name for section, schema in SCHEMAS.items() for name, _ in keys(schema, section)}
+    for section in SCHEMAS:
+        node = OmegaConf.to_container(composed[section])
+        for name in _leaves(node, section):
+            assert name in documented, f"{name} is in conf/ but not in pipeline/config/schema.py"
+
+
+def _leaves(node, prefix):
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            yield from _leaves(value, f"{prefix}.{key}")
+    else:
+        yield prefix

@@ -1,43 +1,29 @@
 """Check a composed configuration before anything is written: one ConfigError per bad value.
 
 pipeline.config.cli runs check() on every command; the CLI prints `error: KEY: what is allowed`
-and exits 2. Nothing here imports the user's classes (the search stage does that in
-pipeline.search.phases.preflight), so the report stage checks its config without torch.
+and exits 2. Each key of ours has its type and rule in config.schema; here, what no single key
+can say (a metric and its direction, SQLite and parallel workers, the families named). Nothing
+here imports the user's classes (search.phases.preflight does), so the report stage checks
+its config without torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from pipeline.config.compose import SPACES, default_config, group_options
+from pipeline.config.schema import METRICS, SCHEMAS, allowed, keys
 from pipeline.core.errors import ConfigError, first_line
 from pipeline.core.storage import check_storage_url
 
-METRICS = {"val_loss": "minimize", "train_loss": "minimize", "val_acc": "maximize"}
 LOSSES = ("cross_entropy", "mse", "bce")  # bce: one logit per row, labels 0/1
 CLASSIFY = ("cross_entropy", "bce")  # losses whose models report val_acc
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-PRECISIONS = (
-    "32-true",
-    "32",
-    "64-true",
-    "64",
-    "16-mixed",
-    "16",
-    "bf16-mixed",
-    "bf16",
-    "16-true",
-    "bf16-true",
-    "transformer-engine",
-)
-# Sections whose keys are ours: a key the shipped config lacks is a typo, never ignored.
-# task, sampler, pruner, optimizer.* and scheduler.* pass arguments through to user classes.
-STRICT = ("search", "trainer", "report", "race", "verdict", "compare")
 BASELINE = ("optimizer", "lr", "schedule", "batch_size")
 
 
@@ -45,6 +31,9 @@ def check(cfg: DictConfig, *, config_dirs: Sequence[str] = ()) -> None:
     """Raise ConfigError for the first bad value. Touches no storage and no file."""
     _known(cfg)
     _section(cfg, "search", "trainer", "task", "sampler", "pruner", "race", "verdict", "report")
+    for section, schema in SCHEMAS.items():
+        if isinstance(cfg.get(section), DictConfig):
+            _typed(cfg, section, schema)
     _int(cfg, "seed", low=0)
 
     task = cfg.task
@@ -54,11 +43,6 @@ def check(cfg: DictConfig, *, config_dirs: Sequence[str] = ()) -> None:
     _choice(cfg, "task.loss", LOSSES)
 
     s = cfg.search
-    _int(cfg, "search.n_trials", low=1)
-    if s.get("timeout") is not None:
-        _number(cfg, "search.timeout", low=0, strict=True)
-    _choice(cfg, "search.metric", tuple(METRICS))
-    _choice(cfg, "search.direction", ("minimize", "maximize"))
     if METRICS[s.metric] != s.direction:
         raise ConfigError(
             "search.direction",
@@ -69,26 +53,20 @@ def check(cfg: DictConfig, *, config_dirs: Sequence[str] = ()) -> None:
     for group, plural in SPACES.items():
         for name in _list(cfg, f"search.{plural}", str):
             if name not in (cfg.get(group) or {}):
-                allowed = ", ".join(group_options(group, config_dirs)) or "(none)"
+                options = ", ".join(group_options(group, config_dirs)) or "(none)"
                 raise ConfigError(
-                    f"search.{plural}", f"unknown {group} {name!r}; allowed: {allowed}"
+                    f"search.{plural}", f"unknown {group} {name!r}; allowed: {options}"
                 )
             _has_target(cfg, f"{group}.{name}")
-    sizes = _list(cfg, "search.batch_sizes", int)
-    for size in sizes:
+    for size in _list(cfg, "search.batch_sizes", int):
         if size <= 0:
             raise ConfigError("search.batch_sizes", f"{size} is not a positive batch size")
-    _int(cfg, "search.min_trials_per_family", low=0)
-    _choice(cfg, "search.protocol", ("balanced", "fair", "adaptive"))
-    _choice(cfg, "search.seek", ("speed", "value"))
-    _number(cfg, "search.divergence_factor", low=1, strict=True)
     workers = _get(cfg, "search.n_workers")
     if workers != "auto" and not (_is_int(workers) and workers >= 1):
         raise ConfigError(
             "search.n_workers", f"{workers!r} is not allowed; use auto or an integer >= 1"
         )
-    _str(cfg, "search.study_name")
-    url = _str(cfg, "search.storage")
+    url = str(s.storage)
     check_storage_url(url)
     if s.n_workers != "auto" and s.n_workers > 1 and url.startswith("sqlite"):
         raise ConfigError(
@@ -96,63 +74,69 @@ def check(cfg: DictConfig, *, config_dirs: Sequence[str] = ()) -> None:
             f"SQLite is not for parallel writers; with search.n_workers={s.n_workers} use "
             "journal:///studies/study.journal or postgresql://USER@HOST/DB",
         )
-
-    _int(cfg, "trainer.max_epochs", low=1)
-    _choice(cfg, "trainer.accelerator", ACCELERATORS)
     devices = cfg.trainer.get("devices")
     if devices != "auto" and not (_is_int(devices) and devices >= 1):
         raise ConfigError(
             "trainer.devices", f"{devices!r} is not allowed; use a count >= 1 or auto"
         )
-    _choice(cfg, "trainer.precision", PRECISIONS)
-    if cfg.trainer.get("threads") is not None:
-        _int(cfg, "trainer.threads", low=1)
-    _bool(cfg, "trainer.verbose")
-
     for part in ("sampler", "pruner"):
         _has_target(cfg, part)
-    _race(cfg)
-    _verdict(cfg)
-    _str(cfg, "report.dir")
+    _rounds(cfg, "race.seeds")
+    _rounds(cfg, "race.one_by_one.seeds")
 
 
-def _verdict(cfg: DictConfig) -> None:
-    if cfg.verdict.get("target") is not None:
-        _number(cfg, "verdict.target")
-    _number(cfg, "verdict.tolerance", low=0)
-    if cfg.verdict.tolerance >= 1:
-        raise ConfigError("verdict.tolerance", "must be below 1 (a fraction, e.g. 0.3)")
-    _int(cfg, "verdict.resamples", low=100)
-    _number(cfg, "verdict.margin", low=0)
-    confidence = _number(cfg, "verdict.confidence", low=0.5, strict=True)
-    if confidence >= 1:
-        raise ConfigError("verdict.confidence", "must be below 1 (a probability, e.g. 0.9)")
+def _typed(cfg: DictConfig, section: str, schema: type) -> None:
+    """The section against its schema: OmegaConf refuses an unknown key or a wrong type, then
+    each key's rule (config.schema.key)."""
+    fields = dict(keys(schema, section))
+    try:
+        OmegaConf.merge(OmegaConf.structured(schema), cfg[section])
+    except ValidationError as exc:
+        key = f"{section}.{str(exc.full_key).split('[')[0]}"  # a list's element: the list
+        value = OmegaConf.select(cfg, key, default=None)
+        if OmegaConf.is_list(value):  # name the element that is wrong
+            wrong = next((v for v in value if str(v) in str(exc)), value)
+            rule = allowed(fields[key])
+            raise ConfigError(key, f"{wrong!r} is not allowed; use {rule}") from None
+        rule = allowed(fields[key]) if key in fields else "the type its default has"
+        if key == "race.baseline":
+            rule = f"null or a mapping with exactly: {', '.join(BASELINE)}"
+        raise ConfigError(key, f"{_show(value)} is not allowed; use {rule}") from None
+    except ConfigKeyError as exc:
+        raise ConfigError(section, first_line(exc)) from None
+    for key, f in fields.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None or dataclasses.is_dataclass(value) or OmegaConf.is_config(value):
+            continue
+        _rule(key, value, f)
 
 
-def _race(cfg: DictConfig) -> None:
-    seeds = _get(cfg, "race.seeds")
+def _rule(key: str, value: Any, f: dataclasses.Field[Any]) -> None:
+    rule = f.metadata
+    bad = False
+    if rule.get("choices"):
+        bad = str(value) not in rule["choices"]
+    elif rule.get("nonempty"):
+        bad = not str(value).strip()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        low, below = rule.get("low"), rule.get("below")
+        bad = not math.isfinite(value)
+        if low is not None:
+            bad = bad or (value <= low if rule.get("strict") else value < low)
+        if below is not None and value >= below:
+            bad = True
+    if bad:
+        raise ConfigError(key, f"{value!r} is not allowed; use {allowed(f)}")
+
+
+def _rounds(cfg: DictConfig, key: str) -> None:
+    seeds = _get(cfg, key)
     if not OmegaConf.is_list(seeds) or not all(_is_int(k) and k >= 1 for k in seeds):
         raise ConfigError(
-            "race.seeds",
-            f"{_show(seeds)} is not allowed; use [] or rising counts, e.g. [1,5,10,20]",
+            key, f"{_show(seeds)} is not allowed; use [] or rising counts, e.g. [1,5,10,20]"
         )
     if list(seeds) != sorted(set(seeds)):
-        raise ConfigError("race.seeds", f"{_show(seeds)} must rise, e.g. [1,5,10,20]")
-    _int(cfg, "race.keep", low=1)
-    _int(cfg, "race.settings", low=0)
-    _int(cfg, "race.budget", low=1)
-    _bool(cfg, "race.vectorize")
-    base = cfg.race.get("baseline")
-    if base is None:
-        return
-    if not isinstance(base, DictConfig) or set(base) != set(BASELINE):
-        raise ConfigError(
-            "race.baseline", f"use null or a mapping with exactly: {', '.join(BASELINE)}"
-        )
-    _str(cfg, "race.baseline.optimizer")
-    _str(cfg, "race.baseline.schedule")
-    _number(cfg, "race.baseline.lr", low=0, strict=True)
-    _int(cfg, "race.baseline.batch_size", low=1)
+        raise ConfigError(key, f"{_show(seeds)} must rise, e.g. [1,5,10,20]")
 
 
 def _known(cfg: DictConfig) -> None:
@@ -167,7 +151,7 @@ def _known(cfg: DictConfig) -> None:
             )
         if key not in base:
             raise ConfigError(str(key), f"no such key; the config has: {', '.join(map(str, base))}")
-    for section in STRICT:
+    for section in SCHEMAS:
         node, known = cfg.get(section), base.get(section)
         if isinstance(node, DictConfig) and isinstance(known, DictConfig):
             for key in node:
@@ -208,28 +192,10 @@ def _int(cfg: DictConfig, key: str, *, low: int) -> int:
     return value
 
 
-def _number(cfg: DictConfig, key: str, *, low: float | None = None, strict: bool = False) -> float:
-    value = _get(cfg, key)
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if strict else value >= low
-    if not ok:
-        bound = "" if low is None else f" {'>' if strict else '>='} {low:g}"
-        raise ConfigError(key, f"{value!r} is not allowed; use a number{bound}")
-    return float(value)
-
-
 def _str(cfg: DictConfig, key: str) -> str:
     value = _get(cfg, key)
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(key, f"{value!r} is not allowed; use a non-empty string")
-    return value
-
-
-def _bool(cfg: DictConfig, key: str) -> bool:
-    value = _get(cfg, key)
-    if not isinstance(value, bool):
-        raise ConfigError(key, f"{value!r} is not allowed; use true or false")
     return value
 
 

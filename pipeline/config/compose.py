@@ -53,6 +53,9 @@ RENAMED = {
     "confirm.challengers": "race.keep (every family is raced; there is no second look)",
     "report.target": "verdict.target",
     "report.target_tolerance": "verdict.tolerance",
+    "search.seek": "search.learn_from (speed or value)",
+    "search.protocol": "search.trials_per_family (balanced is now equal, fair equal_random, "
+    "adaptive sampler)",
 }
 # Config groups whose chosen options are composed side by side, one key per option.
 SPACES = {"optimizer": "optimizers", "scheduler": "schedulers"}

@@ -2,7 +2,7 @@
 
     budget_curves(trials, direction="minimize"); lr_band(trials, direction="minimize")
 
-Both read the search trials only (not the confirmation replicates). Expected best of k (Dodge
+Both read the search trials only (not the race's runs). Expected best of k (Dodge
 et al. 2019) assumes independent draws, as random search makes; the report says so when the
 sampler was not random.
 """

@@ -22,9 +22,10 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.core import record
+from pipeline.core.renames import renamed_search
 from pipeline.core.secrets import mask, public
 from pipeline.core.storage import close, load_study
-from pipeline.report import figures, prose
+from pipeline.report import figures, prose, rows
 from pipeline.report.names import describe, family_label, num
 from pipeline.report.results import Results, collect_for
 from pipeline.report.summary import curves_csv, recommendation_csv, summary
@@ -150,9 +151,9 @@ def render(results: Results, info: dict[str, Any], *, command: str) -> str:
         target_how=prose.target_how(results.target) if results.target else "",
         how_sure=prose.how_sure(results),
         baseline_line=prose.baseline(results),
-        compact=prose.compact_rows(results),
-        rounds_line=prose.rounds_line(results),
-        method_line=prose.method_line(results),
+        compact=rows.compact(results),
+        rounds_line=rows.rounds_line(results),
+        method_line=rows.method_line(results),
         test_line=prose.test_score(results),
         recommendation=table.to_dict("records") if not table.empty else [],
         trials=results.trials.sort_values("number").to_dict("records"),
@@ -206,13 +207,14 @@ def build(cfg: DictConfig, *, command: str = "python -m pipeline.report") -> Pat
 
 
 def _seek(config: dict[str, Any]) -> str:
-    """What the sampler learned from (search.seek; a study made before the key: the values)."""
+    """What the sampler learned from (search.learn_from; a study made before the key: values)."""
     search, sampler = config.get("search") or {}, config.get("sampler") or {}
     target = str(sampler.get("_target_", ""))
     if sampler.get("grid") or target.endswith(("RandomSampler", "QMCSampler")):
         return "draws without learning"
-    if search.get("protocol") == "fair":
-        return "random, search.protocol=fair"
-    if search.get("seek", "value") == "speed":
+    search = renamed_search(search)
+    if search.get("trials_per_family") == "equal_random":
+        return "random, search.trials_per_family=equal_random"
+    if search.get("learn_from", "value") == "speed":
         return "learning from each trial's optimizer steps to a provisional target"
     return "learning from each trial's final value"

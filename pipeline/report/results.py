@@ -16,6 +16,7 @@ import optuna
 import pandas as pd
 
 from pipeline.core import record
+from pipeline.core.renames import renamed_search
 from pipeline.report.budget import budget_curves, lr_band
 from pipeline.report.importance import importance
 from pipeline.report.tables import recommend, time_to_target
@@ -56,7 +57,7 @@ class Results:
 
     @property
     def random_sampler(self) -> bool:
-        if (self.config.get("search") or {}).get("protocol") == "fair":
+        if _plain_search(self.config).get("trials_per_family") == "equal_random":
             return True
         target = str((self.config.get("sampler") or {}).get("_target_", ""))
         return target.endswith("RandomSampler")
@@ -208,3 +209,9 @@ def _timing(
             "measured_seconds": timed.raw_seconds_to_target,
         }
     ).reset_index(drop=True)
+
+
+def _plain_search(config: dict[str, Any]) -> dict[str, Any]:
+    """The study's search section, its keys as named today (a study made before the renames
+    of search.protocol and search.seek is read in their new names)."""
+    return renamed_search(config.get("search") or {})

@@ -4,7 +4,8 @@
 
 Family claims compare families at the shared condition, each at its best raced learning rate:
 a family's value is its best arm's mean time over seeds, the arm chosen again inside every
-resample (no winner's curse), and its interval covers that choice. A family still racing at the
+resample (no winner's curse); the time shown is that arm's median over seeds with the
+distribution-free interval of a median (confidence.median_interval). A family racing at the
 end is in the group; of those, one shown within `margin` of the leader with probability >=
 confidence is *equivalent* ("a good choice"), any other is only *not separated*. A family
 dropped by the race is *slower*, with the probability that dropped it. Setting claims (the
@@ -25,7 +26,7 @@ from pipeline.verdict.confidence import (
     interval,
     means,
     median,
-    medians,
+    median_interval,
     mostly_misses,
     share,
     values,
@@ -138,16 +139,17 @@ def _last_round(state: State, seeds: dict[str, int], family: str) -> tuple[list[
 
 
 def _chosen(times: pd.DataFrame, arms: list[str], k: int, draws: Resamples) -> dict[str, Any]:
-    """A family's value over `arms` at k seeds, the arm chosen inside each resample."""
+    """A family's value over `arms` at k seeds (the arm chosen inside each resample), its
+    chosen arm, and that arm's median time with its interval."""
     index = draws.index(k)
     speeds = np.stack([means(values(times, a, k=k), index) for a in arms])
     pick = speeds.argmin(axis=0)
     point = [float(values(times, a, k=k).mean()) for a in arms]
-    times_drawn = np.stack([medians(values(times, a, k=k, column="time"), index) for a in arms])
+    best = arms[int(np.argmin(point))]
     return {
         "value": speeds[pick, np.arange(speeds.shape[1])],
-        "median_draws": times_drawn[pick, np.arange(speeds.shape[1])],
-        "arm": arms[int(np.argmin(point))],
+        "interval": median_interval(values(times, best, k=k, column="time")),
+        "arm": best,
         "speed": min(point),
     }
 
@@ -190,7 +192,7 @@ def _family_rows(
         )
         arm = state.arms[c["arm"]]
         own = times[(times.arm == c["arm"]) & (times.replicate < k)]
-        m_low, m_high = interval(c["median_draws"])
+        m_low, m_high = c["interval"]
         rows.append(
             {
                 "family": family,
@@ -231,7 +233,7 @@ def _summary(
     """One arm at the seeds it has: its median time with an interval, its setting."""
     arm, k = state.arms[arm_id], seeds.get(arm_id, 0)
     own = times[(times.arm == arm_id) & (times.replicate < k)].sort_values("replicate")
-    low, high = interval(medians(own["time"].to_numpy(float), draws.index(k)))
+    low, high = median_interval(own["time"].to_numpy(float))
     return {
         "arm": arm.id,
         "kind": arm.kind,

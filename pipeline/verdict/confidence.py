@@ -85,11 +85,6 @@ def means(values: np.ndarray, index: np.ndarray) -> np.ndarray:
     return values[index].mean(axis=1)
 
 
-def medians(values: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """Each resample's median; "inverted_cdf" picks an element, so inf with a number stays inf."""
-    return np.quantile(values[index], 0.5, axis=1, method="inverted_cdf")
-
-
 def median(values: np.ndarray) -> float:
     if len(values) == 0:
         return math.inf
@@ -99,6 +94,25 @@ def median(values: np.ndarray) -> float:
 def interval(draws: np.ndarray) -> tuple[float, float]:
     low, high = np.percentile(draws, INTERVAL, method="inverted_cdf")
     return float(low), float(high)
+
+
+def median_interval(values: np.ndarray, *, level: float = 0.95) -> tuple[float, float]:
+    """The distribution-free interval for a median: the j-th smallest and j-th largest of n
+    values, j the largest with P(Binomial(n, 1/2) < j) <= (1 - level) / 2 (for 20 seeds the
+    6th and the 15th, 95.9 %). Exact for any continuous distribution; a percentile bootstrap
+    of 20 seeds covered an independent 60-seed median 85 % of the time, this 92 %
+    (benchmarks/bench_calibration.py). A miss counts as never (inf)."""
+    ordered = np.sort(np.asarray(values, dtype=float))
+    n = len(ordered)
+    if n == 0:
+        return math.inf, math.inf
+    tail, below, j = (1 - level) / 2, 0.0, 1
+    for k in range(1, n // 2 + 1):
+        below += math.comb(n, k - 1) / 2**n  # P(Binomial(n, 1/2) <= k - 1)
+        if below > tail:
+            break
+        j = k
+    return float(ordered[j - 1]), float(ordered[n - j])
 
 
 def share(condition: np.ndarray) -> float:

@@ -4,10 +4,9 @@
     cost.lookup()[("adam", 64)]                                  # seconds per epoch of one run
     crossing([0.9, 0.7, 0.45], 0.5, direction="minimize")        # 1.8 (0-based)
 
-pipeline.search.phases.confirm picks each family's quickest search trial with them, and
-pipeline.verdict.confidence times the confirmation replicates with them. Both need the same
-estimate: a trial's own seconds on a shared machine move by up to 20 % between two runs of
-one seed, enough to confirm another setting or reorder close families.
+search.phases.race picks the race's shared condition with them, and verdict.confidence times
+every race run with them. Both need the same estimate: a trial's own seconds on a shared
+machine move by up to 20 % between two runs of one seed, enough to reorder close families.
 """
 
 from __future__ import annotations
@@ -116,7 +115,7 @@ class EpochCost:
 
     An epoch's cost is set mostly by the batch size (how many steps) and a little by the
     family's update (Adam's step costs more than SGD's). That part is timed apart, on the
-    task's model, when the confirmation starts (pipeline.search.phases.steptime: `step_seconds`, one
+    task's model, before the race starts (search.phases.steptime: `step_seconds`, one
     figure per family, stored on the study): interleaved rounds of steps give it to a few per
     cent, where a factor read off the search runs moved 15-20 % between two runs of one seed
     (Adam's was 0.91 of its batch size's median in one and 1.10 in the other), because a

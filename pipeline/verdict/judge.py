@@ -27,6 +27,7 @@ from pipeline.verdict.target import Target, derive_target
 def rules_of(config: Any) -> Rules:
     """The race's rules from a config (a DictConfig or the study's stored dict)."""
     race, verdict = config.get("race") or {}, config.get("verdict") or {}
+    alone = race.get("one_by_one") or {}
     return Rules(
         rounds=tuple(int(k) for k in race.get("seeds") or ()),
         keep=int(race.get("keep", 2)),
@@ -34,6 +35,10 @@ def rules_of(config: Any) -> Rules:
         margin=float(verdict.get("margin", 0.1)),
         budget=int(race.get("budget", 600)),
         resamples=int(verdict.get("resamples", 2000)),
+        one_by_one=(
+            tuple(int(k) for k in alone.get("seeds") or (1, 3, 6, 12)),
+            int(alone.get("keep", 1)),
+        ),
     )
 
 
@@ -93,7 +98,7 @@ def decide(
         state,
         times,
         target=aim,
-        rules=rules,
+        rules=rules.for_plan(plan),
         condition=plan.get("condition") or {},
         step_seconds=study.user_attrs.get(record.STEP_SECONDS),
         setup=cost.setup(),

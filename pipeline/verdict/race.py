@@ -1,6 +1,6 @@
 """The race: round by round, which arms run on and with how many seeds, decided from what ran.
 
-    state = replay(plan, times, Rules(rounds=(1, 5, 10, 20)))
+    state = replay(plan, times, Rules(rounds=(1, 5, 10, 20, 40)))
     state.missing      # the (arm, seed index) runs the current round still needs
     state.families_out # families found slower than the leading one, and when
 
@@ -19,7 +19,9 @@ brings the arms still racing to `rounds[r]` seeds (seed i is the same for every 
   a family whose value (the mean time of its best arm, chosen again inside every resample) is
   more than `margin` slower than the leading family's, with probability >= confidence;
   a setting, or the baseline, that the fastest arm so beats (F-Race, Birattari et al. 2002).
-A round that would pass `budget` runs is not started. The decisions are a function of the
+The race ends after its last round, when nothing is left to decide (every family still racing
+shown within the margin of the leader, and no setting but the fastest still racing), or when
+the next round would pass `budget` runs. The decisions are a function of the
 runs and are replayed whenever asked: a rerun after a kill decides what it decided before, and
 the report declares what the search acted on.
 """
@@ -27,7 +29,7 @@ the report declares what the search acted on.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -59,12 +61,21 @@ class Arm:
 
 @dataclass(frozen=True)
 class Rules:
-    rounds: tuple[int, ...] = (1, 5, 10, 20)
+    rounds: tuple[int, ...] = (1, 5, 10, 20, 40)
     keep: int = 2
     confidence: float = 0.9
     margin: float = 0.1
     budget: int = 600
     resamples: int = 2000
+    # For a task whose runs train one by one (plan["stacked"] false): each costs a training.
+    one_by_one: tuple[tuple[int, ...], int] = ((1, 3, 6, 12), 1)
+
+    def for_plan(self, plan: dict[str, Any]) -> Rules:
+        """These rules, or their one-by-one rounds and keep for a plan whose runs do not stack."""
+        if plan.get("stacked", True):
+            return self
+        rounds, keep = self.one_by_one
+        return replace(self, rounds=tuple(rounds), keep=int(keep))
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,7 @@ def arms_of(plan: dict[str, Any]) -> dict[str, Arm]:
 
 def replay(plan: dict[str, Any], times: pd.DataFrame, rules: Rules) -> State:
     """Every decision the runs in `times` (arm_times of the ended runs) support, in order."""
+    rules = rules.for_plan(plan)
     arms = arms_of(plan)
     state = State(arms=arms, alive=list(arms))
     ended = set(zip(times.arm, times.replicate.astype(int), strict=True)) if len(times) else set()
@@ -126,9 +138,13 @@ def replay(plan: dict[str, Any], times: pd.DataFrame, rules: Rules) -> State:
             return state
         if r == 0:
             _halve(state, plan, times, keep=rules.keep)
-        else:
-            _eliminate(state, times, r, k, rules, draws)
-    state.done, state.missing, state.round = True, [], len(rules.rounds)
+        elif _eliminate(state, times, r, k, rules, draws) and r < len(rules.rounds) - 1:
+            state.note = f"nothing was left to decide after round {r} ({k} seeds)"
+            state.round = r + 1
+            break
+    else:
+        state.round = len(rules.rounds)
+    state.done, state.missing = True, []
     return state
 
 
@@ -157,7 +173,9 @@ def _halve(state: State, plan: dict[str, Any], times: pd.DataFrame, *, keep: int
 def _eliminate(
     state: State, times: pd.DataFrame, r: int, k: int, rules: Rules, draws: Resamples
 ) -> None:
-    """After round r (every arm racing has k seeds): drop what is beaten (see the module)."""
+    """After round r (every arm racing has k seeds): drop what is beaten (see the module).
+    True when nothing is left to decide: every family still racing is shown within the
+    margin of the leading one, and no setting but the fastest is still racing."""
     index = draws.index(k)
     speeds = {a: values(times, a, k=k) for a in state.alive}
     drawn = {a: means(v, index) for a, v in speeds.items()}
@@ -196,3 +214,9 @@ def _eliminate(
     for a, why in dropped.items():
         state.arms_out[a] = why
         state.alive.remove(a)
+    if not families:
+        return True
+    others = [f for f in families if f != leader and f not in state.families_out]
+    settled = all(share(value[f] <= value[leader] * (1 + margin)) >= conf for f in others)
+    kinds = [state.arms[a].kind for a in state.alive if a != fastest]
+    return settled and "setting" not in kinds and "baseline" not in kinds

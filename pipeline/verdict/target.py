@@ -1,11 +1,11 @@
 """The target: the metric value that counts as a good result, and whether a value reaches it.
 
     relax(0.05, metric="val_loss", direction="minimize", tolerance=0.2)   # 0.06
-    target = replicate_target(replicates, ...) or derive_target(trials, ...)
+    target = derive_target(trials, ...)      # a study without a race
 
 A derived target is a little worse than the best value (AlgoPerf): near the best, curves are
-flat and seed noise decides when one crosses. Shared by the confirmation (which settings to
-confirm), the sampler's speed view and the verdict (time to target).
+flat and seed noise decides when one crosses. Shared by the race's plan, the sampler's speed
+view and the verdict (time to target).
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ def relax(best: float, *, metric: str, direction: str, tolerance: float) -> floa
 def provisional(
     best_per_family: Mapping[str, float], *, metric: str, direction: str, tolerance: float
 ) -> float:
-    """The median over families of each family's best value, relaxed: where the report's
-    target (the best confirmed setting's median over seeds, relaxed) tends to land, used
-    before there are replicates (the confirmation's candidates, the search's sampler)."""
+    """The median over families of each family's best value, relaxed: the race's target
+    (it is planned with it) and the one the search's sampler aims at."""
     middle = float(np.median(list(best_per_family.values())))
     return relax(middle, metric=metric, direction=direction, tolerance=tolerance)
 
@@ -47,17 +46,17 @@ class Target:
     value: float
     metric: str
     direction: str
-    best: float | None = None  # the value it was derived from (None: report.target)
+    best: float | None = None  # the value it was derived from (None: verdict.target)
     tolerance: float = 0.0
-    source: str = "search"  # report.target, search (the best trial) or replicates (a median)
+    source: str = "search"  # verdict.target, or search (the search's values)
 
 
 def derive_target(
     trials: pd.DataFrame, *, metric: str, direction: str, target: float | None, tolerance: float
 ) -> Target | None:
-    """report.target when set; otherwise the best final value relaxed by the tolerance."""
+    """verdict.target when set; otherwise the best final value relaxed by the tolerance."""
     if target is not None:
-        return Target(float(target), metric, direction, source="report.target")
+        return Target(float(target), metric, direction, source="verdict.target")
     done = trials[(trials.state == "complete") & (trials.role == "search")]["value"].dropna()
     if done.empty:
         return None
@@ -69,16 +68,3 @@ def derive_target(
         best,
         tolerance,
     )
-
-
-def replicate_target(
-    replicates: pd.DataFrame, *, metric: str, direction: str, tolerance: float
-) -> Target | None:
-    """The median over seeds of the best confirmed config's final value, relaxed (AlgoPerf)."""
-    scored = replicates[replicates.role == "replicate"].dropna(subset=["final"])
-    if scored.empty:
-        return None
-    medians = scored.groupby("config")["final"].median()
-    best = float(medians.min() if direction == "minimize" else medians.max())
-    value = relax(best, metric=metric, direction=direction, tolerance=tolerance)
-    return Target(value, metric, direction, best, tolerance, source="replicates")

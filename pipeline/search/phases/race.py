@@ -39,8 +39,12 @@ def racing(cfg: DictConfig) -> bool:
     return bool(cfg.race.seeds)
 
 
-def plan(study: optuna.Study, cfg: DictConfig, space: SearchSpace) -> dict[str, Any] | None:
-    """The stored plan, or a new one (stored) once the search has a complete trial."""
+def plan(
+    study: optuna.Study, cfg: DictConfig, space: SearchSpace, *, stacked: bool = True
+) -> dict[str, Any] | None:
+    """The stored plan, or a new one (stored) once the search has a complete trial.
+    `stacked`: whether the task's runs train as stacked groups (else each costs a training,
+    and the race runs its one-by-one rounds: verdict.race.Rules.for_plan)."""
     stored = study.user_attrs.get(record.RACE)
     if stored:
         return dict(stored)
@@ -106,6 +110,7 @@ def plan(study: optuna.Study, cfg: DictConfig, space: SearchSpace) -> dict[str, 
         },
         "ranges": ranges,
         "arms": arms,
+        "stacked": bool(stacked),
     }
     study.set_user_attr(record.RACE, decided)
     return decided

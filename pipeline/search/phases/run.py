@@ -29,6 +29,7 @@ from pipeline.search.phases.preflight import preflight
 from pipeline.search.phases.study import prepare, retire_surplus
 from pipeline.search.space import SearchSpace
 from pipeline.search.workers import cores
+from pipeline.search.workers.groups import GroupWorker
 from pipeline.search.workers.loop import print_err, set_threads, show, work
 from pipeline.search.workers.pool import Pool
 from pipeline.search.workers.progress import Progress, quiet
@@ -86,7 +87,8 @@ def search(cfg: DictConfig, *, pool: Pool | None = None) -> Outcome:
             retire_surplus(study, budget)
         if race.racing(cfg) and not interrupt.requested() and budget.done(record.trials(study)):
             steptime.ensure(study, cfg, space)  # the workers are idle: the machine is quiet
-            if race.plan(study, cfg, space) is not None:
+            stacked = GroupWorker(cfg, space, note=print_err).grouped
+            if race.plan(study, cfg, space, stacked=stacked) is not None:
                 for line in race.notes(cfg, space):
                     print_err(line)
                 more, state = _race(cfg, space, study, pool)

@@ -3,17 +3,13 @@ the family changes.
 
     seconds = ensure(study, cfg, space)   # {"adam": 1.2e-4, "sgd": 2.3e-5, ...}, once per study
 
-pipeline.search.phases.run calls it when the search is done and before the confirmation is
-planned (pipeline.search.phases.confirm picks each family's quick setting with it); the report reads
-it back from the study (record.STEP_SECONDS) to time the replicates (core.cost.EpochCost).
+search.phases.run calls it when the search is done and before the race is planned (its
+shared condition is picked with it); the verdict reads it back from the study
+(record.STEP_SECONDS) to model each run's seconds (verdict.cost.EpochCost).
 
 Why a probe: read off the search runs, a family's cost per epoch carries whatever else the
-machine did while that family's runs ran. On two runs of one seed (identical trials) Adam's
-epochs cost 0.91 and 1.10 of their batch size's median, Adamax's 0.84 and 0.99, enough to move
-a family across the 0.9 line. Timed here, alone, the steps repeat to about 2-5 %: on the default
-MLP, three runs gave Adam 124, 126 and 123 us, SGD 23.1, 22.9 and 22.5 us (one thread). Inside
-the pipeline, with 11 rounds (0.15 s), two runs of one seed gave AdamW 169 and 146 us: a slow
-spell can cover every round, so there are 41 (0.5 s).
+machine did while that family's runs ran; timed here, alone, in interleaved rounds, the steps
+repeat to a few per cent (docs/method.md, "Time to target and the cost model").
 
 How: one copy of the model with fixed gradients; every family's optimizer built on its
 parameters at a value inside each searched range (the middle: RMSProp's momentum is then on,
@@ -51,7 +47,7 @@ def ensure(study: optuna.Study, cfg: DictConfig, space: SearchSpace) -> dict[str
     if missing:
         timed = step_seconds(cfg, {n: space.optimizers[n] for n in missing})
         # Another command may have stored them meanwhile: theirs stand, so every command
-        # plans the confirmation from the same figures.
+        # plans the race from the same figures.
         stored = {**timed, **dict(study.user_attrs.get(record.STEP_SECONDS) or {})}
         study.set_user_attr(record.STEP_SECONDS, stored)
     return stored

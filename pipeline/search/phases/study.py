@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pipeline import __version__
 from pipeline.core import record
 from pipeline.core.errors import ConfigError
+from pipeline.core.renames import renamed_search
 from pipeline.core.secrets import public
 from pipeline.core.storage import open_storage
 from pipeline.search.sampling.samplers import equal_trials, make_pruner, make_sampler
@@ -40,7 +41,7 @@ RESUMABLE = (
     "search.storage",
     "search.min_trials_per_family",
     "search.divergence_factor",
-    "search.seek",  # like the sampler: it changes only what later trials are proposed from
+    "search.learn_from",  # like the sampler: it changes only what later trials are proposed from
     "trainer.verbose",
     "trainer.threads",
     "sampler",
@@ -138,8 +139,8 @@ def queue_first_looks(study: optuna.Study, families: Sequence[str], cfg: DictCon
     Round-robin over the families first, so each gets a fair look before the sampler
     concentrates (Choi et al. 2019: rankings depend on how much search each family gets).
     Run on every start, so a look lost to a killed worker is queued again. Under
-    search.protocol=balanced or fair every trial is queued so, and families get equal numbers
-    of trials; the sampler picks the other values when each runs.
+    search.trials_per_family=equal or equal_random every trial is queued so, and families get
+    equal numbers of trials; the sampler picks the other values when each runs.
     """
     per, n_trials = int(cfg.search.min_trials_per_family), int(cfg.search.n_trials)
     if equal_trials(cfg):  # every trial queued round-robin: equal trials per family (up to one)
@@ -162,7 +163,7 @@ def retire_surplus(study: optuna.Study, budget: Budget) -> int:
     """Mark unused the queued search places left once the budget is met; returns how many.
 
     Two commands that start in the same instant can each queue the study's places. Left
-    queued, the surplus would be taken by the next Optuna ask: a confirmation replicate run
+    queued, the surplus would be taken by the next Optuna ask: a race run
     one by one would get a search trial instead. Claimed as Optuna claims a queued trial
     (WAITING -> RUNNING is refused when another worker got there first), then failed with
     record.UNUSED: it does not count, and a later rerun with a larger budget queues anew.
@@ -200,6 +201,7 @@ def _moved(value: Any) -> Any:
 
 
 def _check_resumable(study: optuna.Study, stored: dict[str, Any], config: dict[str, Any]) -> None:
+    stored = {**stored, "search": renamed_search(stored.get("search") or {})}
     old, new = _flat(stored), _flat(config)
     changed = sorted(
         key

@@ -24,7 +24,7 @@ from pipeline.search.sampling.speed import speed_view
 
 
 def make_sampler(cfg: DictConfig) -> tuple[optuna.samplers.BaseSampler, bool]:
-    """The configured sampler; random under search.protocol=fair (see search.phases.study)."""
+    """The configured sampler; random under search.trials_per_family=equal_random."""
     seed, lag = int(cfg.seed), _lag(cfg)
     if fair(cfg):
         return LaggedSampler(lambda s: RandomSampler(seed=s), seed=seed, lag=lag), False
@@ -53,9 +53,9 @@ def make_sampler(cfg: DictConfig) -> tuple[optuna.samplers.BaseSampler, bool]:
 
 
 def _score(cfg: DictConfig) -> Callable[[list[FrozenTrial]], list[FrozenTrial]] | None:
-    """search.seek=speed: the sampler learns from steps to a provisional target
+    """search.learn_from=speed: the sampler learns from steps to a provisional target
     (pipeline.search.sampling.speed); value: from each trial's final value, as Optuna does."""
-    if cfg.search.get("seek", "speed") != "speed":
+    if cfg.search.get("learn_from", "speed") != "speed":
         return None
     target = cfg.verdict.get("target")
     return partial(
@@ -69,14 +69,14 @@ def _score(cfg: DictConfig) -> Callable[[list[FrozenTrial]], list[FrozenTrial]] 
 
 
 def equal_trials(cfg: DictConfig) -> bool:
-    """search.protocol=balanced or fair: every family gets the same number of trials."""
-    return cfg.search.get("protocol", "balanced") in ("balanced", "fair")
+    """search.trials_per_family=equal or equal_random: every family gets the same number."""
+    return cfg.search.get("trials_per_family", "equal") in ("equal", "equal_random")
 
 
 def fair(cfg: DictConfig) -> bool:
-    """search.protocol=fair: random sampling and equal trials per family, so each family's
-    results are independent draws from its own space (what expected-best-of-k assumes)."""
-    return cfg.search.get("protocol") == "fair"
+    """search.trials_per_family=equal_random: random sampling and equal trials per family, so
+    each family's results are independent draws from its own space (expected-best-of-k's)."""
+    return cfg.search.get("trials_per_family") == "equal_random"
 
 
 def make_pruner(cfg: DictConfig) -> optuna.pruners.BasePruner:

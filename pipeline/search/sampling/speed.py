@@ -3,18 +3,14 @@
     view = speed_view(trials, metric="val_loss", direction="minimize", tolerance=0.3)
 
 The report recommends the setting that reaches a good value fastest; a sampler fed each trial's
-final value proposes the settings that end lowest instead: on the default task, small batches,
-which take the most time per epoch. Over the default search of seeds 0-9 (1000 trials), TPE
-fed final values put 146 trials at batch 128, where an epoch costs 0.6 of batch 64's and 0.3
-of batch 16's; fed steps to the target, 492, and the fastest confirmed setting it found was
-0.066 s to the target on average against 0.083 s. Each trial the sampler sees (the lagged
-history, sampling.lagged) is scored here by the optimizer steps its curve took to reach
-a provisional target, the search's own estimate of the report's target.
+final value proposes the settings that end lowest instead (on the default task, small slow
+batches; the figures are in docs/benchmarks.md). Each trial the sampler sees (the lagged
+history, sampling.lagged) is scored here by the optimizer steps its curve took to reach a
+provisional target, the race's own target before there is one.
 
 Steps, not seconds: steps are the same on every rerun, so the same seed still gives the same
-study (seconds are not), and time per step grows slowly with the batch size on any hardware that
-is not saturated (steps to a result is the measure of data-parallel training speed, Shallue et
-al. 2018). The report still ranks by seconds.
+study (seconds are not); steps to a result is the measure of data-parallel training speed
+(Shallue et al. 2018). The race still ranks by modelled seconds.
 """
 
 from __future__ import annotations
@@ -71,8 +67,8 @@ class Curve:
 def provisional_target(
     trials: Sequence[FrozenTrial], *, metric: str, direction: str, tolerance: float
 ) -> float | None:
-    """The median over families of each family's best value, relaxed by `tolerance`: where
-    the report's target (the best confirmed setting's median, relaxed) tends to land."""
+    """The median over families of each family's best value, relaxed by `tolerance`: the
+    target the race is planned with (verdict.target.provisional)."""
     curves = [c for t in trials if (c := Curve.of(t, metric)) is not None]
     return _target(curves, direction=direction, metric=metric, tolerance=tolerance)
 

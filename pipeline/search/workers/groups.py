@@ -1,14 +1,14 @@
-"""The confirmation's replicates of one config trained together: one stacked model, R trials.
+"""A race arm's seeds trained together: one stacked model, R trials.
 
-    pipeline.search.workers.loop.work() runs the replicate phase with GroupWorker when it applies
-    (confirm.vectorize, on by default; false runs every replicate as its own Lightning trial).
+    search.workers.loop.work() runs a race round with GroupWorker when it applies
+    (race.vectorize, on by default; false runs every seed as its own Lightning trial).
 
 It applies to a plain nn.Module on a TensorDataModule (the embedded tasks and any in-memory
 task of yours), trained in 32-bit precision: the fast path of pipeline.search.engine.module. A
 LightningModule, another data module, or a model torch.vmap cannot run trains its replicates
 one by one, as before.
 
-The replicate trials are queued WAITING by pipeline.search.phases.confirm with their params fixed.
+The race's trials are queued WAITING by search.phases.race with their params fixed.
 A worker claims one as Optuna does (WAITING -> RUNNING, refused when another worker got there
 first: safe on SQLite, journal and PostgreSQL storages), then its WAITING siblings (same role,
 same config, other seeds), names itself on each at once (the stale-trial reaper fails a

@@ -2,8 +2,8 @@
 
     work(cfg, space, budget, study)   # pipeline.search.phases.run and .pool call it
 
-Workers claim queued trials one at a time (see work()); confirmation replicates are claimed
-and trained as groups where they can be (pipeline.search.workers.groups).
+Workers claim queued trials one at a time (see work()); an arm's race runs are claimed and
+trained as one group where they can be (search.workers.groups).
 """
 
 from __future__ import annotations

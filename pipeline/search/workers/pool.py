@@ -4,9 +4,9 @@
     failed = pool.run(budget, here=lambda: work(...), tick=show)   # one phase
     pool.close()
 
-A spawned worker first imports torch and Lightning (2-4 s of a core). Spawned per phase, the
-search and the confirmation each paid that while the other core trained; one pool pays it
-once, and early, while this process runs the preflight and opens the study. Worker 0 is this
+A spawned worker first imports torch and Lightning (2-4 s of a core). Spawned once per
+command, the pool pays that once, and early, while this process runs the preflight and opens
+the study; every phase (search, race rounds, timing) then reuses it. Worker 0 is this
 process (its imports are done). Ctrl-C and SIGTERM are relayed to the workers; a killed
 command's workers get SIGTERM from the kernel (PR_SET_PDEATHSIG) and record their trial.
 """
