@@ -105,6 +105,7 @@ class OneByOne:
         "seeds per round for runs that cannot train stacked", allows="[] or rising counts"
     )
     keep: int = key("lattice points a family keeps after round 0, one by one", low=1)
+    lattice: float = key("decades between raced learning rates, one by one", low=0, strict=True)
 
 
 @dataclass
@@ -123,6 +124,7 @@ class Race:
     keep: int = key(
         "lattice points a family keeps after round 0 (and its best's neighbours)", low=1
     )
+    lattice: float = key("decades between a family's raced learning rates", low=0, strict=True)
     one_by_one: OneByOne = field(
         default_factory=OneByOne,
         metadata={"meaning": "the rounds for runs that train one by one", "allows": "a mapping"},

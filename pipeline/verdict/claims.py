@@ -181,15 +181,12 @@ def _family_rows(
         low, high = interval(ratio)
         out = state.families_out.get(family)
         within = share(ratio <= 1 + rules.margin)
-        status = (
-            "leader"
-            if family == leader
-            else "slower"
-            if out is not None
-            else "equivalent"
-            if within >= rules.confidence
-            else "not separated"
-        )
+        if family == leader:
+            status = "leader"
+        elif out is not None:
+            status = "slower"
+        else:
+            status = "equivalent" if within >= rules.confidence else "not separated"
         arm = state.arms[c["arm"]]
         own = times[(times.arm == c["arm"]) & (times.replicate < k)]
         m_low, m_high = c["interval"]

@@ -33,10 +33,10 @@ def rules_of(config: Any) -> Rules:
         keep=int(race.get("keep", 2)),
         confidence=float(verdict.get("confidence", 0.9)),
         margin=float(verdict.get("margin", 0.1)),
-        budget=int(race.get("budget", 600)),
+        budget=int(race.get("budget", 1000)),
         resamples=int(verdict.get("resamples", 2000)),
         one_by_one=(
-            tuple(int(k) for k in alone.get("seeds") or (1, 3, 6, 12)),
+            tuple(int(k) for k in alone.get("seeds") or (1, 3, 8)),
             int(alone.get("keep", 1)),
         ),
     )

@@ -13,7 +13,7 @@ Arms (plan["arms"], made once after the search by search.phases.race):
   setting   one of the search's quickest settings as found (a claim about that setting);
   baseline  the setting you train with today.
 Round 0 runs every arm with one seed and keeps each family's `keep` best lattice points, adding
-a quarter decade either side of its best (successive halving, Li et al. 2018). Each later round
+half a lattice step either side of its best (successive halving, Li et al. 2018). Each later round
 brings the arms still racing to `rounds[r]` seeds (seed i is the same for every arm) and drops
   an arm that its family's best arm beats, with probability >= confidence;
   a family whose value (the mean time of its best arm, chosen again inside every resample) is
@@ -36,8 +36,6 @@ import numpy as np
 import pandas as pd
 
 from pipeline.verdict.confidence import Resamples, means, share, values
-
-REFINE = 10**0.25  # the neighbours round 0 adds around a family's best lattice lr
 
 
 @dataclass(frozen=True)
@@ -65,10 +63,10 @@ class Rules:
     keep: int = 2
     confidence: float = 0.9
     margin: float = 0.1
-    budget: int = 600
+    budget: int = 1000
     resamples: int = 2000
     # For a task whose runs train one by one (plan["stacked"] false): each costs a training.
-    one_by_one: tuple[tuple[int, ...], int] = ((1, 3, 6, 12), 1)
+    one_by_one: tuple[tuple[int, ...], int] = ((1, 3, 8), 1)
 
     def for_plan(self, plan: dict[str, Any]) -> Rules:
         """These rules, or their one-by-one rounds and keep for a plan whose runs do not stack."""
@@ -160,7 +158,8 @@ def _halve(state: State, plan: dict[str, Any], times: pd.DataFrame, *, keep: int
         best = state.arms[ranked[0]]
         low, high = ranges.get(family, (math.nan, math.nan))
         known = [state.arms[a].lr for a in state.arms if state.arms[a].family == family]
-        for lr in (best.lr / REFINE, best.lr * REFINE):
+        refine = 10 ** (float(plan.get("lattice", 0.5)) / 2)  # half a lattice step
+        for lr in (best.lr / refine, best.lr * refine):
             inside = low * (1 - 1e-9) <= lr <= high * (1 + 1e-9)
             if inside and all(abs(lr / k - 1) > 0.01 for k in known if k > 0):
                 arm = Arm(

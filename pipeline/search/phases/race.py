@@ -82,6 +82,7 @@ def plan(
     shared |= {"schedule": schedule, "batch_size": int(lead.params["batch_size"])}
     arms: list[dict[str, Any]] = []
     ranges: dict[str, list[float]] = {}
+    step = float(cfg.race.lattice if stacked else cfg.race.one_by_one.lattice)
     for name, family in space.optimizers.items():
         lr = next((d for d in family.dims if d.name == "lr" and d.kind == "float"), None)
         params = {"optimizer": name, **_defaults(family), **shared}
@@ -89,7 +90,7 @@ def plan(
             arms.append(_arm(name, "family", name, params))
             continue
         ranges[name] = [float(lr.low), float(lr.high)]
-        for rate in lattice(float(lr.low), float(lr.high)):
+        for rate in lattice(float(lr.low), float(lr.high), step=step):
             arms.append(
                 _arm(f"{name} lr {rate:.3g}", "family", name, params | {family.param(lr): rate})
             )
@@ -111,16 +112,18 @@ def plan(
         "ranges": ranges,
         "arms": arms,
         "stacked": bool(stacked),
+        "lattice": step,
     }
     study.set_user_attr(record.RACE, decided)
     return decided
 
 
-def lattice(low: float, high: float) -> list[float]:
-    """Learning rates a half decade apart (10^(k/2)) inside [low, high]: the same points for
-    every family whose range holds them. A range under a decade: its ends and middle."""
-    first, last = math.ceil(2 * math.log10(low) - 1e-9), math.floor(2 * math.log10(high) + 1e-9)
-    points = [10 ** (k / 2) for k in range(first, last + 1)]
+def lattice(low: float, high: float, *, step: float = 0.5) -> list[float]:
+    """Learning rates `step` decades apart (10^(k step)) inside [low, high]: the same points
+    for every family whose range holds them. Fewer than three: the range's ends and middle."""
+    first = math.ceil(math.log10(low) / step - 1e-9)
+    last = math.floor(math.log10(high) / step + 1e-9)
+    points = [10 ** (k * step) for k in range(first, last + 1)]
     if len(points) < 3:
         points = [float(v) for v in np.geomspace(low, high, 3)]
     return points
