@@ -112,8 +112,18 @@ def _typed(cfg: DictConfig, section: str, schema: type) -> None:
 
 
 def _rule(key: str, value: Any, f: dataclasses.Field[Any]) -> None:
-    rule = f.metadata
-    bad = False
+    rule, kind = f.metadata, str(f.type)
+    # OmegaConf converts "3" to 3 and "yes" to true for typed fields; the command reads the
+    # config as written, so a number or a boolean must be one already.
+    if kind.startswith("bool"):
+        bad = not isinstance(value, bool)
+    elif kind.startswith(("int", "float")):
+        bad = isinstance(value, bool) or not isinstance(value, int | float)
+        bad = bad or (kind.startswith("int") and not isinstance(value, int))
+    else:
+        bad = False
+    if bad:
+        raise ConfigError(key, f"{value!r} is not allowed; use {allowed(f)}")
     if rule.get("choices"):
         bad = str(value) not in rule["choices"]
     elif rule.get("nonempty"):
