@@ -8,15 +8,15 @@ schedule, one CPU thread, R replicates (5) of one config:
     each seed (the same plain loop, one model at a time), for the digits MLP 64-128-10 over
     20 epochs (the torch.baddbmm path), the same MLP forced through torch.vmap (the path any
     other nn.Module takes), and a small CNN (two conv + pool stages, 5 epochs, vmap);
-  * phase: the confirmation's replicate phase as the pipeline runs it (work.work on a
-    queued in-memory study), confirm.vectorize true against false (each replicate its own
-    Lightning trial): what the default command gains per config.
+  * phase: a race round's runs of one arm as the pipeline runs them (workers.loop.work on a
+    queued in-memory study), race.vectorize true against false (each seed its own Lightning
+    trial): what the default command gains per arm.
 Each block runs both sides once, in alternating order; the table shows the medians over the
 blocks of wall seconds and of this process's CPU seconds (steadier on a shared machine),
 after one warm-up of each.
 
 Measured on the 2-core development VM, shared with other jobs (2026-11, torch 2.13 CPU,
---blocks 5): see README.md ("Seed replicates as one group") for the table.
+--blocks 5): see docs/benchmarks.md ("Seed replicates as one group") for the table.
 """
 
 from __future__ import annotations
@@ -137,18 +137,18 @@ def phase(
     params |= {"adam.beta1": 0.9, "adam.beta2": 0.999, "adam.eps": 1e-8}
 
     def run(vectorize: bool) -> None:
-        cfg = OmegaConf.merge(base, {"confirm": {"vectorize": vectorize}})
+        cfg = OmegaConf.merge(base, {"race": {"vectorize": vectorize}})
         space = SearchSpace.from_config(cfg)
         study = optuna.create_study()
         for r in range(replicates):
             attrs = {
-                record.ROLE: "replicate",
-                record.OF: 0,
+                record.ROLE: "race",
+                record.ARM: "adam lr 0.001",
                 record.REPLICATE: r,
                 record.SEED: replicate_seed(0, r),
             }
             study.enqueue_trial(params, user_attrs=attrs)
-        work(cfg, space, Budget(replicates, role="replicate"), study)
+        work(cfg, space, Budget(replicates, role="race"), study)
         assert sum(record.counts(t) for t in study.trials) == replicates
 
     return alternate(lambda: run(True), lambda: run(False), blocks)

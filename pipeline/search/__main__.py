@@ -46,7 +46,7 @@ def summary(outcome: Outcome, cfg: DictConfig) -> list[str]:
         families = len(dict.fromkeys(a.family for a in state.arms.values() if a.kind == "family"))
         racing = sorted({state.arms[a].family for a in state.racing_all()})
         lines.append(
-            f"race: {ended}/{state.runs} runs, {state.round} round(s) of {len(cfg.race.seeds)}; "
+            f"race: {ended}/{state.runs} runs over {state.round} round(s); "
             f"{len(racing)} of {families} families still racing ({', '.join(racing)})"
             + (f"; {state.note}" if state.note else "")
         )

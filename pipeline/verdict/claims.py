@@ -172,12 +172,12 @@ def _family_rows(
         lead, k_lead = chosen[leader]
         common = min(k, k_lead)
         if common == k and common == k_lead:
-            mine, theirs = c["value"], lead["value"]
+            mine, theirs = c, lead
         else:  # compared on the seeds both have
-            arms, _ = _last_round(state, seeds, family)
-            mine = _chosen(times, arms, common, draws)["value"]
-            theirs = _chosen(times, _last_round(state, seeds, leader)[0], common, draws)["value"]
-        ratio = mine / theirs
+            mine = _chosen(times, _last_round(state, seeds, family)[0], common, draws)
+            theirs = _chosen(times, _last_round(state, seeds, leader)[0], common, draws)
+        ratio = mine["value"] / theirs["value"]
+        point = mine["speed"] / theirs["speed"] if theirs["speed"] > 0 else math.nan
         low, high = interval(ratio)
         out = state.families_out.get(family)
         within = share(ratio <= 1 + rules.margin)
@@ -206,7 +206,7 @@ def _family_rows(
                 "median_epochs": median(own["epochs_to_target"].to_numpy(float)),
                 "median_final": float(own["final"].median()),
                 "seconds_per_epoch": float(own["rate"].iloc[0]),
-                "ratio": c["speed"] / lead["speed"] if lead["speed"] > 0 else math.nan,
+                "ratio": point,  # on the seeds both have, as its interval
                 "ratio_low": low,
                 "ratio_high": high,
                 "p_slower": share(ratio > 1 + rules.margin),
