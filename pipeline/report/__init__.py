@@ -1,7 +1,7 @@
-"""The report stage: the study's record as tables, words and figures in one offline HTML file.
+"""The report stage: the verdict and the study's record as one offline HTML file.
 
     python -m pipeline.report [KEY=VALUE ...]
 
-tables (numbers), prose (words), importance, results (both, computed once), figures (seaborn),
-html (the page and the files beside it). Nothing here imports torch or Lightning.
+results (every number, once), prose and rows (the words), names (how names and numbers are
+written), figures (seaborn), html (the page), summary (the files beside it). No torch.
 """

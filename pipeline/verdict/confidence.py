@@ -99,9 +99,8 @@ def interval(draws: np.ndarray) -> tuple[float, float]:
 def median_interval(values: np.ndarray, *, level: float = 0.95) -> tuple[float, float]:
     """The distribution-free interval for a median: the j-th smallest and j-th largest of n
     values, j the largest with P(Binomial(n, 1/2) < j) <= (1 - level) / 2 (for 20 seeds the
-    6th and the 15th, 95.9 %). Exact for any continuous distribution; a percentile bootstrap
-    of 20 seeds covered an independent 60-seed median 85 % of the time, this 92 %
-    (benchmarks/bench_calibration.py). A miss counts as never (inf)."""
+    6th and the 15th). Exact for any continuous distribution, where a bootstrap of 20 seeds
+    undercovers (docs/benchmarks.md, calibration). A miss counts as never (inf)."""
     ordered = np.sort(np.asarray(values, dtype=float))
     n = len(ordered)
     if n == 0:

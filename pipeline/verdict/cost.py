@@ -6,7 +6,7 @@
 
 search.phases.race picks the race's shared condition with them, and verdict.confidence times
 every race run with them. Both need the same estimate: a trial's own seconds on a shared
-machine move by up to 20 % between two runs of one seed, enough to reorder close families.
+machine move from run to run, enough to reorder close families.
 """
 
 from __future__ import annotations
@@ -53,11 +53,9 @@ def quick_epoch_seconds(seconds: Sequence[float], *, of: int = QUICK_OF) -> floa
 
     Another process on the machine only ever adds time to an epoch, so the fast epochs are the
     run's own cost (timeit reports the minimum for this reason) and the median carries the
-    machine's moment: between two runs of one seed on 2 busy cores, EpochCost's rates moved
-    12.5 % (rms) with medians and 8.9 % with this. The plain minimum was as steady but falls
-    with the number of epochs (0.83 of the median over 19 epochs, 0.91 over 4), which would
-    make a family whose runs are pruned look slower; the expected fastest of 4 is 0.90-0.93
-    of the median whatever the length.
+    machine's moment. The plain minimum falls with the number of epochs, which would make a
+    family whose runs are pruned look slower; the expected fastest of four does not
+    (docs/method.md, "Time to target and the cost model").
     """
     gaps = np.sort(_gaps(seconds))
     n = len(gaps)
@@ -84,10 +82,10 @@ def crossing(values: Sequence[float | None], target: float, *, direction: str) -
     """Where a per-epoch curve first reaches the target, as a fractional 0-based position.
 
     The metric is evaluated once an epoch, so the first epoch at the target overstates the time
-    by up to one epoch: at 7-10 epochs to target a step of 10-15 %, as large as the differences
-    being ranked. The crossing is placed between the last evaluation short of the target and
-    the first at it by linear interpolation of the metric; a curve at the target from its first
-    evaluation keeps that evaluation. None: never reached.
+    by up to one epoch, as large as the differences being ranked. The crossing is placed
+    between the last evaluation short of the target and the first at it by linear
+    interpolation of the metric; a curve at the target from its first evaluation keeps that
+    evaluation. None: never reached.
     """
     hit = next((i for i, v in enumerate(values) if reaches(v, target, direction=direction)), None)
     if hit is None or hit == 0:
@@ -115,20 +113,15 @@ class EpochCost:
 
     An epoch's cost is set mostly by the batch size (how many steps) and a little by the
     family's update (Adam's step costs more than SGD's). That part is timed apart, on the
-    task's model, before the race starts (search.phases.steptime: `step_seconds`, one
-    figure per family, stored on the study): interleaved rounds of steps give it to a few per
-    cent, where a factor read off the search runs moved 15-20 % between two runs of one seed
-    (Adam's was 0.91 of its batch size's median in one and 1.10 in the other), because a
-    family's runs meet whatever else the machine is doing at their moments. The rest, which no
-    family changes, is pooled over the search runs at the batch size: each run's cost per epoch
-    is its expected fastest of four epochs (quick_epoch_seconds) less its steps x its family's
-    step, and the batch sizes' figures are read off one line through their fastest runs
-    (_centres).
-
-    Configs at one batch size then differ only by their steps to the target and their family's
-    step, both steady from rerun to rerun. The report's bootstrap draws the batch size's
-    figure. A study without `step_seconds` (made before they were timed) costs every family's
-    epoch alike.
+    task's model, before the race starts (search.phases.steptime: `step_seconds`, one figure
+    per family, stored on the study), because a factor read off the search runs carries
+    whatever else the machine did while that family's runs ran. The rest, which no family
+    changes, is pooled over the search runs at the batch size: each run's cost per epoch is its
+    expected fastest of four epochs (quick_epoch_seconds) less its steps x its family's step,
+    and the batch sizes' figures are read off one line through their fastest runs (_centres).
+    Settings at one batch size then differ only by their steps to the target and their
+    family's step, both steady from rerun to rerun. A study without `step_seconds` costs every
+    family's epoch alike. The figures behind these choices: docs/method.md.
 
     `runs`: one row per search trial: trial, family, batch_size, steps (per epoch), epoch_seconds.
     """
@@ -216,16 +209,14 @@ class EpochCost:
     @cached_property
     def _centres(self) -> pd.DataFrame:
         """Per batch size: steps (median per epoch), runs, and `rest`, read off a line (read
-        once: rates() and draws() both use it).
+        once).
 
         A run's epoch less its optimizer steps is the epoch's fixed part (the data's compute,
         the validation pass) plus its steps x a per-step overhead, so the batch sizes' figures
         lie on one line, rest = a + c x steps. Each batch size gives its fastest fifth of runs
         (FAST: another process only ever adds time, as within a run), and the line through
-        them (least squares) gives every batch size its figure. One seed run eight times, some
-        on a busy machine: batch 16, 32 and 64 over batch 128 moved 12.5 % (sd) with each batch
-        size's median, 8.3 % with a Theil-Sen line through every run, 3.8 % so. One batch size
-        (or unknown steps): its fastest fifth.
+        them (least squares) gives every batch size its figure. One batch size (or unknown
+        steps): its fastest fifth.
         """
         by_size = self._rest.groupby("batch_size").agg(
             steps=("steps", "median"),
@@ -260,31 +251,6 @@ class EpochCost:
             (str(f), int(b)): float(r)
             for f, b, r in zip(rates.family, rates.batch_size, rates.rate, strict=True)
         }
-
-    def draws(self, *, n: int, rng: np.random.Generator) -> dict[tuple[str, int], np.ndarray]:
-        """n bootstrap draws of each rate, centred on rates(): each batch size's runs resampled
-        with replacement, their fastest fifth over that of all, times the batch size's figure;
-        the families' steps are timed, not drawn. Draw i of every rate at one batch size comes
-        from the same resample, so configs there share its uncertainty and differ by their
-        steps alone.
-
-        Drawing each family's own runs as well (how far they scatter about the model) was
-        tried and dropped: the scatter is the machine's moment, so a busy run drew wider and
-        declared a larger group than a quiet run of the same seed (seed 5 twice: {Nadam,
-        RMSProp, Adamax} against Nadam alone)."""
-        if self.runs.empty:
-            return {}
-        centres = self._centres
-        out: dict[tuple[str, int], np.ndarray] = {}
-        for size, runs in self._rest.groupby("batch_size"):
-            values = runs["rest"].to_numpy(dtype=float)
-            resampled = values[rng.integers(0, len(values), (n, len(values)))]
-            picked = np.quantile(resampled, FAST, axis=1) / np.quantile(values, FAST)
-            drawn = centres.at[size, "rest"] * picked
-            steps = _steps(centres.at[size, "steps"])
-            for family in [*self._families(), ANY]:
-                out[(family, int(size))] = drawn + steps * self.step(family)
-        return out
 
 
 def _steps(value: float) -> float:
