@@ -189,18 +189,21 @@ def _families_dir(tmp_path: Path, *names: str) -> Path:
 FAMILIES = ["sgd", "momentum", "adagrad", "rmsprop", "adam", "nadam", "adamw"]
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_two_identical_families_are_never_split(tmp_path, seed):
-    conf = _families_dir(tmp_path, "adam_twin")
-    study = write_study(
+def _raced(tmp_path: Path, copy: str, seed: int):
+    """A generated study of the families and a copy of Adam, raced to its end."""
+    return write_study(
         f"sqlite:///{tmp_path}/s.db",
         70,
-        families=[*FAMILIES, "adam_twin"],
+        families=[*FAMILIES, copy],
         race=True,
         seed=seed,
-        config_dirs=[str(conf)],
+        config_dirs=[str(_families_dir(tmp_path, copy))],
     )
-    verdict = collect(study).verdict
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_two_identical_families_are_never_split(tmp_path, seed):
+    verdict = collect(_raced(tmp_path, "adam_twin", seed)).verdict
     rows = verdict.families.set_index("family")
     # Both in the declaration, or both out of it: never one declared slower than the other.
     assert (rows.loc["adam", "status"] == "slower") == (rows.loc["adam_twin", "status"] == "slower")
@@ -211,16 +214,7 @@ def test_two_identical_families_are_never_split(tmp_path, seed):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_a_planted_one_and_a_half_times_slower_copy_is_found_slower(tmp_path, seed):
-    conf = _families_dir(tmp_path, "adam_slow")
-    study = write_study(
-        f"sqlite:///{tmp_path}/s.db",
-        70,
-        families=[*FAMILIES, "adam_slow"],
-        race=True,
-        seed=seed,
-        config_dirs=[str(conf)],
-    )
-    results = collect(study)
+    results = collect(_raced(tmp_path, "adam_slow", seed))
     rows = results.verdict.families.set_index("family")
     assert rows.loc["adam_slow", "status"] == "slower"
     assert rows.loc["adam_slow", "ratio"] > 1.3

@@ -27,14 +27,11 @@ from pipeline.verdict.confidence import (
     means,
     median,
     median_interval,
-    mostly_misses,
     share,
     values,
 )
 from pipeline.verdict.race import Rules, State
 from pipeline.verdict.target import Target
-
-STATUSES = ("leader", "equivalent", "not separated", "slower")
 
 
 @dataclass
@@ -50,7 +47,6 @@ class Verdict:
     times: pd.DataFrame  # one row per race run (confidence.arm_times)
     confidence: float
     margin: float
-    notes: list[str] = field(default_factory=list)
     step_seconds: dict[str, float] = field(default_factory=dict)
     setup: float = 0.0  # seconds a run spends before its first epoch (verdict.cost)
 
@@ -111,10 +107,6 @@ def declare(
     fastest = min(racing, key=lambda a: (float(values(times, a, k=k).mean()), a))
     verdict.fastest = _summary(state, seeds, times, fastest, draws)
     verdict.settings = _setting_rows(state, seeds, times, fastest, rules, draws)
-    if mostly_misses(verdict.fastest["reached"], verdict.fastest["seeds"]):
-        verdict.notes.append("no raced setting reaches the target in most of its seeds")
-    if not state.done:
-        verdict.notes.append("the race has not ended")
     return verdict
 
 

@@ -26,18 +26,18 @@ from pipeline.verdict.target import Target, derive_target
 
 def rules_of(config: Any) -> Rules:
     """The race's rules from a config (a DictConfig or the study's stored dict)."""
-    race, verdict = config.get("race") or {}, config.get("verdict") or {}
+    race, verdict, base = config.get("race") or {}, config.get("verdict") or {}, Rules()
     alone = race.get("one_by_one") or {}
     return Rules(
         rounds=tuple(int(k) for k in race.get("seeds") or ()),
-        keep=int(race.get("keep", 2)),
-        confidence=float(verdict.get("confidence", 0.9)),
-        margin=float(verdict.get("margin", 0.1)),
-        budget=int(race.get("budget", 1000)),
-        resamples=int(verdict.get("resamples", 2000)),
+        keep=int(race.get("keep", base.keep)),
+        confidence=float(verdict.get("confidence", base.confidence)),
+        margin=float(verdict.get("margin", base.margin)),
+        budget=int(race.get("budget", base.budget)),
+        resamples=int(verdict.get("resamples", base.resamples)),
         one_by_one=(
-            tuple(int(k) for k in alone.get("seeds") or (1, 3, 8)),
-            int(alone.get("keep", 1)),
+            tuple(int(k) for k in alone.get("seeds") or base.one_by_one[0]),
+            int(alone.get("keep", base.one_by_one[1])),
         ),
     )
 

@@ -115,18 +115,17 @@ def _race(
     cfg: DictConfig, space: SearchSpace, study: optuna.Study, pool: Pool | None
 ) -> tuple[int, State | None]:
     """Run the race round by round, then the timing runs; (failed workers, its last state)."""
-    failed, state = 0, None
-    while not interrupt.requested():
-        _, state = judge(study, cfg, claims=False)
-        if state is None or state.done:
-            break
+    failed = 0
+    _, state = judge(study, cfg, claims=False)
+    while state is not None and not state.done and not interrupt.requested():
         race.enqueue(study, state, cfg)
-        before = len(state.missing)
         runs = Budget(state.runs, role="race")
         failed += _phase(cfg, space, study, runs, f"race round {state.round}", pool)
-        _, after = judge(study, cfg, claims=False)
-        if failed or after is None or (after.round == state.round and len(after.missing) >= before):
+        _, after = judge(study, cfg, claims=False)  # the next round's state, read once
+        stuck = after is None or (after.round == state.round and after.missing == state.missing)
+        if failed or stuck:
             return failed, after  # a worker crashed or nothing ended: the next command resumes
+        state = after
     if state is None or not state.done or interrupt.requested():
         return failed, state
     verdict, _ = judge(study, cfg)
