@@ -13,7 +13,7 @@ from pipeline.core.storage import load_study
 from pipeline.report import prose
 from pipeline.report.results import collect
 from pipeline.report.summary import declaration
-from pipeline.search.phases.race import seconds_to
+from pipeline.search.phases.race import quickest_conditions, seconds_to
 from pipeline.search.phases.run import search
 from pipeline.search.phases.study import prepare
 from pipeline.search.space import SearchSpace
@@ -40,19 +40,34 @@ def test_the_race_runs_every_arm_with_shared_seeds_and_its_own_budget(tmp_path):
     assert len([t for t in roles["search"] if record.counts(t)]) == 6  # the search budget, intact
     study = load_study(cfg.search.storage, outcome.study.study_name)
     plan = study.user_attrs[record.RACE]
-    condition = plan["condition"]
+    conditions = plan["conditions"]
     arms = {a["id"]: a for a in plan["arms"]}
-    # Every family at the quickest search trial's batch size and schedule, its lr on the
-    # half-decade lattice of its range, its other hyperparameters at their defaults.
-    lead = next(t for t in roles["search"] if t.number == condition["trial"])
-    assert condition["batch_size"] == lead.params["batch_size"]
-    sgd = sorted(a["params"]["sgd.lr"] for a in arms.values() if a["id"].startswith("sgd lr"))
-    assert sgd == pytest.approx([10 ** (k / 2) for k in range(-8, 1)])  # 1e-4 .. 1
+    # Every family at each of the search's quickest distinct batch size and schedule pairs
+    # (race.conditions, 3), each pair as its trial had it, its lr on the half-decade lattice
+    # of its range, its other hyperparameters at their defaults.
+    pairs = [(c["batch_size"], c["schedule"]) for c in conditions]
+    assert 1 <= len(pairs) == len(set(pairs)) <= 3
+    for c in conditions:
+        lead = next(t for t in roles["search"] if t.number == c["trial"])
+        assert (lead.params["batch_size"], lead.params["schedule"]) == (
+            c["batch_size"],
+            c["schedule"],
+        )
+    for family in ("sgd", "adam", "momentum"):
+        own = [
+            a["params"] for a in arms.values() if a["kind"] == "family" and a["family"] == family
+        ]
+        assert {(p["batch_size"], p["schedule"]) for p in own} == set(pairs)
+        for size, schedule in pairs:
+            lrs = sorted(
+                p[f"{family}.lr"]
+                for p in own
+                if (p["batch_size"], p["schedule"]) == (size, schedule)
+            )
+            if family == "sgd":
+                assert lrs == pytest.approx([10 ** (k / 2) for k in range(-8, 1)])  # 1e-4 .. 1
     momentum = next(a for a in arms.values() if a["family"] == "momentum")
     assert momentum["params"]["momentum.momentum"] == 0.9  # its default
-    assert {a["params"]["batch_size"] for a in arms.values() if a["kind"] == "family"} == {
-        condition["batch_size"]
-    }
     kinds = [a["kind"] for a in arms.values()]
     assert kinds.count("setting") == 1 and kinds.count("baseline") == 1
     raced = roles["race"]
@@ -89,6 +104,7 @@ def test_kill_9_during_the_race_reruns_only_the_missing_runs(tmp_path):
         "search.n_trials=4",
         "search.optimizers=[adam,sgd]",
         "race.seeds=[1,3]",
+        "race.conditions=1",  # one pair: what a kill and a rerun do is the same for three
         "race.settings=0",
         "race.baseline=null",
         "search.storage=sqlite:///studies/study.db",  # read directly below, while it runs
@@ -259,3 +275,32 @@ def test_the_shared_condition_is_the_quickest_on_epochs_not_on_a_trials_own_seco
     rates = EpochCost.from_trials(trials).lookup()
     quick = [seconds_to(t, rates, 0.18, metric="val_loss", direction="minimize") for t in trials]
     assert quick[0] < quick[1]
+
+
+def test_the_race_conditions_are_the_quickest_distinct_pairs_each_as_its_trial_had_it():
+    # Quickest first: a pair already taken is skipped, its schedule's values are the first
+    # trial's, and no more than race.conditions pairs are raced.
+    def trial(number, size, schedule, **values):
+        params = {"optimizer": "adam", "batch_size": size, "schedule": schedule}
+        params |= {f"{schedule}.{k}": v for k, v in values.items()}
+        dists = {k: optuna.distributions.CategoricalDistribution([v]) for k, v in params.items()}
+        made = optuna.trial.create_trial(params=params, distributions=dists, value=0.1)
+        made.number = number
+        return made
+
+    quick = [
+        trial(7, 64, "step", gamma=0.5),
+        trial(2, 64, "step", gamma=0.1),
+        trial(5, 128, "cosine"),
+        trial(1, 64, "cosine"),
+        trial(9, 16, "constant"),
+    ]
+    found = quickest_conditions(quick, 3)
+    assert [(c["trial"], c["batch_size"], c["schedule"]) for c in found] == [
+        (7, 64, "step"),
+        (5, 128, "cosine"),
+        (1, 64, "cosine"),
+    ]
+    assert found[0]["params"] == {"schedule": "step", "batch_size": 64, "step.gamma": 0.5}
+    assert len(quickest_conditions(quick, 1)) == 1
+    assert len(quickest_conditions(quick, 9)) == 4  # every distinct pair there is

@@ -364,9 +364,13 @@ def test_generated_study_with_a_known_order_declares_it_in_every_file(tmp_path, 
     assert declared["leader"] in ("adam", "adamw", "nadam")
     assert "sgd" not in declared["group"]
     assert set(declared["equivalent"]) <= {"adam", "adamw", "nadam"}
-    # Each claim says its level: families at the shared condition, or a setting.
-    assert f"At batch {declared['condition']['batch_size']}" in declared["sentence"]
-    assert "Claims about families hold at this batch size and schedule" in html
+    # Each claim says its level: families at the race's conditions, or a setting.
+    first = declared["conditions"][0]
+    assert (
+        f"batch {first['batch_size']} with the {first['schedule']} schedule"
+        in (declared["sentence"])
+    )
+    assert "Claims about families hold at the batch sizes and schedules raced" in html
     table = pd.read_csv(tmp_path / "reports" / "recommendation.csv")
     assert table.family[0] == declared["leader"]
     for row, family in zip(table.itertuples(), declared["families"], strict=True):

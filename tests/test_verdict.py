@@ -103,7 +103,7 @@ def test_a_clearly_slower_family_is_dropped_and_an_equivalent_one_ends_the_race(
     assert (out.round, out.seeds, out.against) == (1, 5, "adam") and out.p == 1.0
     # nadam is shown within the margin and sgd is out: nothing is left to decide.
     assert state.done and "nothing was left to decide after round 1" in state.note
-    verdict = declare(state, times, target=TARGET, rules=rules, condition={})
+    verdict = declare(state, times, target=TARGET, rules=rules, conditions=[])
     rows = verdict.families.set_index("family")
     assert rows.loc["adam", "status"] == "leader" and rows.loc["sgd", "status"] == "slower"
     assert rows.loc["nadam", "status"] == "equivalent"  # shown within 10 %
@@ -121,7 +121,7 @@ def test_equivalent_is_said_only_when_shown_and_not_separated_otherwise():
         }
     )
     rules = Rules(rounds=(1, 5), keep=1)
-    verdict = declare(replay(plan, times, rules), times, target=TARGET, rules=rules, condition={})
+    verdict = declare(replay(plan, times, rules), times, target=TARGET, rules=rules, conditions=[])
     rows = verdict.families.set_index("family")
     assert rows.loc["rmsprop", "status"] == "not separated"
     assert 0.1 < rows.loc["rmsprop", "p_within"] < 0.9
@@ -145,7 +145,7 @@ def test_a_miss_counts_as_never_and_ranks_below_any_hit():
     rules = Rules(rounds=(1, 5), keep=1)
     state = replay(plan, times, rules)
     assert "sgd" in state.families_out
-    verdict = declare(state, times, target=TARGET, rules=rules, condition={})
+    verdict = declare(state, times, target=TARGET, rules=rules, conditions=[])
     sgd = verdict.families.set_index("family").loc["sgd"]
     assert sgd["median_seconds"] == math.inf and sgd["reached"] == 1
 
@@ -171,7 +171,7 @@ def test_settings_and_the_baseline_are_compared_with_the_fastest_arm():
         }
     )
     rules = Rules(rounds=(1, 5), keep=1)
-    verdict = declare(replay(plan, times, rules), times, target=TARGET, rules=rules, condition={})
+    verdict = declare(replay(plan, times, rules), times, target=TARGET, rules=rules, conditions=[])
     assert verdict.fastest["arm"] == "trial 7" and verdict.fastest["kind"] == "setting"
     base = verdict.settings.set_index("arm").loc["baseline"]
     assert base["status"] == "slower" and base["reached"] == 1

@@ -106,6 +106,7 @@ class OneByOne:
     )
     keep: int = key("lattice points a family keeps after round 0, one by one", low=1)
     lattice: float = key("decades between raced learning rates, one by one", low=0, strict=True)
+    conditions: int = key("batch size and schedule pairs raced, one by one", low=1)
 
 
 @dataclass
@@ -125,6 +126,9 @@ class Race:
         "lattice points a family keeps after round 0 (and its best's neighbours)", low=1
     )
     lattice: float = key("decades between a family's raced learning rates", low=0, strict=True)
+    conditions: int = key(
+        "the search's quickest batch size and schedule pairs, every family raced at each", low=1
+    )
     one_by_one: OneByOne = field(
         default_factory=OneByOne,
         metadata={"meaning": "the rounds for runs that train one by one", "allows": "a mapping"},

@@ -4,7 +4,7 @@
 
 Each function takes the numbers (report.results, the verdict) and returns words; nothing here
 computes a number the report shows. Each claim says its level: a setting ("train with ...")
-or families at the race's shared batch size and schedule.
+or families at the race's batch size and schedule pairs.
 """
 
 from __future__ import annotations
@@ -94,13 +94,12 @@ def _sentence(r: Results) -> str:
 
 
 def families_sentence(r: Results) -> str:
-    """The claim about families, at the race's shared batch size and schedule."""
+    """The claim about families, at the race's batch size and schedule pairs."""
     verdict = r.verdict
     assert verdict is not None
     table = verdict.families
-    where = (
-        f"At batch {verdict.condition.get('batch_size')} with the "
-        f"{verdict.condition.get('schedule')} schedule, each family at its best raced learning rate"
+    where = f"{conditions(verdict.conditions).capitalize()}, each family at its best raced " + (
+        "learning rate" if len(verdict.conditions) <= 1 else "pair and learning rate"
     )
     leader = verdict.leader or ""
     if len(table) == 1:
@@ -161,6 +160,15 @@ def baseline(r: Results) -> str:
     )
 
 
+def conditions(pairs: list[dict[str, Any]]) -> str:
+    """Where the family claims hold: "at batch 64 with the cosine schedule", or at each of
+    several pairs."""
+    said = [f"batch {c.get('batch_size')} with the {c.get('schedule')} schedule" for c in pairs]
+    if len(said) <= 1:
+        return f"at {''.join(said) or 'the race condition'}"
+    return f"at the search's {len(said)} quickest pairs ({'; '.join(said)})"
+
+
 def how_sure(r: Results) -> str:
     """One paragraph in plain words: what was raced, what the claims cover, what they do not."""
     verdict = r.verdict
@@ -171,18 +179,19 @@ def how_sure(r: Results) -> str:
         )
     rounds = (r.config.get("race") or {}).get("seeds") or []
     parts = [
-        f"The race trained every family at batch {verdict.condition.get('batch_size')} with the "
-        f"{verdict.condition.get('schedule')} schedule (the search's quickest setting's), its "
-        "learning rate on a lattice half a decade apart and its other hyperparameters at their "
+        f"The race trained every family {conditions(verdict.conditions)} (the batch size and "
+        "schedule of the search's quickest settings), its learning rate on a lattice half a "
+        "decade apart and its other hyperparameters at their "
         "defaults, beside the search's quickest settings and your current one. Rounds of "
         f"{', '.join(str(k) for k in rounds)} seeds (seed i the same for every arm) kept what "
-        f"was not yet beaten: a family is dropped once its best learning rate, chosen again in "
-        f"each bootstrap resample of the seeds, is more than {verdict.margin:.0%} slower than "
-        f"the leading family's with probability >= {verdict.confidence:.2f}, so its interval "
-        "includes which of its learning rates looked best. Two copies of one family get the "
-        "same arms and are never told apart by what a search happened to find.",
-        "Claims about families hold at this batch size and schedule; the search's own settings "
-        "and your current setting are claims about those settings. Equivalent means shown "
+        "was not yet beaten: a family is dropped once its best pair and learning rate, chosen "
+        "again in each bootstrap resample of the seeds, is more than "
+        f"{verdict.margin:.0%} slower than the leading family's with probability >= "
+        f"{verdict.confidence:.2f}, so its interval includes which of them looked best. Two "
+        "copies of one family get the same arms and are never told apart by what a search "
+        "happened to find.",
+        "Claims about families hold at the batch sizes and schedules raced; the search's own "
+        "settings and your current setting are claims about those settings. Equivalent means shown "
         f"within {verdict.margin:.0%}; not separated means neither shown slower nor shown "
         "equivalent.",
     ]

@@ -157,8 +157,7 @@ def _raced_table(verdict: Verdict, trials: pd.DataFrame, band: dict[str, float])
     table = verdict.families.copy()
     race = trials[trials.role == "race"]
     first = race.sort_values("replicate").drop_duplicates("arm").set_index("arm")["number"]
-    schedule = verdict.condition.get("schedule")
-    table["schedule"] = [p.get("schedule", schedule) for p in table.params]
+    table["schedule"] = [p.get("schedule") for p in table.params]
     table["batch_size"] = [p.get("batch_size") for p in table.params]
     table["hyperparameters"] = [
         {k.split(".", 1)[1]: v for k, v in p.items() if k.startswith(f"{f}.")}

@@ -49,7 +49,7 @@ def summary(results: Results, info: dict[str, Any]) -> dict[str, Any]:
 
 def declaration(results: Results) -> dict[str, Any]:
     """What the sentence says, claim by claim: the setting to train with (a setting claim) and
-    each family's standing at the race's shared condition (family claims)."""
+    each family's standing at the race's conditions (family claims)."""
     verdict, table = results.verdict, results.recommendation
     out: dict[str, Any] = {
         "raced": verdict is not None,
@@ -79,7 +79,7 @@ def declaration(results: Results) -> dict[str, Any]:
         "leader": verdict.leader,
         "group": verdict.group,
         "equivalent": verdict.equivalent,
-        "condition": verdict.condition,
+        "conditions": verdict.conditions,
         "seeds": verdict.seeds,
         "confidence": verdict.confidence,
         "margin": verdict.margin,

@@ -1,10 +1,10 @@
 """What the race's runs support, said at the level each claim holds: a family or a setting.
 
-    verdict = declare(state, times, target=target, rules=rules, condition=plan["condition"])
+    verdict = declare(state, times, target=target, rules=rules, conditions=conditions_of(plan))
 
-Family claims compare families at the shared condition, each at its best raced learning rate:
-a family's value is its best arm's mean time over seeds, the arm chosen again inside every
-resample (no winner's curse); the time shown is that arm's median over seeds with the
+Family claims compare families at the race's conditions, each at its best raced condition and
+learning rate: a family's value is its best arm's mean time over seeds, the arm chosen again
+inside every resample (no winner's curse); the time shown is that arm's median over seeds with the
 distribution-free interval of a median (confidence.median_interval). A family racing at the
 end is in the group; of those, one shown within `margin` of the leader with probability >=
 confidence is *equivalent* ("a good choice"), any other is only *not separated*. A family
@@ -39,7 +39,7 @@ class Verdict:
     """Everything the report declares about the race (see the module)."""
 
     target: Target
-    condition: dict[str, Any]  # batch_size and schedule the family arms share
+    conditions: list[dict[str, Any]]  # the batch size and schedule pairs family arms race at
     families: pd.DataFrame  # one row per family, ranked (see _family_rows)
     settings: pd.DataFrame  # setting arms and the baseline against the fastest arm
     fastest: dict[str, Any] | None  # the arm to train with: the fastest raced to the end
@@ -80,7 +80,7 @@ def declare(
     *,
     target: Target,
     rules: Rules,
-    condition: dict[str, Any],
+    conditions: list[dict[str, Any]],
     step_seconds: dict[str, float] | None = None,
     setup: float = 0.0,
 ) -> Verdict:
@@ -89,7 +89,7 @@ def declare(
     families = _family_rows(state, seeds, times, rules, draws)
     verdict = Verdict(
         target=target,
-        condition=dict(condition),
+        conditions=[dict(c) for c in conditions],
         families=families,
         settings=pd.DataFrame(),
         fastest=None,

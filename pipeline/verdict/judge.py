@@ -20,7 +20,7 @@ from pipeline.verdict.claims import Verdict, declare
 from pipeline.verdict.confidence import arm_times
 from pipeline.verdict.cost import EpochCost
 from pipeline.verdict.frames import curves_frame, race_runs, trials_frame, visible_trials
-from pipeline.verdict.race import Rules, State, replay
+from pipeline.verdict.race import Rules, State, conditions_of, replay
 from pipeline.verdict.target import Target, derive_target
 
 
@@ -99,7 +99,7 @@ def decide(
         times,
         target=aim,
         rules=rules.for_plan(plan),
-        condition=plan.get("condition") or {},
+        conditions=conditions_of(plan),
         step_seconds=study.user_attrs.get(record.STEP_SECONDS),
         setup=cost.setup(),
     )

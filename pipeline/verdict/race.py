@@ -5,11 +5,11 @@
     state.families_out # families found slower than the leading one, and when
 
 Arms (plan["arms"], made once after the search by search.phases.race):
-  family    a family at the shared condition (the batch size and schedule of the search's
-            quickest setting), its lr on a lattice of half decades across its range, its other
-            hyperparameters at their defaults: two copies of a family get the same arms, so
-            what tells families apart is how they train, not what their searches happened to
-            find;
+  family    a family at each race condition (the batch size and schedule pairs of the search's
+            quickest settings, race.conditions of them), its lr on a lattice of half decades
+            across its range, its other hyperparameters at their defaults: two copies of a
+            family get the same arms, so what tells families apart is how they train, not what
+            their searches happened to find;
   setting   one of the search's quickest settings as found (a claim about that setting);
   baseline  the setting you train with today.
 Round 0 runs every arm with one seed and keeps each family's `keep` best lattice points, adding
@@ -112,6 +112,14 @@ class State:
         ]
 
 
+def conditions_of(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """The batch size and schedule pairs the family arms race at (a plan stored before there
+    could be several holds one, as "condition")."""
+    if "conditions" in plan:
+        return [dict(c) for c in plan["conditions"]]
+    return [dict(plan["condition"])] if plan.get("condition") else []
+
+
 def arms_of(plan: dict[str, Any]) -> dict[str, Arm]:
     return {a["id"]: Arm.of_dict(a) for a in plan.get("arms") or []}
 
@@ -157,16 +165,31 @@ def _halve(state: State, plan: dict[str, Any], times: pd.DataFrame, *, keep: int
             state.alive.remove(a)
         best = state.arms[ranked[0]]
         low, high = ranges.get(family, (math.nan, math.nan))
-        known = [state.arms[a].lr for a in state.arms if state.arms[a].family == family]
+        where = _where(best)
+        known = [state.arms[a].lr for a in state.arms if _same(state.arms[a], best)]
         refine = 10 ** (float(plan.get("lattice", 0.5)) / 2)  # half a lattice step
         for lr in (best.lr / refine, best.lr * refine):
             inside = low * (1 - 1e-9) <= lr <= high * (1 + 1e-9)
             if inside and all(abs(lr / k - 1) > 0.01 for k in known if k > 0):
                 arm = Arm(
-                    f"{family} lr {lr:.3g}", "family", family, best.params | {f"{family}.lr": lr}
+                    f"{family} lr {lr:.3g}{where}",
+                    "family",
+                    family,
+                    best.params | {f"{family}.lr": lr},
                 )
                 state.arms[arm.id] = arm
                 state.alive.append(arm.id)
+
+
+def _where(arm: Arm) -> str:
+    """The condition part of a family arm's id ("" when the race has one condition)."""
+    at = arm.id.find(" @ ")
+    return "" if at < 0 else arm.id[at:]
+
+
+def _same(arm: Arm, other: Arm) -> bool:
+    """Whether two arms are of one family at one condition."""
+    return arm.family == other.family and _where(arm) == _where(other)
 
 
 def _eliminate(

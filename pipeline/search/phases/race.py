@@ -76,24 +76,24 @@ def plan(
         if (s := seconds_to(t, lookup, target, metric=metric, direction=direction)) is not None
     )
     quick = [t for _, _, t in timed] or sorted(complete, key=lambda t: (sign * t.value, t.number))
-    lead = quick[0]
-    schedule = str(lead.params["schedule"])
-    shared = {k: v for k, v in lead.params.items() if k.startswith(f"{schedule}.")}
-    shared |= {"schedule": schedule, "batch_size": int(lead.params["batch_size"])}
+    how = cfg.race if stacked else cfg.race.one_by_one
+    conditions = quickest_conditions(quick, int(how.conditions))
     arms: list[dict[str, Any]] = []
     ranges: dict[str, list[float]] = {}
-    step = float(cfg.race.lattice if stacked else cfg.race.one_by_one.lattice)
+    step = float(how.lattice)
     for name, family in space.optimizers.items():
         lr = next((d for d in family.dims if d.name == "lr" and d.kind == "float"), None)
-        params = {"optimizer": name, **_defaults(family), **shared}
-        if lr is None:
-            arms.append(_arm(name, "family", name, params))
-            continue
-        ranges[name] = [float(lr.low), float(lr.high)]
-        for rate in lattice(float(lr.low), float(lr.high), step=step):
-            arms.append(
-                _arm(f"{name} lr {rate:.3g}", "family", name, params | {family.param(lr): rate})
-            )
+        if lr is not None:
+            ranges[name] = [float(lr.low), float(lr.high)]
+        for where in conditions:
+            params = {"optimizer": name, **_defaults(family), **where["params"]}
+            tag = condition_tag(where) if len(conditions) > 1 else ""
+            if lr is None:
+                arms.append(_arm(name + tag, "family", name, params))
+                continue
+            for rate in lattice(float(lr.low), float(lr.high), step=step):
+                params_lr = params | {family.param(lr): rate}
+                arms.append(_arm(f"{name} lr {rate:.3g}{tag}", "family", name, params_lr))
     for t in quick[: int(cfg.race.settings)]:
         arms.append(_arm(f"trial {t.number}", "setting", str(t.params["optimizer"]), t.params))
         arms[-1]["of"] = t.number
@@ -104,11 +104,7 @@ def plan(
         "target": target,
         "best": float(np.median(list(best.values()))),
         "tolerance": tolerance,
-        "condition": {
-            "trial": lead.number,
-            "batch_size": shared["batch_size"],
-            "schedule": schedule,
-        },
+        "conditions": [{k: c[k] for k in ("trial", "batch_size", "schedule")} for c in conditions],
         "ranges": ranges,
         "arms": arms,
         "stacked": bool(stacked),
@@ -116,6 +112,34 @@ def plan(
     }
     study.set_user_attr(record.RACE, decided)
     return decided
+
+
+def quickest_conditions(quick: list[FrozenTrial], n: int) -> list[dict[str, Any]]:
+    """The first `n` distinct batch size and schedule pairs among the search's trials, quickest
+    first, each with its schedule's values as that trial had them. More than one: a family's
+    standing is its best over these pairs, so it does not hang on which pair one search's
+    luck put first."""
+    found: dict[tuple[int, str], dict[str, Any]] = {}
+    for t in quick:
+        schedule, size = str(t.params["schedule"]), int(t.params["batch_size"])
+        if (size, schedule) in found:
+            continue
+        params = {k: v for k, v in t.params.items() if k.startswith(f"{schedule}.")}
+        params |= {"schedule": schedule, "batch_size": size}
+        found[size, schedule] = {
+            "trial": t.number,
+            "batch_size": size,
+            "schedule": schedule,
+            "params": params,
+        }
+        if len(found) >= n:
+            break
+    return list(found.values())
+
+
+def condition_tag(where: dict[str, Any]) -> str:
+    """What tells a family's arms at one condition from its arms at another, in arm ids."""
+    return f" @ batch {where['batch_size']} {where['schedule']}"
 
 
 def lattice(low: float, high: float, *, step: float = 0.5) -> list[float]:
