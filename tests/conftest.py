@@ -113,10 +113,18 @@ def role_states(db: Path, role: str | None = None) -> list[str]:
 
 
 def kill_9_when(
-    args: Sequence[str], *, cwd: Path, ready: Callable[[], bool], timeout: float = 240
-) -> None:
+    args: Sequence[str],
+    *,
+    cwd: Path,
+    ready: Callable[[], bool],
+    timeout: float = 240,
+    poll: float = 0.02,
+    unreadable: tuple[type[BaseException], ...] = (sqlite3.Error,),
+) -> list[int]:
     """Run `python -m pipeline.search args` and kill -9 it as soon as `ready()` holds (a read
-    that fails while the storage is being written counts as not yet)."""
+    raising one of `unreadable`, the storage being written, counts as not yet). Fails when
+    `ready()` never holds or the command ended first: a kill that hit nothing tests nothing.
+    Returns the pids of the worker processes it had started when it was killed."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.search", *args],
         cwd=cwd,
@@ -127,12 +135,46 @@ def kill_9_when(
     try:
         while time.monotonic() < deadline:
             try:
-                if ready():
-                    return
-            except sqlite3.Error:
-                pass
-            time.sleep(0.02)
+                hit = ready()
+            except unreadable:
+                hit = False
+            if hit:
+                assert proc.poll() is None, f"the command ended first (exit {proc.returncode})"
+                return children(proc.pid)
+            if proc.poll() is not None:
+                raise AssertionError(f"the command ended (exit {proc.returncode}) before ready")
+            time.sleep(poll)
         raise AssertionError(f"not ready within {timeout:.0f} s")
     finally:
         proc.kill()
         proc.wait()
+
+
+def children(pid: int) -> list[int]:
+    """The pids whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it ended while we looked
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def still_running(pids: Sequence[int], *, within: float = 30) -> list[int]:
+    """The pids of `pids` still running (not zombies) after waiting up to `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        alive = []
+        for pid in pids:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                alive.append(pid)
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
-import subprocess
-import sys
-import time
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from pipeline.core import record
+from pipeline.core.errors import ConfigError
 from pipeline.core.storage import load_study, open_storage
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, kill_9_when, run_cli
 
 BASE = (*TINY, "trainer.max_epochs=1", "search.optimizers=[adam,sgd,momentum]")
 ARGS = (*BASE, "search.n_trials=6")
@@ -40,22 +38,17 @@ def _running_rows(storage: str) -> bool:
 @pytest.mark.parametrize("backend", ["sqlite", "journal"])
 def test_kill_as_soon_as_the_first_trial_row_appears(tmp_path, backend):
     storage = _storage(tmp_path, backend)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.search", *ARGS, f"search.storage={storage}"],
+    kill_9_when(
+        [*ARGS, f"search.storage={storage}"],
         cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        ready=lambda: _running_rows(storage),
+        poll=0.005 if backend == "sqlite" else 0.05,
+        # The storage is being created: no table, no study, a half-written line yet.
+        unreadable=(sqlite3.Error, ConfigError, KeyError, ValueError, OSError),
+        timeout=120,
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if _running_rows(storage):
-                break
-        except Exception:
-            pass  # the storage is being created
-        time.sleep(0.005 if storage.startswith("sqlite") else 0.05)
-    proc.kill()
-    proc.wait()
+    killed = load_study(storage, "moons").get_trials()
+    assert sum(record.counts(t) for t in killed) < 6  # the kill came before the end
     result = run_cli("pipeline.search", *ARGS, f"search.storage={storage}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "study 'moons': 6/6 trials" in result.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import torch
 
 from pipeline.config import check, compose
 from pipeline.search.__main__ import main as search_main
@@ -12,9 +13,16 @@ from pipeline.search.phases.preflight import preflight
 from pipeline.search.workers import cores
 from tests.conftest import TINY, USER_CONF, assert_refused_in_one_line
 
+# A machine with a GPU accepts trainer.accelerator=gpu: the case is for those without one.
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 CASES = [
-    # No GPU on this machine (CI's neither).
-    (["trainer.accelerator=gpu"], "trainer.accelerator", "trainer.accelerator=auto"),
+    pytest.param(
+        ["trainer.accelerator=gpu"],
+        "trainer.accelerator",
+        "trainer.accelerator=auto",
+        marks=NO_GPU,
+        id="trainer.accelerator",
+    ),
     # Builds fine, but is no data module.
     (["task.data._target_=torch.nn.Identity"], "task.data._target_", "not a LightningDataModule"),
     # The data class refuses the task's arguments.
@@ -26,7 +34,10 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("overrides", "key", "hint"), CASES, ids=[c[1] for c in CASES])
+@pytest.mark.parametrize(
+    ("overrides", "key", "hint"),
+    [c if hasattr(c, "marks") else pytest.param(*c, id=c[1]) for c in CASES],
+)
 def test_what_cannot_be_built_is_refused_before_any_study(
     tmp_path, monkeypatch, capsys, overrides, key, hint
 ):
@@ -36,6 +47,7 @@ def test_what_cannot_be_built_is_refused_before_any_study(
     assert_refused_in_one_line(code, err, key=key, hint=hint, cwd=tmp_path)
 
 
+@NO_GPU
 def test_the_corrected_command_then_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = [*TINY, "search.n_trials=1", "trainer.max_epochs=1", "search.optimizers=[adam]"]

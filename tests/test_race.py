@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import sqlite3
 
 import optuna
 import pytest
@@ -93,6 +94,73 @@ def test_the_race_runs_every_arm_with_shared_seeds_and_its_own_budget(tmp_path):
     after = load_study(cfg.search.storage, outcome.study.study_name)
     assert after.user_attrs[record.STEP_SECONDS] == timed
     assert after.user_attrs[record.RACE] == plan
+
+
+def test_a_live_pruner_prunes_search_trials_and_never_a_race_run(tmp_path):
+    # The pruner that cut search trials is on during the race: no race run, setting arm or
+    # baseline run is cut short (a run's time to the target needs its whole curve).
+    cfg = tiny_config(
+        tmp_path,
+        "pruner=median",
+        "search.n_trials=22",  # as tests/test_search.py's pruner test: some are pruned
+        "trainer.max_epochs=6",
+        "search.min_trials_per_family=0",
+        "sampler=random",
+        "search.optimizers=[sgd,adam]",
+        "race.seeds=[1,3]",
+        "race.conditions=1",
+        "race.settings=1",
+    )
+    outcome = search(cfg)
+    assert outcome.exit_code == 0
+    roles = _by_role(outcome.trials)
+    assert any(t.state == TrialState.PRUNED for t in roles["search"]), "the pruner never pruned"
+    raced = roles["race"]
+    arms = {
+        a["id"]: a for a in load_study(cfg.search.storage, "moons").user_attrs[record.RACE]["arms"]
+    }
+    kinds = {
+        arms[t.user_attrs[record.ARM]]["kind"] for t in raced if t.user_attrs[record.ARM] in arms
+    }
+    assert {"family", "setting", "baseline"} <= kinds
+    assert raced and all(t.state == TrialState.COMPLETE for t in raced)
+    assert all(record.run_of(t).epochs == 6 for t in raced)
+    assert all(t.state == TrialState.COMPLETE for t in roles["timing"])
+
+
+def test_kill_9_between_the_search_and_the_race_then_a_rerun_races_once(tmp_path):
+    # Killed as soon as the race's plan is stored, before (or while) its first runs are
+    # queued: the rerun keeps the plan, queues what is missing, and runs each run once.
+    args = (
+        *TINY[:-1],
+        "trainer.max_epochs=2",
+        "search.n_trials=4",
+        "search.optimizers=[adam,sgd]",
+        "race.seeds=[1,2]",
+        "search.storage=sqlite:///studies/study.db",
+    )
+    db = tmp_path / "studies" / "study.db"
+
+    def planned() -> bool:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
+            query = "SELECT count(*) FROM study_user_attributes WHERE key = ?"
+            return conn.execute(query, (record.RACE,)).fetchone()[0] > 0
+
+    kill_9_when(args, cwd=tmp_path, ready=planned, poll=0.005)
+    storage = f"sqlite:///{db}"
+    plan = load_study(storage, "moons").user_attrs[record.RACE]
+    result = run_cli("pipeline.search", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    study = load_study(storage, "moons")
+    assert study.user_attrs[record.RACE] == plan  # planned once
+    trials = study.get_trials()
+    assert sum(record.counts(t) for t in trials if record.role(t) == "search") == 4
+    raced = [t for t in trials if record.role(t) == "race" and record.counts(t)]
+    keys = [(t.user_attrs[record.ARM], t.user_attrs[record.REPLICATE]) for t in raced]
+    assert keys and len(keys) == len(set(keys))
+    assert {a["id"] for a in plan["arms"]} <= {arm for arm, _ in keys}
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert collect(study).verdict.state.done
 
 
 def test_kill_9_during_the_race_reruns_only_the_missing_runs(tmp_path):

@@ -18,7 +18,15 @@ from pipeline.core.storage import load_study
 from pipeline.report import prose
 from pipeline.report.results import collect
 from pipeline.search.phases.run import search
-from tests.conftest import TINY, USER_CONF, default_storage, run_cli, tiny_config
+from tests.conftest import (
+    TINY,
+    USER_CONF,
+    children,
+    default_storage,
+    run_cli,
+    still_running,
+    tiny_config,
+)
 
 
 def _trials(storage: str, name: str = "moons") -> list[optuna.trial.FrozenTrial]:
@@ -218,14 +226,18 @@ def test_ctrl_c_records_what_finished_and_a_rerun_completes(tmp_path, signum):
 
 def test_kill_9_loses_only_the_running_trial(tmp_path):
     storage = default_storage(tmp_path)
-    args = (*SLOW_TRIALS, "search.n_trials=8")  # parallel workers: the default
+    args = (*SLOW_TRIALS, "search.n_trials=8", "search.n_workers=2")
     kills = 2
     for cycle in range(kills):
         proc = _start(tmp_path, *args)
         _wait_for(lambda c=cycle: _started(storage, complete=c + 1))
         complete = {t.number for t in _trials(storage) if t.state == TrialState.COMPLETE}
+        workers = children(proc.pid)
+        assert workers  # the spawned worker (and multiprocessing's resource tracker)
         proc.kill()
         proc.communicate()
+        # Nothing the command started outlives it, even killed with -9.
+        assert not still_running(workers), "worker processes outlived the command"
         after = _trials(storage)
         assert complete <= {t.number for t in after if t.state == TrialState.COMPLETE}
     result = run_cli("pipeline.search", *args, cwd=tmp_path)
