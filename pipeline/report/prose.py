@@ -166,7 +166,7 @@ def conditions(pairs: list[dict[str, Any]]) -> str:
     said = [f"batch {c.get('batch_size')} with the {c.get('schedule')} schedule" for c in pairs]
     if len(said) <= 1:
         return f"at {''.join(said) or 'the race condition'}"
-    return f"at the search's {len(said)} quickest pairs ({'; '.join(said)})"
+    return f"at the {len(said)} quickest pairs of the search ({'; '.join(said)})"
 
 
 def how_sure(r: Results) -> str:
