@@ -98,7 +98,8 @@ def families_sentence(r: Results) -> str:
     verdict = r.verdict
     assert verdict is not None
     table = verdict.families
-    where = f"{conditions(verdict.conditions).capitalize()}, each family at its best raced " + (
+    at = conditions(verdict.conditions)
+    where = f"{at[:1].upper()}{at[1:]}, each family at its best raced " + (
         "learning rate" if len(verdict.conditions) <= 1 else "pair and learning rate"
     )
     leader = verdict.leader or ""

@@ -165,7 +165,7 @@ def _halve(state: State, plan: dict[str, Any], times: pd.DataFrame, *, keep: int
             state.alive.remove(a)
         best = state.arms[ranked[0]]
         low, high = ranges.get(family, (math.nan, math.nan))
-        where = _where(best)
+        where = condition_tag(best.params) if len(conditions_of(plan)) > 1 else ""
         known = [state.arms[a].lr for a in state.arms if _same(state.arms[a], best)]
         refine = 10 ** (float(plan.get("lattice", 0.5)) / 2)  # half a lattice step
         for lr in (best.lr / refine, best.lr * refine):
@@ -181,15 +181,18 @@ def _halve(state: State, plan: dict[str, Any], times: pd.DataFrame, *, keep: int
                 state.alive.append(arm.id)
 
 
-def _where(arm: Arm) -> str:
-    """The condition part of a family arm's id ("" when the race has one condition)."""
-    at = arm.id.find(" @ ")
-    return "" if at < 0 else arm.id[at:]
+def condition_tag(params: dict[str, Any]) -> str:
+    """What tells a family's arms at one condition from its arms at another, in arm ids (used
+    only when the race has more than one)."""
+    return f" @ batch {params['batch_size']} {params['schedule']}"
 
 
 def _same(arm: Arm, other: Arm) -> bool:
     """Whether two arms are of one family at one condition."""
-    return arm.family == other.family and _where(arm) == _where(other)
+    where = ("batch_size", "schedule")
+    return arm.family == other.family and all(
+        arm.params.get(k) == other.params.get(k) for k in where
+    )
 
 
 def _eliminate(

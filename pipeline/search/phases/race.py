@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pipeline.core import record
 from pipeline.search.space import Component, SearchSpace
 from pipeline.verdict.cost import ANY, EpochCost, crossing
-from pipeline.verdict.race import State
+from pipeline.verdict.race import State, condition_tag
 from pipeline.verdict.target import provisional
 
 SEED_STRIDE = 1_000_000  # replicate seeds never meet search-trial seeds (seed + number)
@@ -135,11 +135,6 @@ def quickest_conditions(quick: list[FrozenTrial], n: int) -> list[dict[str, Any]
         if len(found) >= n:
             break
     return list(found.values())
-
-
-def condition_tag(where: dict[str, Any]) -> str:
-    """What tells a family's arms at one condition from its arms at another, in arm ids."""
-    return f" @ batch {where['batch_size']} {where['schedule']}"
 
 
 def lattice(low: float, high: float, *, step: float = 0.5) -> list[float]:
