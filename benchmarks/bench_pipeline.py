@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import compose
+from pipeline.config import check, compose
 from pipeline.core import record
 from pipeline.search.phases.run import queue_places
 from pipeline.search.phases.study import prepare
@@ -80,7 +80,7 @@ MODELS = {
 
 
 def _config(tmp: str, name: str, *overrides: str) -> Any:
-    return compose(
+    cfg = compose(
         [
             "task=digits",
             "search.optimizers=[adam]",
@@ -94,6 +94,8 @@ def _config(tmp: str, name: str, *overrides: str) -> Any:
             *overrides,
         ]
     )
+    check(cfg)  # fills in what the config leaves to the metric
+    return cfg
 
 
 def run_to(cfg: Any, space: SearchSpace, study: Any, total: int) -> None:

@@ -120,7 +120,7 @@ def phase(
     import optuna
     from omegaconf import OmegaConf
 
-    from pipeline.config import compose
+    from pipeline.config import check, compose
     from pipeline.core import record
     from pipeline.search.phases.race import replicate_seed
     from pipeline.search.space import SearchSpace
@@ -133,6 +133,7 @@ def phase(
     if model != "mlp":
         overrides += [f"task.model._target_={model}", "~task.model.sizes"]
     base = compose(overrides)
+    check(base)
     params = {"optimizer": "adam", "schedule": "constant", "batch_size": 64, "adam.lr": 1e-3}
     params |= {"adam.beta1": 0.9, "adam.beta2": 0.999, "adam.eps": 1e-8}
 

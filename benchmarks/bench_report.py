@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.synthetic import write_study
-from pipeline.config import compose
+from pipeline.config import check, compose
 from pipeline.report.html import build
 
 
@@ -35,6 +35,7 @@ def main() -> None:
         made = time.perf_counter() - t0
         trials = f"search.n_trials={args.trials}"
         cfg = compose([f"search.storage={storage}", f"report.dir={tmp}/reports", trials])
+        check(cfg)
         times, cpu = [], []
         for _ in range(args.runs):
             t0, c0 = time.perf_counter(), time.process_time()

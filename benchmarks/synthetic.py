@@ -20,7 +20,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState, create_trial
 
-from pipeline.config import compose
+from pipeline.config import check, compose
 from pipeline.core import record
 from pipeline.core.storage import open_storage
 from pipeline.search.space import SearchSpace
@@ -108,6 +108,7 @@ def write_study(
         ],
         config_dirs=config_dirs,
     )
+    check(cfg, config_dirs=config_dirs)  # fills in what the config leaves to the metric
     space = SearchSpace.from_config(cfg)
     rng = random.Random(seed)
     sampler_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import NoReturn
 
 from omegaconf import DictConfig
 
@@ -24,7 +25,12 @@ def command(args: argparse.Namespace, cfg: DictConfig) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(command, argv, prog="python -m pipeline", description=__doc__)
+    return run(command, argv, prog="python -m pipeline", description=__doc__, script="optim-race")
+
+
+def script() -> NoReturn:
+    """The `optim-race` script: ends in leave() as `python -m` does (pyproject.toml)."""
+    leave(main())
 
 
 if __name__ == "__main__":

@@ -1,14 +1,19 @@
-"""Bad input: one line naming the key and what is allowed, exit 2, nothing created or changed."""
+"""Bad input: one line naming the key and what is allowed, exit 2, nothing created or changed.
+And each command's --help and --version, as an installed script and through python -m."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from pipeline.search.__main__ import main as search_main
-from tests.conftest import TINY, run_cli
+from tests.conftest import ROOT, TESTS, TINY, run_cli
 
 # (overrides, the key the error line must name)
 CASES = [
@@ -38,8 +43,13 @@ CASES = [
     (["sampler=nope"], "sampler", "allowed: cmaes, grid, qmc, random, tpe"),
     (["pruner=nope"], "pruner", "allowed: hyperband, median, none"),
     (["+sampler.bogus=1"], "sampler", "bogus"),
-    (["search.metric=accuracy"], "search.metric", "val_loss"),
-    (["search.metric=val_acc"], "search.direction", "maximized"),
+    (["search.metric=accuracy"], "search.direction", "required with search.metric=accuracy"),
+    (["search.metric=val_acc", "search.direction=minimize"], "search.direction", "maximized"),
+    (
+        ["search.metric=val_f1", "search.direction=maximize"],
+        "search.metric",
+        "logs train_loss, val_loss, val_acc",
+    ),
     (["search.direction=sideways"], "search.direction", "minimize, maximize"),
     (["search.timeout=-5"], "search.timeout", "> 0"),
     (["search.divergence_factor=0.5"], "search.divergence_factor", "> 1"),
@@ -244,4 +254,40 @@ def test_unknown_keys_added_with_plus_are_refused(tmp_path, override, key):
     result = run_cli("pipeline.search", *TINY, override, cwd=tmp_path)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith(f"error: {key}: "), result.stderr
+    assert not (tmp_path / "studies").exists()
+
+
+# Every entry point: its console script (pyproject.toml [project.scripts]) and its module.
+SCRIPTS = [
+    ("optim-race", "pipeline"),
+    ("optim-race-search", "pipeline.search"),
+    ("optim-race-report", "pipeline.report"),
+    ("optim-race-compare", "pipeline.compare"),
+    ("optim-race-config", "pipeline.config"),
+]
+
+
+@pytest.mark.parametrize(("script", "module"), SCRIPTS)
+def test_installed_scripts_name_themselves_and_print_the_version(tmp_path, script, module):
+    """`optim-race-search --help` says `usage: optim-race-search`, `--version` prints the
+    installed version, and `python -m pipeline.search --help` still names itself that way."""
+    path = Path(sys.executable).parent / script
+    assert path.exists(), f"no {path}: reinstall the package (pip install -e .)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)])}
+
+    def typed(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(path), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        )
+
+    shown = typed("--help")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"usage: {script} ["), shown.stdout
+    assert "python -m" not in shown.stdout
+    version = typed("--version")
+    assert version.returncode == 0, version.stderr
+    assert version.stdout == f"{script} {importlib.metadata.version('optim-race')}\n"
+    shown = run_cli(module, "--help", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"usage: python -m {module} ["), shown.stdout
     assert not (tmp_path / "studies").exists()

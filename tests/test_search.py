@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import signal
 import subprocess
 import sys
@@ -163,6 +164,54 @@ def test_user_model_and_data_plugged_in_by_config(tmp_path):
             assert t.state in (TrialState.COMPLETE, TrialState.PRUNED), t.user_attrs
             curve = t.user_attrs["run"]["curve"]
             assert curve["val_acc"][0] is not None and curve["step"][0] == 8  # 240 rows / 32
+
+
+OWN_METRIC = (
+    "--config-dir",
+    str(USER_CONF),
+    "task=user_lightning",
+    "task.model._target_=user_task.LitF1Net",
+    "search.n_trials=4",
+    "search.optimizers=[adam,sgd]",
+    "search.schedulers=[constant]",
+    "search.batch_sizes=[32]",
+    "trainer.max_epochs=3",
+    "race.one_by_one.seeds=[1,2]",
+)
+
+
+def test_a_metric_of_the_modules_own_is_searched_raced_and_reported(tmp_path):
+    # LitF1Net logs "val/f1" besides its losses: maximized, each trial's value is its last
+    # val/f1, the race times it, and the report's target and sentence are in it.
+    result = run_cli(
+        "pipeline", *OWN_METRIC, "search.metric=val/f1", "search.direction=maximize", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    trials = _trials(default_storage(tmp_path), "user_lightning")
+    searched = [t for t in trials if record.role(t) == "search"]
+    raced = [t for t in trials if record.role(t) == "race"]
+    assert len(searched) == 4 and raced
+    for t in searched + raced:
+        curve = record.run_of(t).curve
+        assert t.value == curve["val/f1"][-1] and 0 < t.value <= 1
+        assert curve["val/f1"] != curve["val_acc"]  # its own column, not a copy of another
+    summary = json.loads((tmp_path / "reports" / "summary.json").read_text())
+    assert (summary["metric"], summary["direction"]) == ("val/f1", "maximize")
+    assert "reaches val/f1 \u2265" in summary["recommendation"]["sentence"]
+    assert "val/f1" in (tmp_path / "reports" / "curves.csv").read_text().splitlines()[0]
+
+
+def test_a_metric_the_module_never_logs_is_one_line_before_any_study(tmp_path):
+    result = run_cli(
+        "pipeline", *OWN_METRIC, "search.metric=val/f2", "search.direction=maximize", cwd=tmp_path
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0] == (
+        "error: search.metric: task.model never logs 'val/f2' in a training and a validation "
+        "batch; it logs: train_loss, val/f1, val_acc, val_loss"
+    )
+    assert not (tmp_path / "studies").exists() and not (tmp_path / "reports").exists()
 
 
 def _started(storage: str, complete: int) -> bool:

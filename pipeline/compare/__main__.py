@@ -17,6 +17,7 @@ import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import jinja2
 import optuna
@@ -168,7 +169,18 @@ def command(args: argparse.Namespace, cfg: DictConfig) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(command, argv, prog="python -m pipeline.compare", description=__doc__)
+    return run(
+        command,
+        argv,
+        prog="python -m pipeline.compare",
+        description=__doc__,
+        script="optim-race-compare",
+    )
+
+
+def script() -> NoReturn:
+    """The `optim-race-compare` script: ends in leave() as `python -m` does (pyproject.toml)."""
+    leave(main())
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,7 +33,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if list(argv) == ["--keys"]:
         sys.stdout.write(key_table())
         return 0
-    return run(dump, argv, prog="python -m pipeline.config", description=__doc__)
+    return run(
+        dump,
+        argv,
+        prog="python -m pipeline.config",
+        description=__doc__,
+        script="optim-race-config",
+        as_written=True,  # params.yaml as DVC's own composition writes it
+    )
 
 
 def key_table() -> str:
@@ -63,6 +71,11 @@ def _one_line(value: object) -> str:
         "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
     )
     return " ".join(text.replace("\n- ", ", ").replace("- ", "").split())
+
+
+def script() -> NoReturn:
+    """The `optim-race-config` script: ends in leave() as `python -m` does (pyproject.toml)."""
+    leave(main())
 
 
 if __name__ == "__main__":

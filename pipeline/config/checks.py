@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from pipeline.config.compose import SPACES, default_config, group_options
+from pipeline.config.compose import SPACES, default_config, fill_direction, group_options
 from pipeline.config.schema import METRICS, SCHEMAS, allowed, keys
 from pipeline.core.errors import ConfigError, first_line
 from pipeline.core.storage import check_storage_url
@@ -27,8 +27,10 @@ CLASSIFY = ("cross_entropy", "bce")  # losses whose models report val_acc
 BASELINE = ("optimizer", "lr", "schedule", "batch_size")
 
 
-def check(cfg: DictConfig, *, config_dirs: Sequence[str] = ()) -> None:
-    """Raise ConfigError for the first bad value. Touches no storage and no file."""
+def check(cfg: DictConfig, *, config_dirs: Sequence[str] = (), fill: bool = True) -> None:
+    """Raise ConfigError for the first bad value; with `fill`, set a null search.direction to
+    its known metric's (python -m pipeline.config prints null as written, as DVC does).
+    Touches no storage and no file."""
     _known(cfg)
     _section(cfg, "search", "trainer", "task", "sampler", "pruner", "race", "verdict", "report")
     for section, schema in SCHEMAS.items():
@@ -43,10 +45,21 @@ def check(cfg: DictConfig, *, config_dirs: Sequence[str] = ()) -> None:
     _choice(cfg, "task.loss", LOSSES)
 
     s = cfg.search
-    if METRICS[s.metric] != s.direction:
+    known = METRICS.get(s.metric)
+    if s.direction is None:
+        # A metric of the user's own has no safe default: minimizing an F1 score runs a whole
+        # study the wrong way round.
+        if known is None:
+            raise ConfigError(
+                "search.direction",
+                f"required with search.metric={s.metric}: minimize or maximize",
+            )
+        if fill:
+            fill_direction(cfg)
+    elif known is not None and known != s.direction:
         raise ConfigError(
             "search.direction",
-            f"{s.metric} should be {METRICS[s.metric]}d, not {s.direction}d",
+            f"{s.metric} should be {known}d, not {s.direction}d",
         )
     if s.metric == "val_acc" and task.loss not in CLASSIFY:
         raise ConfigError("search.metric", f"val_acc needs task.loss in {', '.join(CLASSIFY)}")

@@ -1,6 +1,8 @@
 """The command line every entry point shares: Hydra overrides in, one clear line out on bad input.
 
-python -m pipeline[.search|.report|.config] [--params FILE] [--config-dir DIR] [-v] [KEY=VALUE ...]
+python -m pipeline[.search|.report|.compare|.config] [--params FILE] [--config-dir DIR] [-v]
+    [KEY=VALUE ...]
+optim-race[-search|-report|-compare|-config] ...       the same, as installed (pyproject.toml)
 """
 
 from __future__ import annotations
@@ -8,17 +10,35 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import importlib.metadata
 import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
+import pipeline
 from pipeline.config import ConfigError, check, compose, load_params
 
 Command = Callable[[argparse.Namespace, DictConfig], int]
+
+
+def shown_prog(prog: str, script: str) -> str:
+    """The name `--help` shows: `script` when this process was started as that console script
+    (sys.argv[0] is its path), else `prog`, the `python -m pipeline...` form."""
+    started = Path(sys.argv[0]).name if sys.argv else ""  # the wrapper strips a .exe
+    return script if started == script else prog
+
+
+def version() -> str:
+    """The installed distribution's version; pipeline.__version__ when run from a checkout."""
+    try:
+        return importlib.metadata.version("optim-race")
+    except importlib.metadata.PackageNotFoundError:
+        return pipeline.__version__
 
 
 def parser(prog: str, description: str | None) -> argparse.ArgumentParser:
@@ -42,10 +62,12 @@ def parser(prog: str, description: str | None) -> argparse.ArgumentParser:
         help="also look for config groups (task/, optimizer/, ...) here, before conf/",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="show Lightning's own logging")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     return p
 
 
-def load(args: argparse.Namespace) -> DictConfig:
+def load(args: argparse.Namespace, *, as_written: bool = False) -> DictConfig:
+    """The checked config; `as_written` leaves what check() fills in (see config.checks)."""
     if args.params:
         if args.overrides:
             raise ConfigError(
@@ -57,7 +79,7 @@ def load(args: argparse.Namespace) -> DictConfig:
         cfg = compose(args.overrides, config_dirs=args.config_dir)
     if args.verbose:
         OmegaConf.update(cfg, "trainer.verbose", True, force_add=True)
-    check(cfg, config_dirs=args.config_dir)
+    check(cfg, config_dirs=args.config_dir, fill=not as_written)
     return cfg
 
 
@@ -66,12 +88,16 @@ def run(
     argv: Sequence[str] | None,
     *,
     prog: str,
+    script: str,
     description: str | None,
+    as_written: bool = False,
 ) -> int:
-    """Parse, compose, check, then run `command`; a ConfigError anywhere is one line and exit 2."""
-    args = parser(prog, description).parse_args(argv)
+    """Parse, compose, check, then run `command`; a ConfigError anywhere is one line and exit 2.
+
+    `prog` is the `python -m` form, `script` the console script's name (shown_prog picks)."""
+    args = parser(shown_prog(prog, script), description).parse_args(argv)
     try:
-        cfg = load(args)
+        cfg = load(args, as_written=as_written)
         return command(args, cfg)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import pipeline.conf
+from pipeline.config.schema import METRICS
 from pipeline.core.errors import ConfigError, first_line
 from pipeline.core.secrets import env_references, keep_env
 
@@ -136,6 +137,17 @@ def load_params(path: str | Path) -> DictConfig:
     if not isinstance(cfg, DictConfig):
         raise ConfigError("--params", f"{path} does not hold a mapping")
     return cfg
+
+
+def fill_direction(cfg: DictConfig) -> None:
+    """search.direction null with a known metric becomes that metric's direction (config.checks
+    refuses null with any other metric). compose() leaves null as written, as DVC's own Hydra
+    composition writes it to params.yaml; config.checks.check() fills it in."""
+    search = cfg.get("search")
+    if isinstance(search, DictConfig) and search.get("direction") is None:
+        known = METRICS.get(str(search.get("metric")))
+        if known is not None:
+            search.direction = known
 
 
 def _resolve(cfg: DictConfig) -> None:

@@ -59,9 +59,14 @@ class Search:
     timeout: float | None = key(
         "seconds after which no new trial starts (null: none)", low=0, strict=True
     )
-    metric: str = key("the value each trial reports and the race times", choices=tuple(METRICS))
-    direction: str = key(
-        "minimize for losses, maximize for accuracy", choices=("minimize", "maximize")
+    metric: str = key(
+        "the value each trial reports and the race times: any name the model logs",
+        nonempty=True,
+    )
+    direction: str | None = key(
+        "minimize or maximize; null: from a known metric (val_loss, train_loss, val_acc)",
+        choices=("minimize", "maximize"),
+        allows="minimize, maximize, or null for val_loss, train_loss and val_acc",
     )
     optimizers: list[str] = key("the families searched (files in optimizer/)")
     schedulers: list[str] = key("the schedules searched (files in scheduler/)")

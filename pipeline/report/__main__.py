@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import shlex
 from collections.abc import Sequence
+from typing import NoReturn
 
 from omegaconf import DictConfig
 
@@ -26,7 +27,18 @@ def command(args: argparse.Namespace, cfg: DictConfig) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(command, argv, prog="python -m pipeline.report", description=__doc__)
+    return run(
+        command,
+        argv,
+        prog="python -m pipeline.report",
+        description=__doc__,
+        script="optim-race-report",
+    )
+
+
+def script() -> NoReturn:
+    """The `optim-race-report` script: ends in leave() as `python -m` does (pyproject.toml)."""
+    leave(main())
 
 
 if __name__ == "__main__":

@@ -30,6 +30,13 @@ LABELS = {
     "seconds": "wall-clock time since the trial started (s)",
 }
 DPI = 96
+
+
+def label(name: str) -> str:
+    """A column's words on an axis; a metric of the model's own keeps its name."""
+    return LABELS.get(name, name)
+
+
 STATE_COLORS = {"complete": "tab:blue", "pruned": "tab:orange", "diverged": "tab:red"}
 
 
@@ -109,9 +116,9 @@ def convergence(results: Results, *, y: str, x: str) -> str | None:
         )
     if y.endswith("loss") and wide(data[y]):
         ax.set_yscale("log")
-    ax.set_xlabel(LABELS[x])
-    ax.set_ylabel(LABELS[y])
-    ax.set_title(f"{LABELS[y]} of each family's best trial")
+    ax.set_xlabel(label(x))
+    ax.set_ylabel(label(y))
+    ax.set_title(f"{label(y)} of each family's best trial")
     _legend_labels(ax)
     return png(fig)
 
@@ -125,7 +132,7 @@ def search_progress(results: Results) -> str | None:
     sns.scatterplot(data=data, x="number", y="value", hue="state", s=18, alpha=0.6, ax=ax)
     ax.step(data["number"], data["best"], where="post", color="black", label="best so far")
     ax.set_xlabel("trial number")
-    ax.set_ylabel(f"final {LABELS.get(results.metric, results.metric)}")
+    ax.set_ylabel(f"final {label(results.metric)}")
     if wide(data["value"]):
         ax.set_yscale("log")
     ax.set_title("Best value so far over the trials")
@@ -171,7 +178,7 @@ def lr_sensitivity(results: Results) -> str | None:
         ax.set_xlabel("learning rate (log)")
         # Shared y: only the first column shows its tick labels, and so its axis label.
         ax.set_ylabel(
-            f"final {LABELS.get(results.metric, results.metric)}",
+            f"final {label(results.metric)}",
             visible=ax.get_subplotspec().is_first_col(),
         )
     for ax in list(axes.flat)[len(families) :]:
@@ -293,7 +300,7 @@ def budget(results: Results) -> str | None:
     if wide(data["expected_best"]):
         ax.set_yscale("log")
     ax.set_xlabel("search trials of the family (k)")
-    ax.set_ylabel(f"expected best final {LABELS.get(results.metric, results.metric)}")
+    ax.set_ylabel(f"expected best final {label(results.metric)}")
     ax.set_title("If you can afford k trials: the expected best per family")
     _legend_labels(ax)
     return png(fig)

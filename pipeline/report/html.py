@@ -93,17 +93,17 @@ def facts(results: Results) -> dict[str, Any]:
 
 def figure_list(results: Results) -> list[dict[str, str | None]]:
     metric = results.metric
-    loss_y = metric if metric.startswith("val") else "val_loss"
+    loss_y = "val_loss" if metric == "train_loss" else metric
     conv, search = figures.convergence, "search"
     items = [
         (
             "convergence",
-            f"{figures.LABELS[loss_y]} against epoch",
+            f"{figures.label(loss_y)} against epoch",
             conv(results, y=loss_y, x="epoch"),
         ),
         (
             "convergence",
-            f"{figures.LABELS[loss_y]} against wall-clock seconds",
+            f"{figures.label(loss_y)} against wall-clock seconds",
             conv(results, y=loss_y, x="seconds"),
         ),
         ("convergence", "training loss against epoch", conv(results, y="train_loss", x="epoch")),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from omegaconf import DictConfig
 from optuna.trial import TrialState
@@ -88,7 +88,18 @@ def command(args: argparse.Namespace, cfg: DictConfig) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(command, argv, prog="python -m pipeline.search", description=__doc__)
+    return run(
+        command,
+        argv,
+        prog="python -m pipeline.search",
+        description=__doc__,
+        script="optim-race-search",
+    )
+
+
+def script() -> NoReturn:
+    """The `optim-race-search` script: ends in leave() as `python -m` does (pyproject.toml)."""
+    leave(main())
 
 
 if __name__ == "__main__":

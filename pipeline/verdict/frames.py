@@ -99,18 +99,19 @@ def race_runs(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def curves_frame(trials: list[FrozenTrial]) -> pd.DataFrame:
-    """One row per trial per epoch."""
+    """One row per trial per epoch: record.COLUMNS, and any metric of the model's own that a
+    curve holds (search.metric=val_f1, say), empty where a trial's curve lacks it."""
     # One frame from whole columns: a frame per trial and pd.concat took most of the report's
     # reading time (concat checks every block of every frame for missing values).
-    columns = ["trial", "family", "schedule", "batch_size", *COLUMNS]
+    runs = [(t, run) for t in trials if (run := record.run_of(t)) is not None and run.epochs]
+    own = sorted({c for _, run in runs for c in run.curve} - set(COLUMNS))
+    measured = [*COLUMNS, *own]
+    columns = ["trial", "family", "schedule", "batch_size", *measured]
     data: dict[str, list] = {c: [] for c in columns}
-    for t in trials:
-        run = record.run_of(t)
-        if run is None or not run.epochs:
-            continue
+    for t, run in runs:
         curve = run.curve
         n = len(curve["epoch"])
-        for c in COLUMNS:
+        for c in measured:
             values = curve.get(c, [None] * n)
             if len(values) != n:
                 raise ValueError(f"trial {t.number}: curve column {c} has {len(values)} of {n}")
@@ -121,4 +122,4 @@ def curves_frame(trials: list[FrozenTrial]) -> pd.DataFrame:
         data["batch_size"].extend([t.params.get("batch_size")] * n)
     if not data["trial"]:
         return pd.DataFrame(columns=columns)
-    return pd.DataFrame(data).astype({c: float for c in COLUMNS[2:]})
+    return pd.DataFrame(data).astype({c: float for c in measured[2:]})

@@ -45,11 +45,13 @@ def _value(metrics: dict[str, Any], name: str) -> float | None:
 
 
 class CurveRecording:
-    """One row per epoch: epoch, optimizer steps, seconds since the trial started, losses, lr."""
+    """One row per epoch: epoch, optimizer steps, seconds since the trial started, losses, lr,
+    and the searched metric when it is a name of the model's own (`metric`)."""
 
-    def __init__(self, *, started: float) -> None:
+    def __init__(self, *, started: float, metric: str = "val_loss") -> None:
         self.started = started
-        self.curve: dict[str, list[Any]] = {c: [] for c in COLUMNS}
+        self.extra = () if metric in COLUMNS else (metric,)
+        self.curve: dict[str, list[Any]] = {c: [] for c in (*COLUMNS, *self.extra)}
         self.device = "unknown"
 
     @property
@@ -72,6 +74,7 @@ class CurveRecording:
             "lr": float(trainer.optimizers[0].param_groups[0]["lr"])
             if trainer.optimizers
             else None,
+            **{name: _value(metrics, name) for name in self.extra},
         }
         for column, value in row.items():
             self.curve[column].append(value)

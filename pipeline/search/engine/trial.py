@@ -144,7 +144,7 @@ class TrialRunner:
         if package is not pl:
             cache_callback_factories(package)
         recorder_class, guard_class = callback_classes(package)
-        recorder = recorder_class(started=started)
+        recorder = recorder_class(started=started, metric=str(self.cfg.search.metric))
         guard = guard_class(
             trial,
             recorder,

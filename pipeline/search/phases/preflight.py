@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.core.errors import ConfigError, first_line, root_cause
 from pipeline.search.locate import locate
-from pipeline.search.space import Component, SearchSpace
+from pipeline.search.space import Choice, Component, SearchSpace
 
 
 def preflight(cfg: DictConfig) -> SearchSpace:
@@ -45,6 +45,7 @@ def preflight(cfg: DictConfig) -> SearchSpace:
     package = lightning_package(net, datamodule)
     _check_optimizers(space, net, epochs=int(cfg.trainer.max_epochs))
     _check_trainer(cfg, package)
+    _check_metric(cfg, space, net, datamodule, package)
     return space
 
 
@@ -110,3 +111,83 @@ def _check_trainer(cfg: DictConfig, package: Any) -> None:
         else:
             text += " (trainer.accelerator=auto takes what this machine has)"
         raise ConfigError(key, f"{type(exc).__name__}: {text}") from None
+
+
+def _check_metric(
+    cfg: DictConfig, space: SearchSpace, net: Any, datamodule: Any, package: Any
+) -> None:
+    """search.metric is a name the model logs: else one line naming what it does log.
+
+    A plain nn.Module is trained by the pipeline, which logs train_loss, val_loss (and val_acc
+    for a classifying loss). A LightningModule logs its own names: one training batch and one
+    validation batch (Lightning's fast_dev_run) show which. A module that fails in them is
+    left to the trials, which record its error.
+    """
+    from pipeline.search.engine.losses import classifies
+
+    metric = str(cfg.search.metric)
+    if not isinstance(net, package.LightningModule):
+        logged = ["train_loss", "val_loss"] + (["val_acc"] if classifies(cfg.task.loss) else [])
+        if metric not in logged:
+            raise ConfigError(
+                "search.metric",
+                f"{metric!r} is never logged: a plain nn.Module trained by the pipeline logs "
+                f"{', '.join(logged)}; a LightningModule of yours can log any name",
+            )
+        return
+    logged = _logged_names(cfg, space, net, datamodule, package)
+    if logged is not None and metric not in logged:
+        shown = ", ".join(sorted(logged)) or "nothing"
+        raise ConfigError(
+            "search.metric",
+            f"task.model never logs {metric!r} in a training and a validation batch; "
+            f"it logs: {shown}",
+        )
+
+
+def _logged_names(
+    cfg: DictConfig, space: SearchSpace, net: Any, datamodule: Any, package: Any
+) -> set[str] | None:
+    """The names a LightningModule logs in one training and one validation batch (None: it
+    failed there)."""
+    import contextlib
+    import io
+    import logging
+
+    from pipeline.search.engine.module import attach
+    from pipeline.search.engine.trial import trainer_kwargs
+
+    family = next(iter(space.optimizers))
+    schedule = next(iter(space.schedulers))
+    choice = Choice(
+        family,
+        _defaults(space.optimizers[family]),
+        schedule,
+        _defaults(space.schedulers[schedule]),
+        min(space.batch_sizes),
+    )
+    epochs = int(cfg.trainer.max_epochs)
+
+    def configure(parameters: Any, steps_per_epoch: int) -> tuple[Any, Any, str]:
+        return space.configure(choice, parameters, epochs=epochs, steps_per_epoch=steps_per_epoch)
+
+    kwargs = trainer_kwargs(cfg) | {"fast_dev_run": 1}
+    # Lightning announces fast_dev_run on its logger and stdout; the user asked for neither.
+    quiet = logging.getLogger(package.__name__.split(".")[0])
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            trainer = package.Trainer(**kwargs)
+            trainer.fit(attach(net, configure), datamodule=datamodule)
+    except Exception:
+        return None
+    finally:
+        quiet.setLevel(level)
+    names = set()
+    for name in trainer.callback_metrics:
+        for suffix in ("_epoch", "_step"):
+            if name.endswith(suffix):
+                name = name[: -len(suffix)]
+        names.add(name)
+    return names
