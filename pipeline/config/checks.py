@@ -18,7 +18,14 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from pipeline.config.compose import SPACES, default_config, fill_direction, group_options
-from pipeline.config.schema import METRICS, SCHEMAS, allowed, keys
+from pipeline.config.schema import (
+    METRICS,
+    OWNED_TRAINER_ARGS,
+    SCHEMAS,
+    allowed,
+    keys,
+    trainer_options,
+)
 from pipeline.core.errors import ConfigError, first_line
 from pipeline.core.storage import check_storage_url
 
@@ -102,8 +109,11 @@ def _typed(cfg: DictConfig, section: str, schema: type) -> None:
     """The section against its schema: OmegaConf refuses an unknown key or a wrong type, then
     each key's rule (config.schema.key)."""
     fields = dict(keys(schema, section))
+    node = cfg[section]
+    if section == "trainer":  # Lightning's own arguments beside ours: preflight checks them
+        node = OmegaConf.masked_copy(node, [k for k in node if k not in trainer_options(node)])
     try:
-        OmegaConf.merge(OmegaConf.structured(schema), cfg[section])
+        OmegaConf.merge(OmegaConf.structured(schema), node)
     except ValidationError as exc:
         key = f"{section}.{str(exc.full_key).split('[')[0]}"  # a list's element: the list
         value = OmegaConf.select(cfg, key, default=None)
@@ -176,6 +186,15 @@ def _known(cfg: DictConfig) -> None:
             raise ConfigError(str(key), f"no such key; the config has: {', '.join(map(str, base))}")
     for section in SCHEMAS:
         node, known = cfg.get(section), base.get(section)
+        if section == "trainer" and isinstance(node, DictConfig):
+            # Lightning's own arguments pass through (preflight checks them against its
+            # Trainer); those a trial needs set its way are refused here.
+            for key in trainer_options(node):
+                if key in OWNED_TRAINER_ARGS:
+                    raise ConfigError(
+                        f"trainer.{key}", f"set by the pipeline: {OWNED_TRAINER_ARGS[key]}"
+                    )
+            continue
         if isinstance(node, DictConfig) and isinstance(known, DictConfig):
             for key in node:
                 if key not in known:

@@ -18,7 +18,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 METRICS = {"val_loss": "minimize", "train_loss": "minimize", "val_acc": "maximize"}
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
@@ -102,6 +102,33 @@ class Trainer:
     precision: Any = key("Lightning's precision", choices=PRECISIONS)
     threads: int | None = key("intra-op threads per worker (null: 1 with auto workers)", low=1)
     verbose: bool = key("show Lightning's and Optuna's own log lines")
+
+
+# Lightning Trainer arguments the pipeline sets itself, and why a trial needs them so; any other
+# argument of Lightning's Trainer may be added under trainer (+trainer.gradient_clip_val=1.0)
+# and reaches every trial's Trainer (search.phases.preflight checks it against the signature).
+_LENGTH = "a run's length is trainer.max_epochs: the race compares runs of equal epochs"
+_EVERY_EPOCH = "the curve, the pruner and the race read the metric after every epoch"
+OWNED_TRAINER_ARGS = {
+    "logger": "each trial's curve is recorded in the study; trials run without a Trainer logger",
+    "callbacks": "the pipeline sets each trial's callbacks (its curve, pruning, divergence)",
+    "max_steps": _LENGTH,
+    "min_steps": _LENGTH,
+    "min_epochs": _LENGTH,
+    "max_time": _LENGTH + " (search.timeout limits the study)",
+    "check_val_every_n_epoch": _EVERY_EPOCH,
+    "val_check_interval": _EVERY_EPOCH,
+    "fast_dev_run": "for a quick try, lower search.n_trials and trainer.max_epochs",
+}
+
+
+def trainer_options(trainer: Any) -> dict[str, Any]:
+    """The Lightning Trainer arguments added under `trainer`: its keys that are not ours."""
+    ours = {f.name for f in dataclasses.fields(Trainer)}
+    plain = (
+        OmegaConf.to_container(trainer, resolve=True) if OmegaConf.is_config(trainer) else trainer
+    )
+    return {str(k): v for k, v in dict(plain or {}).items() if k not in ours}
 
 
 @dataclass

@@ -38,9 +38,19 @@ def steps_per_epoch(trainer: pl.Trainer) -> int:
 class TrainModule(pl.LightningModule):
     """Trains `net` with `loss` (cross_entropy and bce also report val_acc) and the optimizer."""
 
-    def __init__(self, net: nn.Module, *, loss: str, configure: Configure) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        loss: str,
+        configure: Configure,
+        clip: tuple[float, str] | None = None,
+    ) -> None:
         super().__init__()
         self.net = net
+        # trainer.gradient_clip_val and _algorithm: Lightning refuses them for manual
+        # optimization, so the step applies them itself, through Lightning's clip_gradients.
+        self.clip = clip
         self.automatic_optimization = False  # one step may hold a whole epoch of updates
         self.classify = classifies(loss)  # these report val_acc
         self.binary = loss == "bce"
@@ -96,6 +106,7 @@ class TrainModule(pl.LightningModule):
         # Locals, not attributes, inside the loop: each nn.Module attribute read or write costs
         # about a microsecond, per step, which is more than a small model's step leaves spare.
         net, loss_fn, scaled, check = self.net, self.loss_fn, self._scaled, interrupt.check
+        clip = self.clip
         scheduler = self._scheduler if self._interval == "step" else None
         total, count, steps = self._train_sum, 0, self.optimizer_steps
         try:
@@ -107,6 +118,10 @@ class TrainModule(pl.LightningModule):
                     self.manual_backward(loss)
                 else:
                     loss.backward()
+                if clip is not None:
+                    self.clip_gradients(
+                        optimizer, gradient_clip_val=clip[0], gradient_clip_algorithm=clip[1]
+                    )
                 optimizer.step()
                 if steps == 0:
                     self.first_loss = float(loss.detach())  # one sync per trial

@@ -19,6 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.config.schema import trainer_options
 from pipeline.core import record
 from pipeline.core.record import Run, write_run
 from pipeline.search.engine.callbacks import CurveRecording, callback_classes
@@ -33,6 +34,7 @@ class OutOfMemory(Exception):
 
 
 def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """A trial's Trainer arguments: ours, then the Lightning arguments added under trainer."""
     t = cfg.trainer
     return {
         "max_epochs": int(t.max_epochs),
@@ -45,6 +47,7 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
         "enable_progress_bar": False,
         "enable_model_summary": False,
         "num_sanity_val_steps": 0,
+        **trainer_options(t),
     }
 
 
@@ -132,14 +135,21 @@ class TrialRunner:
                 choice, parameters, epochs=self.epochs, steps_per_epoch=steps_per_epoch
             )
 
-        extra: dict[str, Any] = {}
+        kwargs = dict(self.trainer_kwargs)
         if isinstance(net, package.LightningModule):
             module = attach(net, configure)
         else:
-            module = TrainModule(net, loss=self.cfg.task.loss, configure=configure)
+            clip = kwargs.pop("gradient_clip_val", None)
+            algorithm = kwargs.pop("gradient_clip_algorithm", None) or "norm"
+            module = TrainModule(
+                net,
+                loss=self.cfg.task.loss,
+                configure=configure,
+                clip=None if clip is None else (float(clip), str(algorithm)),
+            )
             if isinstance(datamodule, TensorDataModule):
                 datamodule.whole_epochs = True
-                extra["limit_val_batches"] = 0  # validated inside the whole-epoch step
+                kwargs["limit_val_batches"] = 0  # validated inside the whole-epoch step
 
         if package is not pl:
             cache_callback_factories(package)
@@ -152,7 +162,7 @@ class TrialRunner:
             divergence_factor=float(self.cfg.search.divergence_factor),
             prune=self.prune and record.ROLE not in attrs,
         )
-        trainer = package.Trainer(**self.trainer_kwargs, **extra, callbacks=[recorder, guard])
+        trainer = package.Trainer(**kwargs, callbacks=[recorder, guard])
         scores: dict[str, float] = {}
         try:
             trainer.fit(module, datamodule=datamodule)

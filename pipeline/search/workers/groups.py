@@ -36,6 +36,7 @@ import torch
 from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
+from pipeline.config.schema import trainer_options
 from pipeline.core import record
 from pipeline.core.errors import first_line
 from pipeline.core.record import Run, write_run
@@ -53,6 +54,18 @@ from pipeline.search.space import Choice, SearchSpace
 from pipeline.search.stale import take
 from pipeline.search.tasks.data import TensorDataModule, on_device
 
+# Lightning Trainer arguments that change nothing a stacked group computes; any other one
+# (gradient clipping, say) makes the race's runs go one by one, where Lightning applies it.
+UNTRAINED_TRAINER_ARGS = {
+    "enable_progress_bar",
+    "enable_model_summary",
+    "enable_checkpointing",
+    "num_sanity_val_steps",
+    "default_root_dir",
+    "log_every_n_steps",
+    "benchmark",
+    "deterministic",
+}
 FIXED = "fixed_params"  # where Optuna keeps an enqueued trial's params (system_attrs)
 PRECISIONS = ("32-true", "32")
 
@@ -85,6 +98,9 @@ class GroupWorker:
             return "race.vectorize is false"
         if str(cfg.trainer.precision) not in PRECISIONS:
             return f"trainer.precision is {cfg.trainer.precision}"
+        applied = sorted(set(trainer_options(cfg.trainer)) - UNTRAINED_TRAINER_ARGS)
+        if applied:
+            return f"trainer.{applied[0]} is set (Lightning applies it run by run)"
         loss, metric = str(cfg.task.get("loss", "")), str(cfg.search.metric)
         if loss not in LOSSES:
             return f"task.loss {loss!r}"
