@@ -56,7 +56,7 @@ def run(seed: int, overrides: list[str], *, out: Path) -> dict:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     conf = families_dir(folder)
-    args = [f"seed={seed}", f"search.optimizers=[{FAMILIES}]", *overrides]
+    args = [f"seed={seed}", f"search.optimizers=[{FAMILIES}]", "report.dir=reports", *overrides]
     started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "--config-dir", str(conf), *args],

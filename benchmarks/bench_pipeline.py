@@ -91,6 +91,7 @@ def _config(tmp: str, name: str, *overrides: str) -> Any:
             "sampler=random",
             "race.seeds=[]",  # the search's trials alone: the race is benchmarked apart
             f"search.storage=sqlite:///{tmp}/{name}.db",
+            "search.study_name=digits",
             *overrides,
         ]
     )

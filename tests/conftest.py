@@ -23,11 +23,15 @@ ROOT = TESTS.parent
 USER_CONF = TESTS / "conf"
 # Small enough to finish in seconds on 2 cores, big enough to exercise every stage. The race
 # is off here; tests of it turn it on (RACE: two rounds, one seed then two).
+# The study named after the task and the report in reports/, as a params file run gets them;
+# tests/test_identity.py checks the names a search gives itself.
+NAMED = ("search.study_name=${task.name}", "report.dir=reports")
 TINY = (
     "task=moons",
     "trainer.max_epochs=3",
     "search.batch_sizes=[64,128]",
     "race.seeds=[]",
+    *NAMED,
 )
 RACE = ("race.seeds=[1,2]",)
 DEFAULT_STORAGE = "journal:///{}/studies/study.journal"  # the fixed default path, under cwd

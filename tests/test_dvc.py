@@ -127,7 +127,11 @@ def test_dvc_repro_exp_run_metrics_and_plots(tmp_path):
 
     # The same overrides through `python -m pipeline.search` give the same study.
     direct = run_cli(
-        "pipeline.search", *changed, f"search.storage=sqlite:///{tmp_path}/direct.db", cwd=repo
+        "pipeline.search",
+        *changed,
+        f"search.storage=sqlite:///{tmp_path}/direct.db",
+        "search.study_name=moons",  # as the params file run names it
+        cwd=repo,
     )
     assert direct.returncode == 0, direct.stderr
     assert _trial_summary(f"sqlite:///{tmp_path}/direct.db", "moons") == _trial_summary(

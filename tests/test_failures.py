@@ -8,9 +8,16 @@ from optuna.trial import TrialState
 
 from pipeline.core.record import counts
 from pipeline.core.storage import load_study
-from tests.conftest import TINY, USER_CONF, default_storage, run_cli
+from tests.conftest import NAMED, TINY, USER_CONF, default_storage, run_cli
 
-USER = ("--config-dir", str(USER_CONF), "task=user", "trainer.max_epochs=2", "race.seeds=[]")
+USER = (
+    "--config-dir",
+    str(USER_CONF),
+    "task=user",
+    "trainer.max_epochs=2",
+    "race.seeds=[]",
+    *NAMED,
+)
 
 
 def _trials(tmp_path, name):

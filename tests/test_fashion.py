@@ -29,7 +29,7 @@ from pipeline.search.tasks.fashion import (
     fashion_raw,
 )
 from pipeline.search.tasks.planar import PlanarDataModule
-from tests.conftest import default_storage, require_service, run_cli
+from tests.conftest import NAMED, default_storage, require_service, run_cli
 
 # The subprocess imports this checkout's pipeline, not whichever copy is installed.
 NAMES = {
@@ -213,6 +213,7 @@ def test_a_short_study_runs_on_tiny_files(tmp_path, task):
         "trainer.max_epochs=1",
         "search.batch_sizes=[32]",
         f"search.storage=sqlite:///{tmp_path}/study.db",
+        *NAMED,
     ]
     if task == "fashion_mnist":  # as a user runs it
         result = run_cli("pipeline.search", *args, cwd=tmp_path)
@@ -277,6 +278,7 @@ def test_planar_trains_with_bce_and_reports_accuracy(tmp_path):
         "trainer.max_epochs=3",
         "search.metric=val_acc",
         "search.direction=maximize",
+        *NAMED,
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
@@ -306,6 +308,7 @@ def test_the_report_shows_the_recommended_settings_test_accuracy(tmp_path):
         "race.baseline=null",
         "trainer.max_epochs=2",
         "search.batch_sizes=[32]",
+        *NAMED,
         f"report.dir={tmp_path / 'reports'}",
     ]
     result = run_cli("pipeline", *args, cwd=tmp_path)

@@ -8,9 +8,9 @@ from optuna.trial import TrialState
 from pipeline.core.record import counts
 from pipeline.core.storage import load_study
 from pipeline.search.__main__ import main as search_main
-from tests.conftest import USER_CONF, assert_refused_in_one_line, default_storage, run_cli
+from tests.conftest import NAMED, USER_CONF, assert_refused_in_one_line, default_storage, run_cli
 
-ARGS = ("--config-dir", str(USER_CONF), "trainer.max_epochs=2", "race.seeds=[]")
+ARGS = ("--config-dir", str(USER_CONF), "trainer.max_epochs=2", "race.seeds=[]", *NAMED)
 
 
 def test_lightning_pytorch_module_is_trained_with_its_own_steps(tmp_path):

@@ -8,7 +8,7 @@ from optuna.trial import TrialState
 
 from pipeline.core import record
 from pipeline.core.storage import load_study
-from tests.conftest import USER_CONF, default_storage, run_cli
+from tests.conftest import NAMED, USER_CONF, default_storage, run_cli
 
 ARGS = (
     "--config-dir",
@@ -19,6 +19,7 @@ ARGS = (
     "search.n_trials=3",
     "search.n_workers=1",
     "race.seeds=[]",
+    *NAMED,
 )
 
 

@@ -20,6 +20,7 @@ from pipeline.report import prose
 from pipeline.report.results import collect
 from pipeline.search.phases.run import search
 from tests.conftest import (
+    NAMED,
     TINY,
     USER_CONF,
     children,
@@ -155,6 +156,7 @@ def test_user_model_and_data_plugged_in_by_config(tmp_path):
             "race.seeds=[]",
             "trainer.max_epochs=2",
             "search.batch_sizes=[32]",
+            *NAMED,
             cwd=tmp_path,
         )
         assert result.returncode == 0, result.stderr
@@ -177,6 +179,7 @@ OWN_METRIC = (
     "search.batch_sizes=[32]",
     "trainer.max_epochs=3",
     "race.one_by_one.seeds=[1,2]",
+    *NAMED,
 )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pipeline.core import record
 from pipeline.core.storage import load_study
-from tests.conftest import TINY, USER_CONF, default_storage, run_cli
+from tests.conftest import NAMED, TINY, USER_CONF, default_storage, run_cli
 
 ONE_SETTING = (
     "search.n_trials=1",
@@ -53,7 +53,7 @@ def test_gradient_clipping_reaches_a_plain_module_and_its_race_runs_go_one_by_on
 def test_any_trainer_argument_reaches_a_lightning_module(tmp_path):
     free, clipped = tmp_path / "free", tmp_path / "clipped"
     free.mkdir(), clipped.mkdir()
-    user = ("--config-dir", str(USER_CONF), "task=user_lightning", "trainer.max_epochs=3")
+    user = ("--config-dir", str(USER_CONF), "task=user_lightning", "trainer.max_epochs=3", *NAMED)
     kept = _first_trial(free, *user, "race.seeds=[]", task="user_lightning")
     held = _first_trial(
         clipped,

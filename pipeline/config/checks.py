@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from pipeline.config.compose import SPACES, default_config, fill_direction, group_options
+from pipeline.config.identity import identify
 from pipeline.config.schema import (
     METRICS,
     OWNED_TRAINER_ARGS,
@@ -34,10 +35,18 @@ CLASSIFY = ("cross_entropy", "bce")  # losses whose models report val_acc
 BASELINE = ("optimizer", "lr", "schedule", "batch_size")
 
 
-def check(cfg: DictConfig, *, config_dirs: Sequence[str] = (), fill: bool = True) -> None:
-    """Raise ConfigError for the first bad value; with `fill`, set a null search.direction to
-    its known metric's (python -m pipeline.config prints null as written, as DVC does).
-    Touches no storage and no file."""
+def check(
+    cfg: DictConfig,
+    *,
+    config_dirs: Sequence[str] = (),
+    fill: bool = True,
+    fixed_paths: bool = False,
+) -> None:
+    """Raise ConfigError for the first bad value. With `fill`, set what null leaves to the rest
+    of the config: search.direction from a known metric, then search.study_name and report.dir
+    (config.identity; `fixed_paths`: a params file run's). python -m pipeline.config prints
+    them null, as written and as DVC's own composition writes them. Touches no storage and no
+    file."""
     _known(cfg)
     _section(cfg, "search", "trainer", "task", "sampler", "pruner", "race", "verdict", "report")
     for section, schema in SCHEMAS.items():
@@ -88,6 +97,8 @@ def check(cfg: DictConfig, *, config_dirs: Sequence[str] = (), fill: bool = True
         )
     url = str(s.storage)
     check_storage_url(url)
+    if fill:
+        identify(cfg, fixed=fixed_paths)
     if s.n_workers != "auto" and s.n_workers > 1 and url.startswith("sqlite"):
         raise ConfigError(
             "search.storage",

@@ -79,7 +79,9 @@ def load(args: argparse.Namespace, *, as_written: bool = False) -> DictConfig:
         cfg = compose(args.overrides, config_dirs=args.config_dir)
     if args.verbose:
         OmegaConf.update(cfg, "trainer.verbose", True, force_add=True)
-    check(cfg, config_dirs=args.config_dir, fill=not as_written)
+    # A params file (DVC's stages) keeps the fixed study name and report folder its outputs say.
+    fixed = bool(args.params)
+    check(cfg, config_dirs=args.config_dir, fill=not as_written, fixed_paths=fixed)
     return cfg
 
 

@@ -88,7 +88,11 @@ class Search:
         "worker processes: auto (one per core, one per GPU) or a number",
         allows="auto or an integer >= 1",
     )
-    study_name: str = key("the study's name in its storage", nonempty=True)
+    study_name: str | None = key(
+        "the study's name in its storage; null: the task and a hash of the search",
+        nonempty=True,
+        allows="a non-empty string, or null",
+    )
     storage: str = key(
         "journal:///PATH, sqlite:///PATH or postgresql://USER@HOST/DB", nonempty=True
     )
@@ -187,7 +191,11 @@ class Verdict:
 
 @dataclass
 class Report:
-    dir: str = key("where index.html and the files beside it go", nonempty=True)
+    dir: str | None = key(
+        "where index.html and the files beside it go; null: reports/<study name>",
+        nonempty=True,
+        allows="a non-empty string, or null",
+    )
 
 
 @dataclass

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline import __version__
+from pipeline.config.identity import RESUMABLE, fingerprint, flat, under
 from pipeline.core import record
 from pipeline.core.errors import ConfigError
 from pipeline.core.renames import renamed_search
@@ -31,28 +32,6 @@ from pipeline.search.sampling.samplers import equal_trials, make_pruner, make_sa
 from pipeline.search.space import SearchSpace
 from pipeline.search.stale import fail_stale_trials, take
 from pipeline.verdict.progress import Budget
-
-# Config keys a resumed study may change without becoming a different study: the budget,
-# where the storage is reached from, how trials are run and picked, the report.
-RESUMABLE = (
-    "search.n_trials",
-    "search.timeout",
-    "search.n_workers",
-    "search.storage",
-    "search.min_trials_per_family",
-    "search.divergence_factor",
-    "search.learn_from",  # like the sampler: it changes only what later trials are proposed from
-    "trainer.verbose",
-    "trainer.threads",
-    "sampler",
-    "pruner",
-    "seed",
-    "race",  # a rerun replays the race under the new rules and runs what they still need
-    "verdict",
-    "confirm",  # studies made before the race
-    "report",
-    "compare",  # read by pipeline.compare only
-)
 
 
 def _print_err(line: str) -> None:
@@ -121,16 +100,6 @@ def retry_failed(study: optuna.Study) -> int:
             keep = {k: attrs[k] for k in (record.GRID_POINT,) if k in attrs}
             study.enqueue_trial(trial.params, user_attrs=keep or None, skip_if_exists=False)
     return len(failed)
-
-
-def fingerprint(cfg: DictConfig) -> dict[str, Any]:
-    """The config a study is created with: only the searched families and schedules, in its
-    public form (no password; environment references as written: core.secrets)."""
-    config = public(cfg)
-    for group, plural in (("optimizer", "optimizers"), ("scheduler", "schedulers")):
-        chosen = set(cfg.search[plural])
-        config[group] = {k: v for k, v in (config.get(group) or {}).items() if k in chosen}
-    return config
 
 
 def queue_first_looks(study: optuna.Study, families: Sequence[str], cfg: DictConfig) -> int:
@@ -202,26 +171,17 @@ def _moved(value: Any) -> Any:
 
 def _check_resumable(study: optuna.Study, stored: dict[str, Any], config: dict[str, Any]) -> None:
     stored = {**stored, "search": renamed_search(stored.get("search") or {})}
-    old, new = _flat(stored), _flat(config)
+    old, new = flat(stored), flat(config)
     changed = sorted(
         key
         for key in old.keys() | new.keys()
-        if _moved(old.get(key)) != new.get(key)
-        and not any(key == r or key.startswith(r + ".") for r in RESUMABLE)
+        if _moved(old.get(key)) != new.get(key) and not under(key, RESUMABLE)
     )
     if changed:
         shown = ", ".join(changed[:4]) + (" ..." if len(changed) > 4 else "")
         raise ConfigError(
             "search.study_name",
             f"study {study.study_name!r} was created with a different {shown}; "
-            "pick a new search.study_name (or delete its storage) to start another study",
+            "leave search.study_name out (each search then names its own study) or pick a "
+            "new one to start another study",
         )
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out |= _flat(value, f"{prefix}{key}.")
-        return out
-    return {prefix[:-1]: tree}
