@@ -105,3 +105,14 @@ class MarkedNet(Net):
         if marker and os.path.exists(marker):
             raise ValueError("bug in user code")
         return super().forward(x)
+
+
+class EpochCounter(pl.Callback):
+    """A user's own callback: appends a line per epoch it sees to `path`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        with open(self.path, "a") as out:
+            out.write(f"epoch {trainer.current_epoch + 1}\n")

@@ -112,6 +112,14 @@ def check(
         )
     for part in ("sampler", "pruner"):
         _has_target(cfg, part)
+    for part in ("logger", "callbacks"):  # each a mapping of names to `_target_` configs
+        node = cfg.get(part)
+        if node is not None and not isinstance(node, DictConfig):
+            raise ConfigError(
+                part, f"{_show(node)} is not allowed; use a mapping of names to _target_ configs"
+            )
+        for name in node or ():
+            _has_target(cfg, f"{part}.{name}")
     _rounds(cfg, "race.seeds")
     _rounds(cfg, "race.one_by_one.seeds")
 

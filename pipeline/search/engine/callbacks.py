@@ -23,6 +23,7 @@ import torch
 
 from pipeline.core.record import COLUMNS
 from pipeline.search import interrupt
+from pipeline.search.engine.loggers import write_row
 
 
 class Diverged(Exception):
@@ -78,6 +79,8 @@ class CurveRecording:
         }
         for column, value in row.items():
             self.curve[column].append(value)
+        if trainer.loggers and getattr(pl_module, "epoch_metrics", None) is not None:
+            write_row(trainer.loggers, row)  # the pipeline's own module logs nothing itself
 
 
 def _first_loss(pl_module: pl.LightningModule, outputs: Any) -> float | None:

@@ -23,6 +23,7 @@ from pipeline.config.schema import trainer_options
 from pipeline.core import record
 from pipeline.core.record import Run, write_run
 from pipeline.search.engine.callbacks import CurveRecording, callback_classes
+from pipeline.search.engine.loggers import make_callbacks, make_loggers
 from pipeline.search.engine.module import TrainModule, attach, held_out
 from pipeline.search.engine.packages import lightning_package
 from pipeline.search.space import SearchSpace
@@ -153,6 +154,13 @@ class TrialRunner:
 
         if package is not pl:
             cache_callback_factories(package)
+        loggers = make_loggers(
+            self.cfg,
+            package,
+            study=str(self.cfg.search.study_name),
+            trial=trial.number,
+            params={**trial.params, "role": attrs.get(record.ROLE, "search"), "seed": seed},
+        )
         recorder_class, guard_class = callback_classes(package)
         recorder = recorder_class(started=started, metric=str(self.cfg.search.metric))
         guard = guard_class(
@@ -162,7 +170,10 @@ class TrialRunner:
             divergence_factor=float(self.cfg.search.divergence_factor),
             prune=self.prune and record.ROLE not in attrs,
         )
-        trainer = package.Trainer(**kwargs, callbacks=[recorder, guard])
+        callbacks = [recorder, guard, *make_callbacks(self.cfg, package)]
+        if loggers:
+            kwargs["logger"] = loggers
+        trainer = package.Trainer(**kwargs, callbacks=callbacks)
         scores: dict[str, float] = {}
         try:
             trainer.fit(module, datamodule=datamodule)

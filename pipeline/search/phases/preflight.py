@@ -46,6 +46,7 @@ def preflight(cfg: DictConfig) -> SearchSpace:
     package = lightning_package(net, datamodule)
     _check_optimizers(space, net, epochs=int(cfg.trainer.max_epochs))
     _check_trainer(cfg, package, net)
+    _check_loggers_and_callbacks(cfg, package)
     _check_metric(cfg, space, net, datamodule, package)
     return space
 
@@ -275,3 +276,20 @@ def _words(hint: Any) -> str:
     if hint is type(None):
         return "null"
     return getattr(hint, "__name__", str(hint))
+
+
+def _check_loggers_and_callbacks(cfg: DictConfig, package: Any) -> None:
+    """Build each logger and callback once: a missing package (tensorboard, mlflow) or a
+    class that refuses its arguments is one line naming it, before any study."""
+    from pipeline.search.engine.loggers import build, callback_configs, logger_configs
+
+    study = str(cfg.search.study_name)
+    for name, node in logger_configs(cfg).items():
+        _build(f"logger.{name}", lambda node=node: build(node, package, study=study, trial=0))
+    for name, node in callback_configs(cfg).items():
+        made = _build(f"callbacks.{name}", lambda node=node: build(node, package))
+        if not isinstance(made, package.Callback):
+            raise ConfigError(
+                f"callbacks.{name}",
+                f"{type(made).__name__} is not a Callback of {package.__name__}",
+            )

@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pipeline.core import record
 from pipeline.core.storage import close
 from pipeline.search import interrupt
+from pipeline.search.engine.loggers import callback_configs
 from pipeline.search.phases import race, steptime
 from pipeline.search.phases.preflight import preflight
 from pipeline.search.phases.study import prepare, retire_surplus
@@ -88,6 +89,9 @@ def search(cfg: DictConfig, *, pool: Pool | None = None) -> Outcome:
         if race.racing(cfg) and not interrupt.requested() and budget.done(record.trials(study)):
             steptime.ensure(study, cfg, space)  # the workers are idle: the machine is quiet
             stacked = GroupWorker(cfg, space, note=print_err).grouped
+            if stacked and callback_configs(cfg):
+                names = ", ".join(callback_configs(cfg))
+                print_err(f"race: stacked runs skip callbacks ({names}); search trials ran them")
             if race.plan(study, cfg, space, stacked=stacked) is not None:
                 for line in race.notes(cfg, space):
                     print_err(line)

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 import optuna
+import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
@@ -42,6 +43,7 @@ from pipeline.core.errors import first_line
 from pipeline.core.record import Run, write_run
 from pipeline.search import interrupt
 from pipeline.search.engine.callbacks import describe_device
+from pipeline.search.engine.loggers import logger_configs, make_loggers, write_curve
 from pipeline.search.engine.losses import FUNCTIONS as LOSSES
 from pipeline.search.engine.losses import classifies
 from pipeline.search.engine.objective import Objective, run_trial
@@ -252,6 +254,26 @@ class GroupWorker:
                 study.tell(trial, state=TrialState.PRUNED)
             else:
                 study.tell(trial, float(rep.last(str(cfg.search.metric))))
+        if logger_configs(cfg):
+            self._log(trials, replicates)
+
+    def _log(self, trials: list[optuna.Trial], replicates: list[Replicate]) -> None:
+        """Each stacked run's curve to the configured loggers, as a run of its own."""
+        try:
+            for trial, rep in zip(trials, replicates, strict=True):
+                role = trial.user_attrs.get(record.ROLE, "race")
+                params = {**trial.params, "role": role, "seed": rep.seed}
+                loggers = make_loggers(
+                    self.cfg,
+                    pl,
+                    study=str(self.cfg.search.study_name),
+                    trial=trial.number,
+                    params=params,
+                )
+                write_curve(loggers, rep.curve, status="failed" if rep.diverged else "success")
+        except Exception as exc:  # the runs are recorded; a logger's failure loses none of them
+            numbers = f"{trials[0].number}-{trials[-1].number}"
+            self.note(f"race: logging trials {numbers} failed: {first_line(exc)}")
 
 
 def _batch_size(trial: FrozenTrial) -> float:
