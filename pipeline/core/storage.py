@@ -148,5 +148,7 @@ def load_study(url: str, study_name: str) -> optuna.Study:
     except KeyError:
         names = ", ".join(optuna.get_all_study_names(storage)) or "none"
         raise ConfigError(
-            "search.study_name", f"no study {study_name!r} in {mask(url)}; it holds: {names}"
+            "search.study_name",
+            f"no study {study_name!r} in {mask(url)}; it holds: {names} (give the overrides "
+            "its search ran with, or search.study_name=NAME)",
         ) from None
