@@ -89,6 +89,6 @@ def test_a_changed_search_runs_beside_the_first_and_the_same_one_resumes(tmp_pat
     assert (tmp_path / "reports" / other / "index.html").exists()
     assert _digest(report) == before  # the first study's report untouched
 
-    more = run_cli("pipeline", *BASE, "search.n_trials=6", cwd=tmp_path)
+    more = run_cli("pipeline.search", *BASE, "search.n_trials=6", cwd=tmp_path)
     assert more.returncode == 0, more.stderr
     assert _studies(tmp_path) == {name: 6, other: 4}  # resumed and extended, not a new study

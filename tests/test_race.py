@@ -166,7 +166,7 @@ def test_kill_9_between_the_search_and_the_race_then_a_rerun_races_once(tmp_path
 def test_kill_9_during_the_race_reruns_only_the_missing_runs(tmp_path):
     args = (
         *TINY[:-1],
-        "trainer.max_epochs=40",  # a group runs long enough to be caught running
+        "trainer.max_epochs=12",  # a group runs long enough to be caught running
         "search.batch_sizes=[16]",
         "pruner=none",
         "search.n_trials=4",
