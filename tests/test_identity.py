@@ -92,3 +92,27 @@ def test_a_changed_search_runs_beside_the_first_and_the_same_one_resumes(tmp_pat
     more = run_cli("pipeline.search", *BASE, "search.n_trials=6", cwd=tmp_path)
     assert more.returncode == 0, more.stderr
     assert _studies(tmp_path) == {name: 6, other: 4}  # resumed and extended, not a new study
+
+
+def test_a_multirun_runs_each_combination_as_its_own_study_and_report(tmp_path):
+    result = run_cli(
+        "pipeline", "-m", "task=moons,planar", *BASE[1:], "search.n_trials=3", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    studies = _studies(tmp_path)
+    assert sorted(name.split("-")[0] for name in studies) == ["moons", "planar"]
+    assert set(studies.values()) == {3}
+    for name in studies:
+        assert f"reports/{name}/index.html" in result.stdout
+        assert (tmp_path / "reports" / name / "index.html").exists()
+    assert "multirun 2/2: task=planar" in result.stderr
+
+
+def test_a_multirun_with_one_bad_combination_runs_none(tmp_path):
+    result = run_cli("pipeline.search", "-m", "task=moons,nope", *BASE[1:], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: task: unknown option 'nope'; allowed: digits, fashion_mnist, fashion_mnist_cnn, "
+        "moons, planar"
+    ]
+    assert not (tmp_path / "studies").exists()

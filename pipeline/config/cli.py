@@ -1,7 +1,7 @@
 """The command line every entry point shares: Hydra overrides in, one clear line out on bad input.
 
 python -m pipeline[.search|.report|.compare|.config] [--params FILE] [--config-dir DIR] [-v]
-    [KEY=VALUE ...]
+    [-m] [KEY=VALUE ...]          -m: Hydra's multirun, each combination of a sweep in turn
 optim-race[-search|-report|-compare|-config] ...       the same, as installed (pyproject.toml)
 """
 
@@ -11,6 +11,7 @@ import argparse
 import atexit
 import contextlib
 import importlib.metadata
+import itertools
 import os
 import sys
 import threading
@@ -62,6 +63,12 @@ def parser(prog: str, description: str | None) -> argparse.ArgumentParser:
         help="also look for config groups (task/, optimizer/, ...) here, before conf/",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="show Lightning's own logging")
+    p.add_argument(
+        "-m",
+        "--multirun",
+        action="store_true",
+        help="Hydra's sweep: task=moons,planar seed=0,1 runs every combination, one after another",
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     return p
 
@@ -99,11 +106,52 @@ def run(
     `prog` is the `python -m` form, `script` the console script's name (shown_prog picks)."""
     args = parser(shown_prog(prog, script), description).parse_args(argv)
     try:
+        if args.multirun:
+            return _multirun(command, args, as_written=as_written)
         cfg = load(args, as_written=as_written)
         return command(args, cfg)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def sweep(overrides: Sequence[str]) -> list[list[str]]:
+    """Every combination of Hydra sweep overrides (task=moons,planar seed=range(0,2)), in
+    Hydra's order: the last key varies fastest, as Hydra's basic sweeper runs them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except OverrideParseException as exc:
+        raise ConfigError("--multirun", f"not a Hydra sweep: {str(exc).splitlines()[0]}") from None
+    choices = [
+        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+        if o.is_sweep_override()
+        else [o.input_line]
+        for o in parsed
+    ]
+    return [list(combination) for combination in itertools.product(*choices)]
+
+
+def _multirun(command: Command, args: argparse.Namespace, *, as_written: bool) -> int:
+    """Each combination as its own command, one after another; every one is composed and
+    checked before the first runs, so bad input runs nothing. Stops at the first that fails."""
+    if args.params:
+        raise ConfigError("--multirun", "sweeps overrides; a params file has none")
+    runs = []
+    for overrides in sweep(args.overrides):
+        one = argparse.Namespace(**{**vars(args), "overrides": overrides, "multirun": False})
+        runs.append((one, load(one, as_written=as_written)))
+    for i, (one, cfg) in enumerate(runs, 1):
+        print(f"multirun {i}/{len(runs)}: {' '.join(one.overrides)}", file=sys.stderr, flush=True)
+        code = command(one, cfg)
+        if code != 0:
+            print(
+                f"error: multirun {i}/{len(runs)} exited {code}; the rest not run", file=sys.stderr
+            )
+            return code
+    return 0
 
 
 def leave(code: int) -> NoReturn:
