@@ -301,3 +301,24 @@ def test_installed_scripts_name_themselves_and_print_the_version(tmp_path, scrip
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith(f"usage: python -m {module} ["), shown.stdout
     assert not (tmp_path / "studies").exists()
+
+
+WORKER = """
+import multiprocessing, sys
+from omegaconf import OmegaConf
+from pipeline.config import compose
+from pipeline.search.workers.pool import _main
+cfg = compose(["task=moons", "search.optimizers=[bad,sgd]"], config_dirs=[sys.argv[1]])
+parent, child = multiprocessing.Pipe()
+_main(OmegaConf.to_container(cfg), 1, child)
+"""
+
+
+def test_a_worker_that_meets_a_bad_space_exits_without_a_traceback(tmp_path):
+    # Workers start before the command's preflight; one that reads the bad space first must
+    # leave the one line to the command (seen once: a 27-line traceback before it).
+    conf = _family_file(tmp_path, "lr: {type: float, low: 0.1, high: 0.01}")
+    result = subprocess.run(
+        [sys.executable, "-c", WORKER, str(conf)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 2 and result.stderr == "", result.stderr

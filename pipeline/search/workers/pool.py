@@ -139,6 +139,7 @@ def _main(config: dict[str, Any], threads: int, link: Connection) -> None:
     _stop_with_parent()
     # Imported here: the parent imports this module before it has anything to run.
     from pipeline.config.cli import leave
+    from pipeline.core.errors import ConfigError
     from pipeline.core.storage import close
     from pipeline.search.space import SearchSpace
     from pipeline.search.workers.loop import load_for_worker, set_threads, work
@@ -147,7 +148,10 @@ def _main(config: dict[str, Any], threads: int, link: Connection) -> None:
     cfg = OmegaConf.create(config)
     quiet(bool(cfg.trainer.verbose))
     set_threads(threads)
-    space = SearchSpace.from_config(cfg)
+    try:
+        space = SearchSpace.from_config(cfg)
+    except ConfigError:  # the command's preflight reads the same space and says it in one line
+        leave(2)
     study = None
     try:
         while not interrupt.requested():
