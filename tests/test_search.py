@@ -303,3 +303,19 @@ def test_kill_9_loses_only_the_running_trial(tmp_path):
     others = [t for t in final if t.state == TrialState.FAIL and t not in lost]
     assert all(t.user_attrs.get("interrupted") for t in others)
     assert not any(t.state == TrialState.RUNNING for t in final)
+
+
+def test_a_warning_every_trial_would_repeat_is_said_once(tmp_path):
+    # 16-bit mixed precision on a CPU: Lightning falls back to bf16 and says so per Trainer.
+    result = run_cli(
+        "pipeline.search",
+        *TINY,
+        "search.n_trials=3",
+        "trainer.accelerator=cpu",
+        "trainer.precision=16-mixed",
+        "search.n_workers=2",
+        f"search.storage=journal:///{tmp_path}/s.journal",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("is not supported on CPU") == 1, result.stderr

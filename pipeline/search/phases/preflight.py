@@ -13,6 +13,8 @@ failed trials. No training step runs: a model that fails in forward is the trial
 from __future__ import annotations
 
 import re
+import sys
+import warnings
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -99,6 +101,7 @@ def _check_trainer(cfg: DictConfig, package: Any, net: Any) -> None:
     """Each Lightning argument added under trainer by name and type against the Trainer's
     signature, then Lightning's own check of them all: construct the Trainer."""
     from pipeline.search.engine.trial import cache_callback_factories, trainer_kwargs
+    from pipeline.search.workers.progress import SAID_ONCE
 
     options = trainer_options(cfg.trainer)
     _check_trainer_options(options, package.Trainer)
@@ -113,7 +116,12 @@ def _check_trainer(cfg: DictConfig, package: Any, net: Any) -> None:
         )
     cache_callback_factories(package)  # the trials' Trainers then reuse the lookup
     try:
-        package.Trainer(**trainer_kwargs(cfg))
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            package.Trainer(**trainer_kwargs(cfg))
+        for warning in said:  # what every trial's Trainer would say again: said once here
+            if any(re.match(p, str(warning.message)) for p in SAID_ONCE):
+                print(f"note: {warning.message}", file=sys.stderr)
     except Exception as exc:
         text = first_line(exc)
         lowered = text.lower()

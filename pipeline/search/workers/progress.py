@@ -47,6 +47,13 @@ class Progress:
         self.bar.close()
 
 
+# Lightning's warnings that hold for every trial alike (a precision this device lacks): the
+# command's preflight says each once (search.phases.preflight); the trials say none. Python's
+# "once" filter does not do it: any change to the filters (Lightning makes some per Trainer)
+# forgets what was said.
+SAID_ONCE = (".*is not supported on CPU. Using.*",)
+
+
 def quiet(verbose: bool) -> None:
     """Lightning's and Optuna's per-trial chatter, off unless asked for."""
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.ERROR)
@@ -54,6 +61,8 @@ def quiet(verbose: bool) -> None:
     for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(level)
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    for pattern in SAID_ONCE:
+        warnings.filterwarnings("ignore", message=pattern)
     if not verbose:
         for pattern in (
             ".*does not have many workers.*",
