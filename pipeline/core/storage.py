@@ -22,13 +22,15 @@ from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from sqlalchemy import event
 
 from pipeline.core.errors import ConfigError, first_line
 from pipeline.core.secrets import MASK, mask
 
 STORAGE_FORMS = "sqlite:///PATH.db, journal:///PATH.journal or postgresql://USER@HOST/DB"
+
+LOCK_GRACE = 10  # seconds: see open_storage
 
 
 def check_storage_url(url: str, *, key: str = "search.storage") -> None:
@@ -67,7 +69,10 @@ def open_storage(url: str, *, must_exist: bool = False, key: str = "search.stora
             raise ConfigError(key, f"cannot create {path.parent}: {exc}") from None
     try:
         if url.startswith("journal:///"):
-            return JournalStorage(JournalFileBackend(str(path)))
+            # The lock a write holds for milliseconds; one left by a process killed mid-write
+            # is taken over after LOCK_GRACE seconds (Optuna's default, 30, stalls the rerun).
+            lock = JournalFileSymlinkLock(str(path), grace_period=LOCK_GRACE)
+            return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
         if url.startswith("sqlite"):
             # One machine only, where a dead worker's pid is checked directly: no heartbeat.
             storage = RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
