@@ -95,3 +95,26 @@ def test_every_package_of_the_code_is_in_the_wheel():
         if "__pycache__" not in path.parts
     }
     assert code - listed == set()
+
+
+def test_every_guarantee_has_tests_that_exist():
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## What is guaranteed", 1)[1].split("\n## ", 1)[0]
+
+    def words(bold: str) -> str:
+        return bold.strip("*").rstrip(":,")
+
+    promised = [words(b) for b in re.findall(r"^- (\*\*.+?\*\*)", section, flags=re.MULTILINE)]
+    claims = (ROOT / "docs" / "claims.md").read_text()
+    rows = {words(line.split(" | ")[0].lstrip("| ").strip()): line for line in claims.splitlines()}
+    assert promised and [p for p in promised if p not in rows] == []
+    cited = re.findall(r"`(tests/\w+\.py)::(\w+)`", claims)
+    assert cited
+    for path, name in cited:
+        assert re.search(rf"^def {name}\(", (ROOT / path).read_text(), flags=re.MULTILINE), (
+            f"{path}::{name} does not exist"
+        )
+    for promise in promised:  # each row names at least one test
+        assert "tests/" in rows[promise], promise
