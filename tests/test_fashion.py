@@ -319,8 +319,12 @@ def test_the_report_shows_the_recommended_settings_test_accuracy(tmp_path):
         for t in study.get_trials()
         if t.user_attrs.get("role") == "race" and "diverged" not in t.user_attrs
     ]
-    searched = [t for t in study.get_trials() if "role" not in t.user_attrs]
-    assert len(raced) >= 4 and all(0 <= t.user_attrs["run"]["test_acc"] <= 1 for t in raced)
+    searched = [t for t in study.get_trials() if t.user_attrs.get("role") == "search"]
+    assert (
+        searched
+        and len(raced) >= 4
+        and all(0 <= t.user_attrs["run"]["test_acc"] <= 1 for t in raced)
+    )
     assert all("test_acc" not in t.user_attrs["run"] for t in searched)  # chooses nothing
     summary = json.loads((tmp_path / "reports" / "summary.json").read_text())
     scores = [f["test_acc"] for f in summary["recommendation"]["families"]]

@@ -99,7 +99,7 @@ def test_report_from_a_real_study(tmp_path, capsys):
         min(
             t.value
             for t in load_study(f"sqlite:///{tmp_path}/study.db", "moons").get_trials()
-            if t.state == TrialState.COMPLETE and "role" not in t.user_attrs  # search trials
+            if t.state == TrialState.COMPLETE and t.user_attrs.get("role") == "search"
         )
     )
 

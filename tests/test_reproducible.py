@@ -61,6 +61,7 @@ def test_1_2_and_4_workers_at_default_threads_with_the_race_on(tmp_path):
             *PARALLEL,
             "search.optimizers=[sgd,adam,momentum]",
             "race.seeds=[1,2]",
+            "race.conditions=1",  # fewer runs; what makes a run reproducible is the same
             f"search.n_workers={workers}",
             f"search.storage={storage}",
             cwd=folder,

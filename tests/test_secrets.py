@@ -25,7 +25,13 @@ from tests.conftest import RACE, TINY, require_service, run_cli
 from tests.test_parallel import PG_URL
 
 ENV = "OPTUNA_TEST_STORAGE"
-SMALL = (*TINY, *RACE, "search.n_trials=4", "search.optimizers=[adam,sgd]")
+SMALL = (
+    *TINY,
+    *RACE,
+    "race.conditions=1",
+    "search.n_trials=4",
+    "search.optimizers=[adam,sgd]",
+)
 
 
 @pytest.mark.parametrize(

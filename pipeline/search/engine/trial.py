@@ -118,11 +118,14 @@ class TrialRunner:
         cache_callback_factories()
 
     def run(self, trial: optuna.Trial) -> float:
+        if record.ROLE not in trial.user_attrs:  # shown beside the race's roles (a dashboard)
+            trial.set_user_attr(record.ROLE, "search")
         choice = self.space.sample(trial)
         # The run's clock starts once the sampler has picked: its time (and each suggestion's
         # storage write) grows with the study and the sampler, not with the setting trained.
         started = time.perf_counter()
-        attrs = trial.user_attrs  # a race or timing run: its own seed, never pruned
+        attrs = trial.user_attrs
+        searched = attrs.get(record.ROLE, "search") == "search"  # else its own seed, never pruned
         seed = int(attrs.get(record.SEED, int(self.cfg.seed) + trial.number))
         pl.seed_everything(seed, verbose=False)
 
@@ -168,7 +171,7 @@ class TrialRunner:
             recorder,
             metric=self.cfg.search.metric,
             divergence_factor=float(self.cfg.search.divergence_factor),
-            prune=self.prune and record.ROLE not in attrs,
+            prune=self.prune and searched,
         )
         callbacks = [recorder, guard, *make_callbacks(self.cfg, package)]
         if loggers:
@@ -179,7 +182,7 @@ class TrialRunner:
             trainer.fit(module, datamodule=datamodule)
             # Replicates of a setting are what the report recommends: score them on the
             # task's test set, which nothing is chosen by.
-            if record.ROLE in attrs and isinstance(module, TrainModule):
+            if not searched and isinstance(module, TrainModule):
                 test = getattr(datamodule, "test_arrays", None)
                 if callable(test):
                     scores = held_out(module, *test())
