@@ -115,6 +115,10 @@ def test_dvc_repro_exp_run_metrics_and_plots(tmp_path):
     assert study.user_attrs["config"]["optimizer"]["sgd"]["lr"]["high"] == 0.05
     assert all(t.params["sgd.lr"] <= 0.05 for t in study.trials if "sgd.lr" in t.params)
 
+    # The cross-task stages (benchmarks/dvc.yaml) read the same params: -S reaches them too.
+    planned = _sh(repo, dvc, "repro", "--dry", "benchmarks/dvc.yaml:task@moons")
+    assert "search.n_trials=4 trainer.max_epochs=2" in planned, planned
+
     metrics = _sh(repo, dvc, "metrics", "show")
     assert "best_value" in metrics and f"{summary['best_value']:.5f}"[:6] in metrics
 
