@@ -280,9 +280,13 @@ def test_kill_9_loses_only_the_running_trial(tmp_path):
     storage = default_storage(tmp_path)
     args = (*SLOW_TRIALS, "search.n_trials=8", "search.n_workers=2")
     kills = 2
-    for cycle in range(kills):
+    before = 0
+    for _ in range(kills):
         proc = _start(tmp_path, *args)
-        _wait_for(lambda c=cycle: _started(storage, complete=c + 1))
+        # This command's own progress: one more complete trial than before it started, and its
+        # worker spawned (the killed command's trial still reads RUNNING until a rerun looks).
+        pid = proc.pid
+        _wait_for(lambda b=before, p=pid: _started(storage, complete=b + 1) and children(p))
         complete = {t.number for t in _trials(storage) if t.state == TrialState.COMPLETE}
         workers = children(proc.pid)
         assert workers  # the spawned worker (and multiprocessing's resource tracker)
@@ -290,8 +294,9 @@ def test_kill_9_loses_only_the_running_trial(tmp_path):
         proc.communicate()
         # Nothing the command started outlives it, even killed with -9.
         assert not still_running(workers), "worker processes outlived the command"
-        after = _trials(storage)
-        assert complete <= {t.number for t in after if t.state == TrialState.COMPLETE}
+        after = {t.number for t in _trials(storage) if t.state == TrialState.COMPLETE}
+        assert complete <= after
+        before = len(after)
     result = run_cli("pipeline.search", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     final = _trials(storage)
