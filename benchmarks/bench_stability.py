@@ -36,7 +36,15 @@ def run(seed: int, tag: str, overrides: list[str], *, out: Path = OUT, fresh: bo
         folder.mkdir(parents=True)
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline", f"seed={seed}", "report.dir=reports", *overrides],
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            f"seed={seed}",
+            "search.study_name=digits",  # read back below; each run has its own folder
+            "report.dir=reports",
+            *overrides,
+        ],
         cwd=folder,
         capture_output=True,
         text=True,
