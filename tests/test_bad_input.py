@@ -93,6 +93,13 @@ CASES = [
         "cross_entropy",
     ),
     (["seed=-1"], "seed", "integer >= 0"),
+    (["launcher=nope"], "launcher", "allowed: local, ray, slurm"),
+    (["launcher=ray"], "search.storage", "SQLite is for one process"),
+    (["+launcher.partition=gpu"], "launcher.partition", "with launcher=local"),
+    (["launcher=slurm", "launcher.jobs=2", "launcher.time=0"], "launcher.time", "integer >= 1"),
+    (["launcher=slurm", "launcher.additional=3"], "launcher.additional", "a mapping"),
+    (["launcher=slurm"], "launcher.jobs", "required with search.n_workers=auto"),
+    (["launcher=ray", "launcher.gpus_per_worker=-1"], "launcher.gpus_per_worker", ">= 0"),
 ]
 
 

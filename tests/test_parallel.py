@@ -100,3 +100,73 @@ def test_separate_commands_share_the_study(tmp_path):
         errors += err
         assert proc.returncode == 0, err
     _check_shared(f"journal:///{journal}", "moons", 12, errors, workers=4)
+
+
+def test_a_lock_left_by_a_killed_writer_is_taken_over_at_the_default_relative_path(
+    tmp_path, monkeypatch
+):
+    # The default storage is relative (journal:///studies/study.journal). A writer killed -9
+    # while it held the journal's lock leaves the lock behind; the next writer must take it
+    # over after the grace period, not spin on it for ever.
+    import threading
+
+    import optuna
+
+    from pipeline.core import storage as storages
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(storages, "LOCK_GRACE", 3)
+    url = "journal:///studies/study.journal"
+    killed = storages.open_storage(url)
+    study = optuna.create_study(study_name="s", storage=killed)
+    assert killed._backend._lock.acquire()  # and never released: the writer is gone
+    done = threading.Event()
+
+    def write() -> None:
+        other = storages.open_storage(url)
+        other.set_study_user_attr(study._study_id, "after", 1)
+        done.set()
+
+    threading.Thread(target=write, daemon=True).start()
+    assert done.wait(timeout=30), "the left lock was never taken over"
+    assert optuna.load_study(study_name="s", storage=storages.open_storage(url)).user_attrs == {
+        "after": 1
+    }
+
+
+def test_workers_share_a_study_through_the_grpc_storage_proxy(tmp_path):
+    # Hundreds of workers talk to one proxy instead of each holding database connections.
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    journal = f"journal:///{tmp_path}/study.journal"
+    command = ["pipeline.core.proxy", journal, "--host", "127.0.0.1", "--port", str(port)]
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", *command],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert "serving" in proxy.stdout.readline()
+        started = time.monotonic()
+        result = run_cli(
+            "pipeline.search",
+            *TINY,
+            "search.n_trials=4",
+            "search.n_workers=2",
+            f"search.storage=grpc://127.0.0.1:{port}",
+            cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stderr
+        assert time.monotonic() - started < 120
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=30)
+    trials = load_study(journal, "moons").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert len({record.worker_of(t) for t in trials}) == 2  # both workers ran trials

@@ -17,8 +17,8 @@ from typing import NoReturn
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config.cli import leave, run
-from pipeline.config.compose import default_config
-from pipeline.config.schema import SCHEMAS, allowed, keys
+from pipeline.config.compose import CONF_DIR, default_config
+from pipeline.config.schema import LAUNCHERS, SCHEMAS, allowed, keys
 from pipeline.core.secrets import public
 
 
@@ -63,6 +63,14 @@ def key_table() -> str:
                 shown = "(below)"
             text = f.metadata.get("meaning", "")
             lines.append(f"| `{name}` | {allowed(f)} | `{_one_line(shown)}` | {text} |")
+    for kind, schema in LAUNCHERS.items():  # launcher=<kind> composes conf/launcher/<kind>.yaml
+        chosen = OmegaConf.load(CONF_DIR / "launcher" / f"{kind}.yaml")
+        for name, f in keys(schema, "launcher"):
+            default = OmegaConf.select(chosen, name.split(".", 1)[1], default=None)
+            shown = OmegaConf.to_yaml(default).strip() if OmegaConf.is_config(default) else default
+            text = f.metadata.get("meaning", "")
+            label = f"`{name}` (launcher={kind})"
+            lines.append(f"| {label} | {allowed(f)} | `{_one_line(shown)}` | {text} |")
     return "\n".join(lines) + "\n"
 
 

@@ -20,6 +20,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from pipeline.config.compose import SPACES, default_config, fill_direction, group_options
 from pipeline.config.identity import identify
 from pipeline.config.schema import (
+    LAUNCHERS,
     METRICS,
     OWNED_TRAINER_ARGS,
     SCHEMAS,
@@ -122,6 +123,40 @@ def check(
             _has_target(cfg, f"{part}.{name}")
     _rounds(cfg, "race.seeds")
     _rounds(cfg, "race.one_by_one.seeds")
+    _launcher(cfg)
+
+
+def _launcher(cfg: DictConfig) -> None:
+    """launcher.kind picks the schema the section is checked against (config.schema)."""
+    node = cfg.get("launcher")
+    if node is None:  # a params file written before launchers: the local one
+        return
+    if not isinstance(node, DictConfig):
+        raise ConfigError("launcher", f"{_show(node)} is not allowed; use launcher=local|slurm|ray")
+    kind = _choice(cfg, "launcher.kind", tuple(LAUNCHERS))
+    known = [f.name for f in dataclasses.fields(LAUNCHERS[kind])]
+    for name in node:
+        if name not in known:
+            raise ConfigError(
+                f"launcher.{name}", f"no such key with launcher={kind}; it has: {', '.join(known)}"
+            )
+    _typed(cfg, "launcher", LAUNCHERS[kind])
+    if kind == "slurm" and not isinstance(node.additional, DictConfig):
+        raise ConfigError(
+            "launcher.additional", f"{_show(node.additional)} is not allowed; use a mapping"
+        )
+    if kind == "local":
+        return
+    if kind == "slurm" and cfg.launcher.jobs is None and cfg.search.n_workers == "auto":
+        raise ConfigError(
+            "launcher.jobs", "required with search.n_workers=auto: how many worker jobs to submit"
+        )
+    if str(cfg.search.storage).startswith("sqlite"):
+        raise ConfigError(
+            "search.storage",
+            f"SQLite is for one process on one machine; with launcher={kind} use "
+            "postgresql://USER@HOST/DB (or a journal file on a file system every node shares)",
+        )
 
 
 def _typed(cfg: DictConfig, section: str, schema: type) -> None:

@@ -46,6 +46,7 @@ RESUMABLE = (
     "confirm",  # studies made before the race
     "report",
     "compare",  # read by pipeline.compare only
+    "launcher",  # where the workers run
 )
 # Keys a derived study name does not hash: its length, how and where it runs, how it is read.
 NOT_HASHED = (
@@ -61,6 +62,7 @@ NOT_HASHED = (
     "confirm",
     "report",
     "compare",
+    "launcher",
 )
 FIXED_REPORT_DIR = "reports"
 

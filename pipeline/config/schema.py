@@ -204,6 +204,48 @@ class Compare:
     dir: str = key("where the comparison page goes", nonempty=True)
 
 
+@dataclass
+class LocalLauncher:
+    kind: str = key("where the workers run: processes of this command", choices=("local",))
+
+
+@dataclass
+class SlurmLauncher:
+    kind: str = key("where the workers run: Slurm jobs through submitit", choices=("slurm",))
+    executor: str = key(
+        "slurm: sbatch; local: submitit's local executor (the same code, this machine)",
+        choices=("slurm", "local"),
+    )
+    jobs: int | None = key("worker jobs (null: search.n_workers)", low=1)
+    gpus_per_job: int = key("GPUs per job; a job runs one worker per GPU (at least one)", low=0)
+    cpus_per_task: int = key("cores per worker; its trainer.threads", low=1)
+    partition: str | None = key(
+        "the Slurm partition (null: the cluster's default)", allows="a name, or null"
+    )
+    time: int = key("minutes a job may run", low=1)
+    setup: list[str] = key(
+        "shell lines a job runs first (module load, source venv)", allows="a list of strings"
+    )
+    additional: Any = key(
+        "more sbatch parameters, as submitit's slurm_additional_parameters", allows="a mapping"
+    )
+    folder: str = key("submitit's job files and logs; {study}: the study's name", nonempty=True)
+
+
+@dataclass
+class RayLauncher:
+    kind: str = key("where the workers run: Ray tasks", choices=("ray",))
+    address: str | None = key(
+        "the cluster (auto, HOST:6379, ray://HOST:10001); null: Ray started on this machine",
+        allows="auto, an address, or null",
+    )
+    cpus_per_worker: int = key("cores per worker task; its trainer.threads", low=1)
+    gpus_per_worker: float = key("GPUs per worker task (Ray pins them)", low=0)
+
+
+# launcher.kind picks the schema its section is checked against.
+LAUNCHERS: dict[str, type] = {"local": LocalLauncher, "slurm": SlurmLauncher, "ray": RayLauncher}
+
 SCHEMAS: dict[str, type] = {
     "search": Search,
     "trainer": Trainer,

@@ -28,7 +28,10 @@ from sqlalchemy import event
 from pipeline.core.errors import ConfigError, first_line
 from pipeline.core.secrets import MASK, mask
 
-STORAGE_FORMS = "sqlite:///PATH.db, journal:///PATH.journal or postgresql://USER@HOST/DB"
+STORAGE_FORMS = (
+    "sqlite:///PATH.db, journal:///PATH.journal, postgresql://USER@HOST/DB or grpc://HOST:PORT"
+)
+GRPC = re.compile(r"^grpc://([^:/]+):(\d+)/?$")  # Optuna's storage proxy (pipeline.core.proxy)
 
 LOCK_GRACE = 10  # seconds: see open_storage
 
@@ -39,6 +42,8 @@ def check_storage_url(url: str, *, key: str = "search.storage") -> None:
             raise ConfigError(key, f"{url!r} names no file; use {STORAGE_FORMS}")
         return
     if re.match(r"^postgresql(\+\w+)?://", url) or re.match(r"^mysql(\+\w+)?://", url):
+        return
+    if GRPC.match(url):
         return
     raise ConfigError(key, f"{url!r} is not a storage URL; use {STORAGE_FORMS}")
 
@@ -71,8 +76,21 @@ def open_storage(url: str, *, must_exist: bool = False, key: str = "search.stora
         if url.startswith("journal:///"):
             # The lock a write holds for milliseconds; one left by a process killed mid-write
             # is taken over after LOCK_GRACE seconds (Optuna's default, 30, stalls the rerun).
-            lock = JournalFileSymlinkLock(str(path), grace_period=LOCK_GRACE)
-            return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
+            # An absolute path: the lock is a symlink to the journal, and Optuna reads a left
+            # lock's age through it; a relative target resolves beside the link, to nothing,
+            # and Optuna then retries without sleeping, for ever (100 % of a core).
+            absolute = str(path.resolve())
+            lock = JournalFileSymlinkLock(absolute, grace_period=LOCK_GRACE)
+            return JournalStorage(JournalFileBackend(absolute, lock_obj=lock))
+        grpc = GRPC.match(url)
+        if grpc:
+            # Hundreds of workers share one proxy's connection pool to the database instead
+            # of opening one each (docs/cluster.md).
+            from optuna.storages import GrpcStorageProxy
+
+            proxy = GrpcStorageProxy(host=grpc[1], port=int(grpc[2]))
+            proxy.wait_server_ready(timeout=10)
+            return proxy
         if url.startswith("sqlite"):
             # One machine only, where a dead worker's pid is checked directly: no heartbeat.
             storage = RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})

@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 
 from pipeline.config.cli import leave, run
 from pipeline.core import record
+from pipeline.search import launchers
 from pipeline.search.workers import cores
 from pipeline.search.workers.pool import Pool
 
@@ -75,10 +76,14 @@ def summary(outcome: Outcome, cfg: DictConfig) -> list[str]:
 
 
 def command(args: argparse.Namespace, cfg: DictConfig) -> int:
-    cfg = cores.resolve(cfg)
-    # The workers start before this process imports Lightning and the trial code, so both
-    # import at once instead of one after the other (pipeline.search.workers.pool).
-    pool = Pool(cfg) if int(cfg.search.n_workers) > 1 else None
+    if launchers.kind(cfg) != "local":  # Slurm jobs or Ray tasks, started once the study is open
+        launchers.check(cfg)
+        cfg, pool = launchers.resolve(cfg), None
+    else:
+        cfg = cores.resolve(cfg)
+        # The workers start before this process imports Lightning and the trial code, so both
+        # import at once instead of one after the other (pipeline.search.workers.pool).
+        pool = Pool(cfg) if int(cfg.search.n_workers) > 1 else None
     from pipeline.search.phases.run import search
 
     outcome = search(cfg, pool=pool)

@@ -11,17 +11,25 @@ machines after its grace period; the journal file has no heartbeat.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import optuna
+from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.core import record
 
 HOST = socket.gethostname()
+BEAT = "pipeline:beat"  # trial system attribute: a count its worker advances (beating)
+BEAT_SECONDS = 30.0
+SILENT_SECONDS = 120.0  # four beats missed: the worker is gone or hung
 CLAIM_SECONDS = 3.0  # far above the milliseconds between a trial's creation and its claim
 
 
@@ -50,6 +58,73 @@ def fail_stale_trials(study: optuna.Study, *, claim_seconds: float = CLAIM_SECON
         except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
             pass  # another process got there first
     return stale
+
+
+def fail_silent_trials(study: optuna.Study) -> int:
+    """Mark failed the running trials whose worker's heartbeat stopped (RDB storages: a worker
+    on another machine that died or hangs, after the storage's grace period); how many."""
+    storage = study._storage
+    if not isinstance(storage, BaseHeartbeat) or not is_heartbeat_enabled(storage):
+        return 0
+    silent = 0
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        try:
+            storage.set_trial_user_attr(trial_id, record.STALE, "its worker's heartbeat stopped")
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                silent += 1
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            pass  # another process got there first
+    return silent
+
+
+@contextlib.contextmanager
+def beating(storage: optuna.storages.BaseStorage, trial_id: int) -> Iterator[None]:
+    """A running trial's heartbeat where the storage keeps none (a journal file, the gRPC
+    proxy): a count written every BEAT_SECONDS, which the command watching workers on other
+    machines reads (Silence). RDB storages use Optuna's own heartbeat instead."""
+    if isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage):
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        count = 0
+        while not stop.wait(BEAT_SECONDS):
+            count += 1
+            try:
+                storage.set_trial_system_attr(trial_id, BEAT, count)
+            except Exception:  # the trial ended meanwhile, or the storage is gone
+                return
+
+    thread = threading.Thread(target=beat, name="pipeline-beat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+class Silence:
+    """Running trials whose beat has not changed for `grace` seconds of this process's clock,
+    so that the clocks of the workers' machines never matter."""
+
+    def __init__(self, grace: float = SILENT_SECONDS) -> None:
+        self.grace = grace
+        self.seen: dict[int, tuple[Any, float]] = {}
+
+    def silent(self, trials: Sequence[FrozenTrial], now: float) -> list[FrozenTrial]:
+        quiet, seen = [], {}
+        for t in trials:
+            if t.state != TrialState.RUNNING:
+                continue
+            beat = t.system_attrs.get(BEAT)
+            last = self.seen.get(t._trial_id)
+            seen[t._trial_id] = last if last is not None and last[0] == beat else (beat, now)
+            if now - seen[t._trial_id][1] > self.grace:
+                quiet.append(t)
+        self.seen = seen
+        return quiet
 
 
 def dead_worker(trial: FrozenTrial) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
@@ -23,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.core import record
 from pipeline.core.storage import close
-from pipeline.search import interrupt
+from pipeline.search import interrupt, launchers
 from pipeline.search.engine.loggers import callback_configs
 from pipeline.search.phases import race, steptime
 from pipeline.search.phases.preflight import preflight
@@ -34,6 +35,7 @@ from pipeline.search.workers.groups import GroupWorker
 from pipeline.search.workers.loop import print_err, set_threads, show, work
 from pipeline.search.workers.pool import Pool
 from pipeline.search.workers.progress import Progress, quiet
+from pipeline.search.workers.remote import Remote
 from pipeline.verdict.judge import judge
 from pipeline.verdict.progress import Budget
 from pipeline.verdict.race import State
@@ -60,7 +62,7 @@ class Outcome:
         return 0
 
 
-def search(cfg: DictConfig, *, pool: Pool | None = None) -> Outcome:
+def search(cfg: DictConfig, *, pool: Pool | Remote | None = None) -> Outcome:
     """Prepare the study, run the missing trials, then the race's missing runs.
 
     `pool`: worker processes already started for this config (the command starts them before
@@ -68,8 +70,9 @@ def search(cfg: DictConfig, *, pool: Pool | None = None) -> Outcome:
     """
     started = time.perf_counter()
     quiet(bool(cfg.trainer.verbose))
+    launched = launchers.kind(cfg) != "local"
     cfg = cores.resolve(cfg)  # search.n_workers=auto and trainer.threads as numbers
-    if pool is None:
+    if pool is None and not launched:
         # Spawned first: the workers import torch and Lightning while this process checks
         # the task and opens the study, and they serve both phases (pipeline.search.workers.pool).
         pool = Pool(cfg) if int(cfg.search.n_workers) > 1 else None
@@ -82,6 +85,8 @@ def search(cfg: DictConfig, *, pool: Pool | None = None) -> Outcome:
     try:
         space = preflight(cfg)
         study, budget = prepare(cfg, space)
+        if launched:  # the workers start once the study they claim trials from exists
+            pool = launchers.open_pool(cfg, study)
         set_threads(int(cfg.trainer.threads))
         failed_workers += _phase(cfg, space, study, budget, "trials", pool)
         if not interrupt.requested():
@@ -116,7 +121,7 @@ def search(cfg: DictConfig, *, pool: Pool | None = None) -> Outcome:
 
 
 def _race(
-    cfg: DictConfig, space: SearchSpace, study: optuna.Study, pool: Pool | None
+    cfg: DictConfig, space: SearchSpace, study: optuna.Study, pool: Pool | Remote | None
 ) -> tuple[int, State | None]:
     """Run the race round by round, then the timing runs; (failed workers, its last state)."""
     failed = 0
@@ -124,7 +129,15 @@ def _race(
     while state is not None and not state.done and not interrupt.requested():
         race.enqueue(study, state, cfg)
         runs = Budget(state.runs, role="race")
-        failed += _phase(cfg, space, study, runs, f"race round {state.round}", pool)
+        failed += _phase(
+            cfg,
+            space,
+            study,
+            runs,
+            f"race round {state.round}",
+            pool,
+            requeue=lambda: race.enqueue(study, judge(study, cfg, claims=False)[1], cfg),
+        )
         _, after = judge(study, cfg, claims=False)  # the next round's state, read once
         stuck = after is None or (after.round == state.round and after.missing == state.missing)
         if failed or stuck:
@@ -141,7 +154,15 @@ def _race(
         queued = race.enqueue_timing(study, arms, int(cfg.seed))
         timing = Budget(len(arms), role="timing")
         if queued or timing.missing(record.trials(study)):
-            failed += _phase(cfg, space, study, timing, "timing", pool)
+            failed += _phase(
+                cfg,
+                space,
+                study,
+                timing,
+                "timing",
+                pool,
+                requeue=lambda: race.enqueue_timing(study, arms, int(cfg.seed)),
+            )
     return failed, state
 
 
@@ -151,7 +172,9 @@ def _phase(
     study: optuna.Study,
     budget: Budget,
     label: str,
-    pool: Pool | None,
+    pool: Pool | Remote | None,
+    *,
+    requeue: Callable[[], None] | None = None,
 ) -> int:
     """Run what `budget` is missing on every worker, with a progress bar; failed workers."""
     trials = record.trials(study)
@@ -162,6 +185,11 @@ def _phase(
     missing = budget.missing(trials)
     if budget.role == "search" and not budget.grid:
         queue_places(study, missing - budget.waiting(trials))
+
+        def requeue() -> None:  # a lost trial's place (workers elsewhere: workers.remote)
+            now = record.trials(study)
+            queue_places(study, budget.missing(now) - budget.waiting(now))
+
     # Every trial a worker runs is claimed from the queue (work.work), so the study ends with
     # exactly the trials wanted.
     failed = 0
@@ -176,6 +204,7 @@ def _phase(
                     budget,
                     here=here,
                     tick=lambda: show(progress, budget, record.trials(study, retried=retried)),
+                    requeue=requeue,
                 )
     finally:
         show(progress, budget, record.trials(study))

@@ -24,7 +24,7 @@ from pipeline.search import interrupt
 from pipeline.search.engine.objective import Objective, run_trial
 from pipeline.search.sampling.samplers import make_pruner, make_sampler, prunes
 from pipeline.search.space import SearchSpace
-from pipeline.search.stale import take
+from pipeline.search.stale import beating, take
 from pipeline.search.workers.groups import GroupWorker
 from pipeline.search.workers.progress import Progress, best_value
 from pipeline.verdict.progress import Budget
@@ -48,6 +48,7 @@ def work(
     study: optuna.Study,
     *,
     progress: Progress | None = None,
+    beat: bool = False,
 ) -> None:
     """Run the phase's queued trials here until none is left for it, the timeout or a stop.
 
@@ -95,6 +96,8 @@ def work(
         with contextlib.ExitStack() as stack:
             for trial in running:
                 stack.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))
+                if beat:  # a worker on another machine: the command watches its trials
+                    stack.enter_context(beating(study._storage, trial._trial_id))
             run(running)
     if progress is not None:
         show(progress, budget, record.trials(study, retried=retried))

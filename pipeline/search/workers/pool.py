@@ -77,8 +77,12 @@ class Pool:
         *,
         here: Callable[[], None],
         tick: Callable[[], None],
+        requeue: Callable[[], None] | None = None,
     ) -> int:
         """One phase: every worker runs queued trials of `budget`, this process runs `here`.
+
+        `requeue` is for workers elsewhere (workers.remote); a worker here that dies ends the
+        phase, and the next command's rerun queues what it lost.
 
         Returns how many workers died during it (not counting a stop by Ctrl-C or SIGTERM).
         """

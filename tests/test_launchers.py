@@ -1,0 +1,219 @@
+"""Workers started by Slurm (submitit) or Ray run the same study as local ones, and lose nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from pipeline.core import record
+from pipeline.core.storage import load_study
+from pipeline.search.workers.remote import WORKER
+from tests.conftest import ROOT, TESTS, TINY, run_cli
+
+pytest.importorskip("submitit")
+
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)])}
+# A search, a race round and the timing runs on few families: each a phase the workers serve.
+SMALL = (
+    *TINY,
+    "search.n_trials=4",
+    "search.optimizers=[sgd,adam]",
+    "race.seeds=[1]",
+    "race.conditions=1",
+    "search.n_workers=2",
+)
+
+
+def _start(folder, *overrides: str) -> subprocess.Popen[str]:
+    folder.mkdir()
+    storage = f"journal:///{folder}/study.journal"
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.search", *SMALL, f"search.storage={storage}", *overrides],
+        cwd=folder,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finished(proc: subprocess.Popen[str], folder) -> optuna.Study:
+    _out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    return load_study(f"journal:///{folder}/study.journal", "moons")
+
+
+def _system(study: optuna.Study) -> dict:
+    return study._storage.get_study_system_attrs(study._study_id)
+
+
+def _search(study: optuna.Study) -> list[tuple]:
+    return [
+        (t.number, t.state, t.params, t.value, record.run_of(t).curve["val_loss"])
+        for t in study.get_trials()
+        if record.role(t) == "search"
+    ]
+
+
+def _race(study: optuna.Study) -> dict[tuple, dict]:
+    return {
+        record.replicate_key(t): t.params
+        for t in study.get_trials()
+        if record.role(t) == "race" and t.state == TrialState.COMPLETE
+    }
+
+
+def test_slurm_and_ray_workers_give_the_study_local_workers_give(tmp_path):
+    pytest.importorskip("ray")
+    runs = {  # at once: the study is the same however the machine is shared (lagged history)
+        "local": _start(tmp_path / "local"),
+        "slurm": _start(tmp_path / "slurm", "launcher=slurm", "launcher.executor=local"),
+        "ray": _start(tmp_path / "ray", "launcher=ray"),
+    }
+    studies = {name: _finished(proc, tmp_path / name) for name, proc in runs.items()}
+    local = studies.pop("local")
+    launched = studies
+    for name, study in launched.items():
+        # The search trials are bit-identical: parameters, states, values, curves.
+        assert _search(study) == _search(local), name
+        # The race ran (the arms it raced depend on measured seconds: docs/method.md); a run
+        # both studies hold has the same setting.
+        theirs, ours = _race(study), _race(local)
+        assert theirs and all(theirs[k] == ours[k] for k in theirs.keys() & ours.keys()), name
+        # The workers were the launcher's: each wrote its key on the study.
+        keys = [k for k in _system(study) if k.startswith(WORKER)]
+        assert len(keys) == 2, (name, keys)
+        assert not any(t.state == TrialState.RUNNING for t in study.get_trials())
+
+
+def test_a_worker_killed_midway_has_its_trial_run_again(tmp_path):
+    storage = f"journal:///{tmp_path}/study.journal"
+    slow = (*TINY, "trainer.max_epochs=12", "pruner=none", "search.batch_sizes=[16]")
+    args = (
+        *slow,
+        "search.n_trials=4",
+        "search.n_workers=2",
+        f"search.storage={storage}",
+        "launcher=slurm",
+        "launcher.executor=local",
+        "launcher.cpus_per_task=1",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.search", *args],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    victim = None
+    end = time.monotonic() + 120
+    while victim is None and time.monotonic() < end:
+        time.sleep(0.2)
+        try:
+            study = load_study(storage, "moons")
+            workers = {v for k, v in _system(study).items() if k.startswith(WORKER + "job0.")}
+            running = [
+                t
+                for t in study.get_trials()
+                if t.state == TrialState.RUNNING and t.user_attrs.get(record.WORKER) in workers
+            ]
+        except Exception:
+            continue
+        if running:
+            victim = running[0]
+    assert victim is not None, "worker job0 never ran a trial"
+    os.kill(record.worker_of(victim)[1], signal.SIGKILL)  # its node is gone
+    _out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 1, err  # one worker crashed: the command says so
+    assert "worker job0 ended" in err, err
+    final = [t for t in load_study(storage, "moons").get_trials() if record.role(t) == "search"]
+    # The budget is exact: the killed trial is kept as lost, its place ran on another worker.
+    assert sum(record.counts(t) for t in final) == 4
+    lost = [t for t in final if record.state(t) == "lost"]
+    assert [t.number for t in lost] == [victim.number], err
+    assert not any(t.state == TrialState.RUNNING for t in final)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "hint"),
+    [
+        (["launcher=slurm", "launcher.jobs=2"], "launcher.executor", "no sbatch"),
+        (["launcher=ray", "launcher.address=127.0.0.1:9"], "launcher.address", "cannot reach"),
+        (["launcher=slurm", "launcher.jobs=2", "launcher.executor=local"], "launcher", "submitit"),
+    ],
+    ids=["no-sbatch", "unreachable-ray", "missing-submitit"],
+)
+def test_a_launcher_that_cannot_start_is_one_line_and_nothing_queued(
+    tmp_path, overrides, key, hint
+):
+    env = None
+    if key == "launcher":  # submitit not installed: a package of that name that fails to import
+        fake = tmp_path / "fake" / "submitit"
+        fake.mkdir(parents=True)
+        (fake / "__init__.py").write_text("raise ImportError('No module named submitit')\n")
+        env = {"PYTHONPATH": os.pathsep.join([str(fake.parent), str(ROOT), str(TESTS)])}
+    storage = tmp_path / "study.journal"
+    result = run_cli(
+        "pipeline.search",
+        *SMALL,
+        f"search.storage=journal:///{storage}",
+        *overrides,
+        cwd=tmp_path,
+        env=env,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"error: {key}: "), result.stderr
+    assert hint in lines[0], lines[0]
+    assert not storage.exists(), "a study was created"
+
+
+def test_a_trial_whose_worker_falls_silent_is_found_on_the_commands_own_clock():
+    # A journal has no heartbeat of its own: a worker elsewhere advances a count on each
+    # running trial (stale.beating) and the command marks a trial lost once the count has not
+    # moved for SILENT_SECONDS of its own clock, whatever the workers' clocks say.
+    from optuna.trial import create_trial
+
+    from pipeline.search.stale import BEAT, Silence
+
+    def running(trial_id: int, beat: int | None) -> optuna.trial.FrozenTrial:
+        t = create_trial(
+            state=TrialState.RUNNING, system_attrs={} if beat is None else {BEAT: beat}
+        )
+        t._trial_id = trial_id
+        return t
+
+    silence = Silence(grace=120)
+    assert silence.silent([running(1, None), running(2, 1)], now=0) == []
+    assert silence.silent([running(1, None), running(2, 2)], now=100) == []
+    # Trial 1 never beat: silent past the grace; trial 2 beat at 100 s: not yet.
+    found = silence.silent([running(1, None), running(2, 2)], now=121)
+    assert [t._trial_id for t in found] == [1]
+    assert silence.silent([running(2, 3)], now=200) == []  # it beat again
+    assert [t._trial_id for t in silence.silent([running(2, 3)], now=321)] == [2]
+    finished = create_trial(state=TrialState.COMPLETE, value=1.0)
+    assert silence.silent([finished], now=1000) == []
+
+
+def test_a_running_trial_beats_on_a_journal(tmp_path, monkeypatch):
+    from pipeline.core.storage import open_storage
+    from pipeline.search import stale
+
+    monkeypatch.setattr(stale, "BEAT_SECONDS", 0.05)
+    storage = open_storage(f"journal:///{tmp_path}/s.journal")
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    with stale.beating(storage, trial._trial_id):
+        time.sleep(0.5)
+    beats = storage.get_trial(trial._trial_id).system_attrs[stale.BEAT]
+    assert beats >= 3
+    time.sleep(0.2)  # and stops with the trial
+    assert storage.get_trial(trial._trial_id).system_attrs[stale.BEAT] == beats
