@@ -10,7 +10,7 @@ Every --every seconds a random worker that is running a trial is killed with SIG
 from the study's pipeline:worker:* attributes), --kills times. Checks, printed PASS/FAIL:
   - the budget is exact: the search trials that count are --trials;
   - no completed trial is lost: every trial complete at a kill is complete at the end;
-  - every killed trial ran again: each killed worker's trial is marked lost, beside the budget;
+  - each kill lost one trial, which ran again: lost trials = kills, beside the exact budget;
   - nothing is left running.
 
 Run it by hand; it is not part of the test suite.
@@ -102,8 +102,9 @@ def run(launcher: str, args: argparse.Namespace) -> bool:
     checks = {
         f"budget exact ({counted} of {args.trials} counted)": counted == args.trials,
         f"no completed trial lost ({len(complete_seen)} seen complete)": complete_seen <= complete,
-        f"every killed trial ran again ({len(killed)} killed, {len(lost)} lost)": set(killed)
-        <= lost,
+        # A worker killed just as its trial ended loses the next one it claimed: count them.
+        f"each kill lost one trial, run again ({len(killed)} killed, {len(lost)} lost)": len(lost)
+        == len(killed),
         "nothing left running": not any(t.state == TrialState.RUNNING for t in final),
     }
     print(f"{launcher}: {seconds:.0f} s, exit {proc.returncode}, {len(final)} search trials")

@@ -41,8 +41,16 @@ def worker(url: str, name: str, trials: int, start: multiprocessing.Event, out) 
     from pipeline.core.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    storage = open_storage(url)
-    study = optuna.load_study(study_name=name, storage=storage)
+    for attempt in range(5):  # 64 processes creating their engines at once may collide
+        try:
+            storage = open_storage(url)
+            study = optuna.load_study(study_name=name, storage=storage)
+            break
+        except Exception:
+            if attempt == 4:
+                out.put((0.0, 0))
+                raise
+            time.sleep(1 + attempt)
     start.wait()
     began, done = time.perf_counter(), 0
     while done < trials:
@@ -86,7 +94,7 @@ def measure(url: str, workers: int, trials: int) -> tuple[float, float]:
     wall = time.perf_counter() - began
     for p in procs:
         p.join()
-    per_trial = statistics.median(s / max(1, n) for s, n in results) * 1000
+    per_trial = statistics.median(s / n for s, n in results if n) * 1000
     return per_trial, sum(n for _, n in results) / wall
 
 

@@ -133,7 +133,9 @@ class Remote:
         if time.monotonic() > self.next_beat:
             silent, self.next_beat = fail_silent_trials(self.study), time.monotonic() + BEAT
         storage = self.study._storage
-        for t in self.silence.silent(trials, time.monotonic()):
+        ours = _worker_ids(self.study, "")  # a plain command's workers on the study beat not
+        watched = [t for t in trials if t.user_attrs.get(record.WORKER) in ours]
+        for t in self.silence.silent(watched, time.monotonic()):
             with contextlib.suppress(RuntimeError, UpdateFinishedTrialError):
                 storage.set_trial_user_attr(t._trial_id, record.STALE, "its worker fell silent")
                 storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
@@ -193,7 +195,8 @@ class Remote:
 
 def _worker_ids(study: optuna.Study, key: str) -> set[str]:
     attrs = study._storage.get_study_system_attrs(study._study_id)
-    return {str(v) for k, v in attrs.items() if k.startswith(f"{WORKER}{key}.")}
+    prefix = f"{WORKER}{key}." if key else WORKER
+    return {str(v) for k, v in attrs.items() if k.startswith(prefix)}
 
 
 def serve(config: dict[str, Any], run_id: str, key: str) -> int:
