@@ -83,6 +83,10 @@ def resolve(cfg: DictConfig) -> DictConfig:
     if launcher.kind == "slurm":
         jobs = launcher.jobs if launcher.jobs is not None else int(cfg.search.n_workers)
         out.search.n_workers, threads = int(jobs), int(launcher.cpus_per_task)
+        if launcher.executor == "local":  # every job on this machine: share its cores
+            from pipeline.search.workers.cores import usable_cores
+
+            threads = min(threads, max(1, usable_cores() // int(jobs)))
     else:
         n = cfg.search.n_workers
         if n == "auto":  # the cluster's CPUs (GPUs) over what one worker asks for
