@@ -217,3 +217,42 @@ def test_a_running_trial_beats_on_a_journal(tmp_path, monkeypatch):
     assert beats >= 3
     time.sleep(0.2)  # and stops with the trial
     assert storage.get_trial(trial._trial_id).system_attrs[stale.BEAT] == beats
+
+
+def test_a_second_launched_command_takes_the_study_over_and_the_first_stops(tmp_path):
+    # Another command posting its own phase on the study (as a second launched command does)
+    # makes this one stop without a race, its workers leave, and it says why: exit 1.
+    from pipeline.search.workers.remote import PHASE
+
+    storage = f"journal:///{tmp_path}/study.journal"
+    slow = (*TINY, "trainer.max_epochs=40", "pruner=none", "search.batch_sizes=[16]")
+    args = (*slow, "search.n_trials=8", "race.seeds=[1]", "search.n_workers=1")
+    launched = (f"search.storage={storage}", "launcher=slurm", "launcher.executor=local")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.search", *args, *launched],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    end = time.monotonic() + 120
+    study = None
+    while time.monotonic() < end:
+        time.sleep(0.2)
+        try:
+            study = load_study(storage, "moons")
+            if any(t.state == TrialState.COMPLETE for t in study.get_trials()):
+                break
+        except Exception:
+            continue
+    assert study is not None
+    study._storage.set_study_system_attr(study._study_id, PHASE, {"run": "another", "seq": 0})
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "another command took the study over" in err, err
+    trials = load_study(storage, "moons").get_trials()
+    assert not any(record.role(t) == "race" for t in trials)  # no race on a search cut short
+    assert sum(record.counts(t) for t in trials) < 8
+    # Its worker saw the other command's phase and left: nothing is left running.
+    assert not any(t.state == TrialState.RUNNING for t in trials)

@@ -70,6 +70,8 @@ def summary(outcome: Outcome, cfg: DictConfig) -> list[str]:
             f"{first.user_attrs.get(record.ERROR)}"
             + ("" if cfg.trainer.verbose else "  (rerun with -v for the traceback)")
         )
+    elif outcome.stranded:
+        lines.append(f"error: {outcome.stranded}; rerun the same command to finish the study")
     elif outcome.failed_workers:
         lines.append(f"error: {outcome.failed_workers} worker process(es) crashed")
     return lines

@@ -49,12 +49,13 @@ class Outcome:
     interrupted: bool
     failed_workers: int = 0
     race: State | None = None  # the race's state when the command ended (None: no race)
+    stranded: str | None = None  # why a launcher's workers left a phase unfinished
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
             return interrupt.exit_code()
-        if self.failed_workers:
+        if self.failed_workers or self.stranded:
             return 1
         ended = [t for t in self.trials if record.counts(t) and record.role(t) == "search"]
         if ended and all(t.state == TrialState.FAIL for t in ended):
@@ -89,9 +90,10 @@ def search(cfg: DictConfig, *, pool: Pool | Remote | None = None) -> Outcome:
             pool = launchers.open_pool(cfg, study)
         set_threads(int(cfg.trainer.threads))
         failed_workers += _phase(cfg, space, study, budget, "trials", pool)
-        if not interrupt.requested():
+        going = not interrupt.requested() and _stranded(pool) is None
+        if going:
             retire_surplus(study, budget)
-        if race.racing(cfg) and not interrupt.requested() and budget.done(record.trials(study)):
+        if race.racing(cfg) and going and budget.done(record.trials(study)):
             steptime.ensure(study, cfg, space)  # the workers are idle: the machine is quiet
             stacked = GroupWorker(cfg, space, note=print_err).grouped
             if stacked and callback_configs(cfg):
@@ -117,6 +119,7 @@ def search(cfg: DictConfig, *, pool: Pool | Remote | None = None) -> Outcome:
         interrupt.requested(),
         failed_workers,
         race=state,
+        stranded=_stranded(pool),
     )
 
 
@@ -140,10 +143,10 @@ def _race(
         )
         _, after = judge(study, cfg, claims=False)  # the next round's state, read once
         stuck = after is None or (after.round == state.round and after.missing == state.missing)
-        if failed or stuck:
+        if failed or stuck or _stranded(pool):
             return failed, after  # a worker crashed or nothing ended: the next command resumes
         state = after
-    if state is None or not state.done or interrupt.requested():
+    if state is None or not state.done or interrupt.requested() or _stranded(pool):
         return failed, state
     verdict, _ = judge(study, cfg)
     if verdict is not None and not verdict.families.empty:
@@ -164,6 +167,10 @@ def _race(
                 requeue=lambda: race.enqueue_timing(study, arms, int(cfg.seed)),
             )
     return failed, state
+
+
+def _stranded(pool: Pool | Remote | None) -> str | None:
+    return pool.stranded if isinstance(pool, Remote) else None
 
 
 def _phase(

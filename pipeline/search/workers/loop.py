@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import optuna
 from omegaconf import DictConfig
@@ -49,6 +49,7 @@ def work(
     *,
     progress: Progress | None = None,
     beat: bool = False,
+    stop: Callable[[], bool] | None = None,
 ) -> None:
     """Run the phase's queued trials here until none is left for it, the timeout or a stop.
 
@@ -81,6 +82,8 @@ def work(
         claim, run, timeout = group.claim, group.run, None
     deadline = None if timeout is None else time.monotonic() + float(timeout)
     while not interrupt.requested() and (deadline is None or time.monotonic() < deadline):
+        if stop is not None and stop():  # a launcher's worker whose command is gone
+            break
         trials = record.trials(study, retried=retried)
         if progress is not None:
             show(progress, budget, trials)

@@ -80,6 +80,7 @@ class Remote:
         self.started = n
         self.spare = n  # jobs that may still be started in place of ended ones
         self.failed = 0
+        self.stranded: str | None = None  # why a phase could not finish here (see run)
         self.next_beat = 0.0
         storage = study._storage
         rdb = isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage)
@@ -99,11 +100,15 @@ class Remote:
     ) -> int:
         """One phase on the remote workers (`here` is not run: this command trains nothing).
 
-        Returns how many workers ended badly during it."""
+        Returns how many workers ended badly during it. A phase left unfinished sets
+        `stranded`: every worker ended, or another command took the study over (its workers
+        are left alone); the command then stops and a rerun finishes the study."""
         del here
+        failed_before = self.failed
+        if self._taken_over():
+            return 0
         self.seq += 1
         self._post({"seq": self.seq, "budget": asdict(budget)})
-        failed_before = self.failed
         timed = budget.role == "search" and self.timeout is not None
         deadline = time.monotonic() + float(self.timeout) if timed else math.inf
         while not interrupt.requested():
@@ -112,6 +117,8 @@ class Remote:
             running = any(t.state == TrialState.RUNNING for t in own)
             if (budget.missing(trials) <= 0 or time.monotonic() > deadline) and not running:
                 break
+            if self._taken_over():
+                break
             silent = self._silent(trials)
             if self._reap(trials) or silent:
                 if requeue is not None:
@@ -119,12 +126,20 @@ class Remote:
                 self.seq += 1  # workers that finished this phase look again
                 self._post({"seq": self.seq, "budget": asdict(budget)})
             if not self.jobs:
-                break  # every worker ended and none may be started: a rerun resumes
+                self.stranded = "every worker ended before the phase did"
+                break
             tick()
             time.sleep(POLL)
         if interrupt.requested():
             self._stop()
         return self.failed - failed_before
+
+    def _taken_over(self) -> bool:
+        if self.stranded is None:
+            attrs = self.study._storage.get_study_system_attrs(self.study._study_id)
+            if (attrs.get(PHASE) or {}).get("run") != self.run_id:
+                self.stranded = "another command took the study over"
+        return self.stranded == "another command took the study over"
 
     def _silent(self, trials: Sequence[optuna.trial.FrozenTrial]) -> int:
         """Mark lost the running trials whose heartbeat stopped: Optuna's on an RDB storage (a
@@ -171,13 +186,15 @@ class Remote:
 
     def _stop(self) -> None:
         """Ctrl-C or SIGTERM here: every worker is told to stop (it records its trial)."""
-        self._post({"end": True})
+        if not self._taken_over():
+            self._post({"end": True})
         for job in self.jobs:
             job.cancel()
 
     def close(self, *, wait: bool = True) -> int:
         """Post the end and wait (up to a minute) for the workers to leave; how many ended badly."""
-        self._post({"end": True})
+        if not self._taken_over():  # the study's workers are the other command's now
+            self._post({"end": True})
         if not wait:  # they see the end within POLL seconds and leave on their own
             return 0
         deadline = time.monotonic() + 60
@@ -224,14 +241,22 @@ def serve(config: dict[str, Any], run_id: str, key: str) -> int:
     storage.set_study_system_attr(
         study._study_id, f"{WORKER}{key}.{os.environ.get('SLURM_PROCID', '0')}", worker_id()
     )
+
+    def posted() -> dict[str, Any]:
+        return storage.get_study_system_attrs(study._study_id).get(PHASE) or {}
+
+    def gone() -> bool:  # the command ended, or another command took the study over
+        phase = posted()
+        return phase.get("run") != run_id or bool(phase.get("end"))
+
     done, idle = 0, time.monotonic()
     try:
         while not interrupt.requested():
-            phase = storage.get_study_system_attrs(study._study_id).get(PHASE) or {}
-            if phase.get("run") != run_id or phase.get("end"):
-                break  # the command ended, or another command took the study over
+            phase = posted()
+            if gone():
+                break
             if "budget" in phase and phase["seq"] != done:
-                work(cfg, space, Budget(**phase["budget"]), study, beat=True)
+                work(cfg, space, Budget(**phase["budget"]), study, beat=True, stop=gone)
                 done, idle = phase["seq"], time.monotonic()
                 continue
             if time.monotonic() - idle > IDLE:
