@@ -22,11 +22,10 @@ import optuna
 from omegaconf import DictConfig
 
 from pipeline.core.errors import ConfigError, first_line
-from pipeline.core.storage import storage_path
 from pipeline.search import interrupt
+from pipeline.search.workers.pool import ENDED_BY_SIGNAL  # a preempted or cancelled job too
 from pipeline.search.workers.remote import Remote, serve
 
-ENDED_BY_SIGNAL = (0, 130, 143)  # a clean end, Ctrl-C, SIGTERM (a preempted or cancelled job)
 RAY_PORT = 6379
 RESULT_WAIT = 3.0  # seconds a finished Slurm job's result file may take to appear
 
@@ -103,23 +102,10 @@ def resolve(cfg: DictConfig) -> DictConfig:
 
 def open_pool(cfg: DictConfig, study: optuna.Study) -> Remote:
     """Start the workers; the pool the search's phases run on."""
-    config_cfg = _absolute_storage(cfg)
     start = _slurm(cfg, study.study_name) if kind(cfg) == "slurm" else _ray(cfg)
     with contextlib.suppress(ValueError):
         interrupt.install()  # Ray's init sets its own handlers
-    n, threads = int(cfg.search.n_workers), int(cfg.trainer.threads)
-    return Remote(config_cfg, study, start=start, n=n, threads=threads)
-
-
-def _absolute_storage(cfg: DictConfig) -> DictConfig:
-    """A file storage as an absolute path: a worker may start in another directory."""
-    path = storage_path(str(cfg.search.storage))
-    if path is None or path.is_absolute():
-        return cfg
-    out = cfg.copy()
-    scheme = str(cfg.search.storage).split(":///", 1)[0]
-    out.search.storage = f"{scheme}:///{path.resolve()}"
-    return out
+    return Remote(cfg, study, start=start, n=int(cfg.search.n_workers))
 
 
 class _SubmititJob:

@@ -39,6 +39,7 @@ from pipeline.verdict.progress import Budget
 
 PHASE = "pipeline:phase"  # study system attribute: {"run", "seq", "budget"} or {"run", "end"}
 WORKER = "pipeline:worker:"  # + a worker's key: its host:pid, written when it starts
+TAKEN_OVER = "another command took the study over"
 POLL = 0.5  # seconds between looks at the study, worker and command alike
 BEAT = 10.0  # seconds between the command's looks for trials whose heartbeat stopped
 IDLE = 600.0  # seconds a worker waits for a phase before it ends (its command is gone)
@@ -58,20 +59,13 @@ class Job(Protocol):
 Start = Callable[[dict[str, Any], str, int], Job]  # (config, run id, index) -> a started job
 
 
-def worker_config(cfg: DictConfig, threads: int) -> dict[str, Any]:
-    """The config a remote worker runs: the command's, with its own share of cores."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    config["trainer"]["threads"] = int(threads)
-    return config
-
-
 class Remote:
     """The command's side: post phases, wait for the workers, replace the ones that end."""
 
-    def __init__(self, cfg: DictConfig, study: optuna.Study, *, start: Start, n: int, threads: int):
+    def __init__(self, cfg: DictConfig, study: optuna.Study, *, start: Start, n: int):
         self.study = study
         self.run_id = uuid.uuid4().hex[:12]
-        self.config = worker_config(cfg, threads)
+        self.config = OmegaConf.to_container(cfg, resolve=True)  # what every worker runs
         self.start = start
         self.seq = 0
         self.timeout = cfg.search.timeout
@@ -105,7 +99,7 @@ class Remote:
         are left alone); the command then stops and a rerun finishes the study."""
         del here
         failed_before = self.failed
-        if self._taken_over():
+        if self._taken_over(self._attrs()):
             return 0
         self.seq += 1
         self._post({"seq": self.seq, "budget": asdict(budget)})
@@ -117,10 +111,11 @@ class Remote:
             running = any(t.state == TrialState.RUNNING for t in own)
             if (budget.missing(trials) <= 0 or time.monotonic() > deadline) and not running:
                 break
-            if self._taken_over():
+            attrs = self._attrs()  # one read a poll: the posted phase and the workers' names
+            if self._taken_over(attrs):
                 break
-            silent = self._silent(trials)
-            if self._reap(trials) or silent:
+            silent = self._silent(trials, attrs)
+            if self._reap(trials, attrs) or silent:
                 if requeue is not None:
                     requeue()
                 self.seq += 1  # workers that finished this phase look again
@@ -134,21 +129,22 @@ class Remote:
             self._stop()
         return self.failed - failed_before
 
-    def _taken_over(self) -> bool:
-        if self.stranded is None:
-            attrs = self.study._storage.get_study_system_attrs(self.study._study_id)
-            if (attrs.get(PHASE) or {}).get("run") != self.run_id:
-                self.stranded = "another command took the study over"
-        return self.stranded == "another command took the study over"
+    def _attrs(self) -> dict[str, Any]:
+        return self.study._storage.get_study_system_attrs(self.study._study_id)
 
-    def _silent(self, trials: Sequence[optuna.trial.FrozenTrial]) -> int:
+    def _taken_over(self, attrs: dict[str, Any]) -> bool:
+        if self.stranded is None and (attrs.get(PHASE) or {}).get("run") != self.run_id:
+            self.stranded = TAKEN_OVER
+        return self.stranded == TAKEN_OVER
+
+    def _silent(self, trials: Sequence[optuna.trial.FrozenTrial], attrs: dict[str, Any]) -> int:
         """Mark lost the running trials whose heartbeat stopped: Optuna's on an RDB storage (a
         query of its own, every BEAT seconds), the workers' own on any other (stale.beating)."""
         silent = 0
         if time.monotonic() > self.next_beat:
             silent, self.next_beat = fail_silent_trials(self.study), time.monotonic() + BEAT
         storage = self.study._storage
-        ours = _worker_ids(self.study, "")  # a plain command's workers on the study beat not
+        ours = _worker_ids(attrs, "")  # a plain command's workers on the study beat not
         watched = [t for t in trials if t.user_attrs.get(record.WORKER) in ours]
         for t in self.silence.silent(watched, time.monotonic()):
             with contextlib.suppress(RuntimeError, UpdateFinishedTrialError):
@@ -157,7 +153,7 @@ class Remote:
                 silent += 1
         return silent
 
-    def _reap(self, trials: Sequence[optuna.trial.FrozenTrial]) -> int:
+    def _reap(self, trials: Sequence[optuna.trial.FrozenTrial], attrs: dict[str, Any]) -> int:
         """Mark lost the running trials of jobs that ended, start jobs in their place; how many
         trials were lost."""
         lost = 0
@@ -169,7 +165,7 @@ class Remote:
             if how:
                 self.failed += 1
                 print(f"worker {job.key} ended: {how}", file=sys.stderr, flush=True)
-            ids = _worker_ids(self.study, job.key)
+            ids = _worker_ids(attrs, job.key)
             storage = self.study._storage
             for t in trials:
                 if t.state != TrialState.RUNNING or t.user_attrs.get(record.WORKER) not in ids:
@@ -186,14 +182,14 @@ class Remote:
 
     def _stop(self) -> None:
         """Ctrl-C or SIGTERM here: every worker is told to stop (it records its trial)."""
-        if not self._taken_over():
+        if not self._taken_over(self._attrs()):
             self._post({"end": True})
         for job in self.jobs:
             job.cancel()
 
     def close(self, *, wait: bool = True) -> int:
         """Post the end and wait (up to a minute) for the workers to leave; how many ended badly."""
-        if not self._taken_over():  # the study's workers are the other command's now
+        if not self._taken_over(self._attrs()):  # the study's workers are the other command's
             self._post({"end": True})
         if not wait:  # they see the end within POLL seconds and leave on their own
             return 0
@@ -210,8 +206,8 @@ class Remote:
         return self.failed
 
 
-def _worker_ids(study: optuna.Study, key: str) -> set[str]:
-    attrs = study._storage.get_study_system_attrs(study._study_id)
+def _worker_ids(attrs: dict[str, Any], key: str) -> set[str]:
+    """The host:pid of the workers (of one job's key, or all) that wrote their name."""
     prefix = f"{WORKER}{key}." if key else WORKER
     return {str(v) for k, v in attrs.items() if k.startswith(prefix)}
 
@@ -245,15 +241,16 @@ def serve(config: dict[str, Any], run_id: str, key: str) -> int:
     def posted() -> dict[str, Any]:
         return storage.get_study_system_attrs(study._study_id).get(PHASE) or {}
 
-    def gone() -> bool:  # the command ended, or another command took the study over
-        phase = posted()
+    def gone(phase: dict[str, Any] | None = None) -> bool:
+        """The command ended, or another command took the study over."""
+        phase = posted() if phase is None else phase
         return phase.get("run") != run_id or bool(phase.get("end"))
 
     done, idle = 0, time.monotonic()
     try:
         while not interrupt.requested():
             phase = posted()
-            if gone():
+            if gone(phase):
                 break
             if "budget" in phase and phase["seq"] != done:
                 work(cfg, space, Budget(**phase["budget"]), study, beat=True, stop=gone)
