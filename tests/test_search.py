@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -19,6 +20,7 @@ from pipeline.core.storage import load_study
 from pipeline.report import prose
 from pipeline.report.results import collect
 from pipeline.search.phases.run import search
+from pipeline.search.sampling.lagged import LAG
 from tests.conftest import (
     NAMED,
     TINY,
@@ -103,22 +105,75 @@ def test_rerun_treats_n_trials_as_the_total(tmp_path):
     assert len([t for t in search(more).trials if counts(t)]) == 5
 
 
-@pytest.mark.parametrize("sampler", ["random", "cmaes", "qmc", "grid"])
-def test_other_samplers(tmp_path, sampler):
+def _sampler_study(tmp_path, sampler: str, families: str, n_trials: int):
     cfg = tiny_config(
         tmp_path,
         f"sampler={sampler}",
-        "search.n_trials=4",
+        f"search.n_trials={n_trials}",
         "trainer.max_epochs=1",
-        "search.optimizers=[sgd,adam]",
+        f"search.optimizers=[{families}]",
         "search.schedulers=[constant]",
     )
     outcome = search(cfg)
-    done = [t for t in outcome.trials if counts(t)]
-    assert len(done) == 4 and outcome.exit_code == 0
-    if sampler == "grid":
-        assert all("grid_point" in t.user_attrs for t in done)
-        assert len({tuple(sorted(t.params.items())) for t in done}) == 4
+    done = sorted((t for t in outcome.trials if counts(t)), key=lambda t: t.number)
+    assert len(done) == n_trials and outcome.exit_code == 0
+    return cfg, done
+
+
+def _replay(sampler: optuna.samplers.BaseSampler, trial: optuna.trial.FrozenTrial, study=None):
+    """The params `sampler` gives a trial asking for `trial`'s distributions, in its order."""
+    study = study or optuna.create_study(sampler=sampler)
+    study.enqueue_trial({"optimizer": trial.params["optimizer"]})
+    asked = study.ask()
+    for name, dist in trial.distributions.items():
+        asked._suggest(name, dist)
+    study.tell(asked, 0.0)
+    return asked.params
+
+
+def test_random_sampler_draws_each_trial_from_its_own_seed(tmp_path):
+    """Past TPE's startup and the lag (trial 18 on), so a TPE study would differ."""
+    cfg, done = _sampler_study(tmp_path, "random", "adam", 20)
+    for t in done:
+        seed = int(np.random.SeedSequence([int(cfg.seed), t.number]).generate_state(1)[0])
+        assert _replay(optuna.samplers.RandomSampler(seed=seed), t) == t.params, t.number
+
+
+def test_qmc_gives_each_family_optunas_sequence_in_trial_order(tmp_path):
+    """A family's k-th trial takes point k - 1 of one scrambled Sobol sequence at the master
+    seed, as Optuna's QMCSampler gives it one trial after another (once trial 0 is visible)."""
+    cfg, done = _sampler_study(tmp_path, "qmc", "adam,momentum", 14)
+    compared = 0
+    for family in ("adam", "momentum"):
+        own = [t for t in done if t.params["optimizer"] == family]
+        reference = optuna.create_study(
+            sampler=optuna.samplers.QMCSampler(seed=int(cfg.seed), scramble=True)
+        )
+        for k, t in enumerate(own):
+            expected = _replay(None, t, reference)
+            if t.number - LAG > own[0].number:  # its family's first trial is in its history
+                assert t.params == pytest.approx(expected), (family, k)
+                compared += 1
+    assert compared == 4
+
+
+FAMILIES = ("adam", "momentum")
+
+
+def test_cmaes_models_each_familys_own_hyperparameters(tmp_path):
+    """With two families in one study, CMA-ES still samples every trial whose family has a
+    finished trial in its history (over that family's lr and momentum or betas)."""
+    _, done = _sampler_study(tmp_path, "cmaes", ",".join(FAMILIES), 12)
+    first = {f: min(t.number for t in done if t.params["optimizer"] == f) for f in FAMILIES}
+    relative = [t.number for t in done if "cma:generation" in t.system_attrs]
+    assert relative == [t.number for t in done if t.number - LAG > first[t.params["optimizer"]]]
+    assert len(relative) >= 2
+
+
+def test_grid_runs_distinct_points(tmp_path):
+    _, done = _sampler_study(tmp_path, "grid", "sgd,adam", 4)
+    assert all("grid_point" in t.user_attrs for t in done)
+    assert len({tuple(sorted(t.params.items())) for t in done}) == 4
 
 
 @pytest.mark.parametrize("pruner", ["median", "hyperband", "successive_halving"])

@@ -132,12 +132,18 @@ def wait_for_history(
         time.sleep(POLL)
 
 
+def fixed_family(trial: FrozenTrial) -> str | None:
+    """The family a search trial was queued for (search.trials_per_family=equal), if any."""
+    return trial.system_attrs.get("fixed_params", {}).get("optimizer")
+
+
 def _print_err(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
 class LaggedSampler(BaseSampler):
-    """Trial n is sampled by make(seed of n) from the search trials below n - LAG, finished."""
+    """Trial n is sampled by make(seed of n) from the search trials below n - LAG, finished;
+    with per_family, from those of the family it was queued for only."""
 
     def __init__(
         self,
@@ -146,9 +152,13 @@ class LaggedSampler(BaseSampler):
         seed: int,
         lag: int = LAG,
         score: Callable[[list[FrozenTrial]], list[FrozenTrial]] | None = None,
+        per_family: bool = False,
     ) -> None:
         self._make, self._seed, self._lag = make, int(seed), lag
         self._score = score  # what the sampler learns from, in place of the values
+        # A sampler of one flat space (CMA-ES, QMC, GP) sees only the trials of the family it
+        # samples for: across families the spaces share no hyperparameter it can model.
+        self._per_family = per_family
         self._per_trial: dict[int, tuple[BaseSampler, History | None]] = {}
 
     def for_trial(self, number: int) -> BaseSampler:
@@ -164,6 +174,9 @@ class LaggedSampler(BaseSampler):
                 # Name the worker first: the stale reaper fails an unnamed running trial.
                 study._storage.set_trial_user_attr(trial._trial_id, record.WORKER, worker_id())
                 seen = wait_for_history(study, trial.number, lag=self._lag, note=_print_err)
+                family = fixed_family(trial)
+                if self._per_family and family is not None:
+                    seen = [t for t in seen if t.params.get("optimizer") == family]
                 if self._score is not None:
                     view = History(study, self._score(seen), minimize=True)
                 else:

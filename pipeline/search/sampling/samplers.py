@@ -11,15 +11,17 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import optuna
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from optuna.samplers import GridSampler, QMCSampler, RandomSampler
+from optuna.samplers import GridSampler, QMCSampler, RandomSampler, TPESampler
 from optuna.trial import FrozenTrial
 
+from pipeline.core import record
 from pipeline.core.errors import ConfigError, first_line, root_cause
-from pipeline.search.sampling.lagged import LAG, LaggedPruner, LaggedSampler
+from pipeline.search.sampling.lagged import LAG, LaggedPruner, LaggedSampler, fixed_family
 from pipeline.search.sampling.speed import speed_view
 
 
@@ -41,15 +43,50 @@ def make_sampler(cfg: DictConfig) -> tuple[optuna.samplers.BaseSampler, bool]:
     # A sampler that draws without learning (random, QMC, a grid) is not fed scores at all.
     learns = not grid and not isinstance(built, (RandomSampler, QMCSampler, GridSampler))
     score = _score(cfg) if learns else None
+    # Samplers of one flat space (CMA-ES, QMC, GP) model a family's space from its own trials.
+    per_family = not isinstance(built, (TPESampler, RandomSampler, GridSampler))
+    lagged = partial(LaggedSampler, seed=seed, lag=lag, score=score, per_family=per_family)
     if "seed" not in spec:  # a sampler without a seed: one instance for every trial
-        return LaggedSampler(lambda s: built, seed=seed, lag=lag, score=score), grid
+        return lagged(lambda s: built), grid
+    if type(built) is QMCSampler:  # one sequence at the master seed; the rest per trial
+        sequence = instantiate({**spec, "_target_": f"{__name__}.SequenceQMC"}, _partial_=True)
+        return lagged(lambda s: sequence(independent_sampler=RandomSampler(seed=s))), grid
 
     def seeded(s: int) -> optuna.samplers.BaseSampler:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return make(seed=s)
 
-    return LaggedSampler(seeded, seed=seed, lag=lag, score=score), grid
+    return lagged(seeded), grid
+
+
+class SequenceQMC(QMCSampler):
+    """Optuna's QMCSampler, with each trial's point fixed by its place in its family.
+
+    Optuna hands out QMC points from a counter on the study, so under parallel workers which
+    trial takes which point depends on timing, and every family draws from one sequence over the
+    first trial's space. Here a family's k-th search trial takes point k - 1 of the sequence
+    (the first is sampled at random, as in Optuna), whatever order the workers claim them in.
+    """
+
+    _place = 0
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]
+    ) -> dict[str, Any]:
+        family = fixed_family(trial)
+        earlier = [
+            t
+            for t in study._storage.get_all_trials(study._study_id, deepcopy=False)
+            if t.number < trial.number
+            and record.role(t) == "search"
+            and (family is None or (fixed_family(t) or t.params.get("optimizer")) == family)
+        ]
+        self._place = max(len(earlier) - 1, 0)
+        return super().sample_relative(study, trial, search_space)
+
+    def _find_sample_id(self, study: optuna.Study, search_space: dict[str, Any]) -> int:
+        return self._place  # Optuna counts on the study; see the class docstring
 
 
 def _score(cfg: DictConfig) -> Callable[[list[FrozenTrial]], list[FrozenTrial]] | None:
