@@ -169,13 +169,17 @@ def bench_overhead(tmp: str, trials: int) -> list[dict[str, Any]]:
         )
         pipeline_trials(cfg, 1, fixed)  # warm-up: imports, first-call costs
         pipeline, plain = [], []
-        for _ in range(3):
-            pipeline += pipeline_trials(cfg, trials, fixed)
-            for _ in range(trials):
-                torch.manual_seed(int(cfg.seed))  # what pl.seed_everything does for init
-                model = MLP([64, 128, 10]) if "sizes" in kwargs else ConvNet()
-                seconds, plain_loss = plain_loop(model, int(cfg.seed), 20, 64)
-                plain.append(seconds)
+        plain_loss = float("nan")
+        for block in range(4):  # pipeline, plain, plain, pipeline, ...: neither always first
+            for side in ("pipeline", "plain") if block % 2 == 0 else ("plain", "pipeline"):
+                if side == "pipeline":
+                    pipeline += pipeline_trials(cfg, trials, fixed)
+                    continue
+                for _ in range(trials):
+                    torch.manual_seed(int(cfg.seed))  # what pl.seed_everything does for init
+                    model = MLP([64, 128, 10]) if "sizes" in kwargs else ConvNet()
+                    seconds, plain_loss = plain_loop(model, int(cfg.seed), 20, 64)
+                    plain.append(seconds)
         study = optuna.load_study(study_name="digits", storage=cfg.search.storage)
         first = study.get_trials()[0]  # trial 0 trained with seed 0, as the plain loops did
         same = abs(plain_loss - first.user_attrs["run"]["curve"]["val_loss"][-1]) < 1e-4
@@ -210,11 +214,14 @@ def _trials_per_minute(trials: list[optuna.trial.FrozenTrial]) -> float:
 
 
 def bench_workers(tmp: str, trials: int) -> list[dict[str, Any]]:
+    """1 worker and 2 in the order 1, 2, 2, 1 (each side's median), the search alone; both
+    sides must run the same trials (the lagged sampler makes them identical)."""
     import subprocess
 
-    rows = []
-    for workers in (1, 2):
-        journal = f"{tmp}/workers{workers}.journal"
+    runs: dict[int, list[dict[str, float]]] = {1: [], 2: []}
+    seen: set[tuple[tuple[int, tuple[tuple[str, Any], ...]], ...]] = set()
+    for i, workers in enumerate((1, 2, 2, 1)):
+        journal = f"{tmp}/workers{i}.journal"
         args = [
             sys.executable,
             "-m",
@@ -224,6 +231,8 @@ def bench_workers(tmp: str, trials: int) -> list[dict[str, Any]]:
             "search.batch_sizes=[32]",
             "pruner=none",
             "sampler=random",
+            "race.seeds=[]",  # the search alone
+            "search.study_name=digits",
             f"search.n_trials={trials}",
             f"search.n_workers={workers}",
             f"search.storage=journal:///{journal}",
@@ -235,16 +244,24 @@ def bench_workers(tmp: str, trials: int) -> list[dict[str, Any]]:
             optuna.storages.journal.JournalFileBackend(journal)
         )
         done = optuna.load_study(study_name="digits", storage=storage).get_trials()
-        rows.append(
+        seen.add(tuple((t.number, tuple(sorted(t.params.items()))) for t in done))
+        runs[workers].append(
             {
-                "workers": workers,
-                "trials": len(done),
-                "trials/min (steady)": round(_trials_per_minute(done), 1),
-                "trials/min (whole command)": round(len(done) / wall * 60, 1),
+                "trials/min (steady)": _trials_per_minute(done),
+                "trials/min (whole command)": len(done) / wall * 60,
             }
         )
+    if len(seen) != 1:
+        raise SystemExit("workers: 1 and 2 workers ran different trials")
+    rows: list[dict[str, Any]] = []
+    for workers, side in runs.items():
+        row: dict[str, Any] = {"workers": workers, "trials": trials}
+        for key in side[0]:
+            row[key] = round(statistics.median(r[key] for r in side), 1)
+        rows.append(row)
     for key in ("trials/min (steady)", "trials/min (whole command)"):
         rows.append({"workers": "2 vs 1", key: round(rows[1][key] / rows[0][key], 2)})
+    rows.append({"workers": "same trials on both sides", "trials": "PASS"})
     return rows
 
 

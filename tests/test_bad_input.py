@@ -100,6 +100,17 @@ CASES = [
     (["launcher=slurm", "launcher.additional=3"], "launcher.additional", "a mapping"),
     (["launcher=slurm"], "launcher.jobs", "required with search.n_workers=auto"),
     (["launcher=ray", "launcher.gpus_per_worker=-1"], "launcher.gpus_per_worker", ">= 0"),
+    (["launcher=ray", "launcher.grace=30"], "launcher.grace", ">= 60"),
+    (
+        [
+            "launcher=slurm",
+            "launcher.jobs=2",
+            "launcher.grace=90",
+            "search.storage=postgresql://u@h/d",
+        ],
+        "launcher.grace",
+        "two heartbeats of this storage (60 s each); use at least 120",
+    ),
 ]
 
 

@@ -183,7 +183,7 @@ def test_a_launcher_that_cannot_start_is_one_line_and_nothing_queued(
 def test_a_trial_whose_worker_falls_silent_is_found_on_the_commands_own_clock():
     # A journal has no heartbeat of its own: a worker elsewhere advances a count on each
     # running trial (stale.beating) and the command marks a trial lost once the count has not
-    # moved for SILENT_SECONDS of its own clock, whatever the workers' clocks say.
+    # moved for launcher.grace seconds of its own clock, whatever the workers' clocks say.
     from optuna.trial import create_trial
 
     from pipeline.search.stale import BEAT, Silence
@@ -260,3 +260,38 @@ def test_a_second_launched_command_takes_the_study_over_and_the_first_stops(tmp_
     assert sum(record.counts(t) for t in trials) < 8
     # Its worker saw the other command's phase and left: nothing is left running.
     assert not any(t.state == TrialState.RUNNING for t in trials)
+
+
+def test_launcher_grace_is_how_long_a_silent_workers_trial_waits(tmp_path):
+    """On a journal, the command's own watch; on PostgreSQL, Optuna's heartbeat: a trial whose
+    last beat is 160 s old is lost under launcher.grace=150 and not under the default 180."""
+    from optuna.storages._heartbeat import BaseHeartbeat
+
+    from pipeline.config import compose
+    from pipeline.core.storage import open_storage
+    from pipeline.search.stale import fail_silent_trials
+    from pipeline.search.workers.remote import silence_for
+    from tests.test_parallel import _postgres
+
+    def cfg(*grace: str):
+        return compose(["launcher=ray", *grace])
+
+    journal = open_storage(f"journal:///{tmp_path}/s.journal")
+    assert silence_for(cfg("launcher.grace=75"), journal).grace == 75
+    assert silence_for(cfg(), journal).grace == 180
+    storage = open_storage(_postgres())
+    assert isinstance(storage, BaseHeartbeat)
+    lost = {}
+    for grace in ((), ("launcher.grace=150",)):
+        study = optuna.create_study(storage=storage)
+        trial = study.ask()
+        storage.record_heartbeat(trial._trial_id)
+        with storage.engine.begin() as connection:  # its last beat 160 s ago
+            connection.exec_driver_sql(
+                "UPDATE trial_heartbeats SET heartbeat = heartbeat - interval '160 seconds' "
+                f"WHERE trial_id = {trial._trial_id}"
+            )
+        assert silence_for(cfg(*grace), storage).grace == float("inf")  # Optuna's watch instead
+        lost[grace] = fail_silent_trials(study)
+        optuna.delete_study(study_name=study.study_name, storage=storage)
+    assert lost == {(): 0, ("launcher.grace=150",): 1}

@@ -29,7 +29,7 @@ from pipeline.config.schema import (
     trainer_options,
 )
 from pipeline.core.errors import ConfigError, first_line
-from pipeline.core.storage import check_storage_url
+from pipeline.core.storage import BEAT_SECONDS, HEARTBEAT_SECONDS, check_storage_url
 
 LOSSES = ("cross_entropy", "mse", "bce")  # bce: one logit per row, labels 0/1
 CLASSIFY = ("cross_entropy", "bce")  # losses whose models report val_acc
@@ -156,6 +156,13 @@ def _launcher(cfg: DictConfig) -> None:
             "search.storage",
             f"SQLite is for one process on one machine; with launcher={kind} use "
             "postgresql://USER@HOST/DB (or a journal file on a file system every node shares)",
+        )
+    beat = HEARTBEAT_SECONDS if str(cfg.search.storage).startswith("postgresql") else BEAT_SECONDS
+    if float(cfg.launcher.grace) < 2 * beat:
+        raise ConfigError(
+            "launcher.grace",
+            f"{_show(cfg.launcher.grace)} is shorter than two heartbeats of this storage "
+            f"({beat:.0f} s each); use at least {2 * beat:.0f}",
         )
 
 

@@ -230,6 +230,11 @@ class SlurmLauncher:
         "more sbatch parameters, as submitit's slurm_additional_parameters", allows="a mapping"
     )
     folder: str = key("submitit's job files and logs; {study}: the study's name", nonempty=True)
+    grace: float = key(
+        "seconds a worker's running trial may go without a heartbeat before it is marked lost "
+        "and queued again (at least two beats: 60 on a journal or the proxy, 120 on PostgreSQL)",
+        low=60,
+    )
 
 
 @dataclass
@@ -241,6 +246,11 @@ class RayLauncher:
     )
     cpus_per_worker: int = key("cores per worker task; its trainer.threads", low=1)
     gpus_per_worker: float = key("GPUs per worker task (Ray pins them)", low=0)
+    grace: float = key(
+        "seconds a worker's running trial may go without a heartbeat before it is marked lost "
+        "and queued again (at least two beats: 60 on a journal or the proxy, 120 on PostgreSQL)",
+        low=60,
+    )
 
 
 # launcher.kind picks the schema its section is checked against.

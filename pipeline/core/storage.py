@@ -51,7 +51,10 @@ def check_storage_url(url: str, *, key: str = "search.storage") -> None:
 # RDB storages (SQLite, PostgreSQL) record a heartbeat so that a trial whose worker died on
 # another machine is marked failed; on this machine a dead worker's pid tells us sooner.
 HEARTBEAT_SECONDS = 60
-GRACE_SECONDS = 180
+GRACE_SECONDS = 180  # launcher.grace changes it for the command that watches remote workers
+# A journal file or the gRPC proxy keeps no heartbeat: a launcher's worker advances a count on
+# its running trial this often instead (pipeline.search.stale.beating).
+BEAT_SECONDS = 30
 
 
 def storage_path(url: str) -> Path | None:

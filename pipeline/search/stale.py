@@ -25,11 +25,10 @@ from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.core import record
+from pipeline.core.storage import BEAT_SECONDS, GRACE_SECONDS
 
 HOST = socket.gethostname()
 BEAT = "pipeline:beat"  # trial system attribute: a count its worker advances (beating)
-BEAT_SECONDS = 30.0
-SILENT_SECONDS = 120.0  # four beats missed: the worker is gone or hung
 CLAIM_SECONDS = 3.0  # far above the milliseconds between a trial's creation and its claim
 
 
@@ -109,7 +108,7 @@ class Silence:
     """Running trials whose beat has not changed for `grace` seconds of this process's clock,
     so that the clocks of the workers' machines never matter."""
 
-    def __init__(self, grace: float = SILENT_SECONDS) -> None:
+    def __init__(self, grace: float = GRACE_SECONDS) -> None:
         self.grace = grace
         self.seen: dict[int, tuple[Any, float]] = {}
 

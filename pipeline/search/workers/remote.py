@@ -33,6 +33,7 @@ from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from pipeline.core import record
+from pipeline.core.storage import GRACE_SECONDS
 from pipeline.search import interrupt
 from pipeline.search.stale import Silence, fail_silent_trials, worker_id
 from pipeline.verdict.progress import Budget
@@ -59,6 +60,17 @@ class Job(Protocol):
 Start = Callable[[dict[str, Any], str, int], Job]  # (config, run id, index) -> a started job
 
 
+def silence_for(cfg: DictConfig, storage: optuna.storages.BaseStorage) -> Silence:
+    """How this command finds silent workers, after launcher.grace seconds: Optuna's heartbeat
+    on an RDB storage (its grace is the looking process's, so set here), else the workers'
+    own count on each running trial, read on this command's clock."""
+    grace = float(cfg.launcher.get("grace", GRACE_SECONDS))
+    if isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage):
+        storage.grace_period = math.ceil(grace)  # type: ignore[attr-defined]
+        return Silence(grace=math.inf)
+    return Silence(grace=grace)
+
+
 class Remote:
     """The command's side: post phases, wait for the workers, replace the ones that end."""
 
@@ -76,9 +88,7 @@ class Remote:
         self.failed = 0
         self.stranded: str | None = None  # why a phase could not finish here (see run)
         self.next_beat = 0.0
-        storage = study._storage
-        rdb = isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage)
-        self.silence = Silence(grace=math.inf) if rdb else Silence()  # RDB: Optuna's heartbeat
+        self.silence = silence_for(cfg, study._storage)
 
     def _post(self, phase: dict[str, Any]) -> None:
         phase = {"run": self.run_id, **phase}
