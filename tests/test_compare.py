@@ -118,3 +118,28 @@ def test_on_generated_studies_the_family_fastest_everywhere_scores_one(tmp_path,
     assert code == 0, capsys.readouterr().err
     ranked = pd.read_csv(tmp_path / "c" / "scores.csv").set_index("family").score
     assert ranked["adam"] == pytest.approx(1.0) and ranked["sgd"] < 1.0
+
+
+def test_studies_named_from_their_search_are_shown_by_task(tmp_path, capsys):
+    """digits-<hash> reads "digits"; two studies of one task (two seeds) keep their names."""
+    from pipeline.compare.__main__ import gather
+    from pipeline.config import compose
+
+    stores = []
+    for name, task, seed in (("moons-1a2b", "moons", 1), ("digits-3c4d", "digits", 2)):
+        url = f"journal:///{tmp_path}/{name}.journal"
+        study = write_study(url, 40, study_name=name, race=True, seed=seed)
+        config = study.user_attrs["config"]
+        config["task"]["name"] = task
+        study.set_user_attr("config", config)
+        stores.append(f"{tmp_path}/{name}.journal")
+    cfg = compose([f"compare.studies=[{','.join(stores)}]"])
+    assert set(gather(cfg).task) == {"moons", "digits"}
+    study = write_study(
+        f"journal:///{tmp_path}/moons-5e6f.journal", 40, study_name="moons-5e6f", race=True, seed=3
+    )
+    config = study.user_attrs["config"]
+    config["task"]["name"] = "moons"
+    study.set_user_attr("config", config)
+    cfg = compose([f"compare.studies=[{','.join(stores)},{tmp_path}/moons-5e6f.journal]"])
+    assert set(gather(cfg).task) == {"moons-1a2b", "moons-5e6f", "digits"}

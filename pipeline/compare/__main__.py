@@ -65,7 +65,8 @@ def gather(cfg: DictConfig) -> pd.DataFrame:
             for _, row in results.recommendation.iterrows():
                 rows.append(
                     {
-                        "task": name,
+                        "study": name,
+                        "task": _task_of(study) or name,
                         "family": row["family"],
                         "median_seconds": float(row["median_seconds"]),
                         "low": float(row["low_seconds"]),
@@ -79,7 +80,18 @@ def gather(cfg: DictConfig) -> pd.DataFrame:
                 )
     if not rows:
         raise ConfigError("compare.studies", "name at least one study storage, e.g. [a.journal]")
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    # A study named from its search (task-hash) is shown by its task, unless two studies of
+    # one task are compared (two seeds of a multirun): those keep their own names.
+    shared = table.groupby("task")["study"].nunique()
+    clash = table.task.isin(shared[shared > 1].index)
+    table.loc[clash, "task"] = table.loc[clash, "study"]
+    return table.drop(columns="study")
+
+
+def _task_of(study: optuna.Study) -> str | None:
+    task = (study.user_attrs.get("config") or {}).get("task") or {}
+    return str(task["name"]) if task.get("name") else None
 
 
 def sentence(table: pd.DataFrame) -> str:

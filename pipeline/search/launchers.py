@@ -159,9 +159,11 @@ def _slurm(cfg: DictConfig, study_name: str) -> Any:
     executor.update_parameters(**params)
     cwd = str(Path.cwd())
 
-    def start(config: dict[str, Any], run_id: str, index: int) -> _SubmititJob:
-        job = executor.submit(_in, cwd, config, run_id, f"job{index}")
-        return _SubmititJob(job, f"job{index}")
+    def start(config: dict[str, Any], run_id: str, indices: range) -> list[_SubmititJob]:
+        keys = [f"job{i}" for i in indices]
+        n = len(keys)  # more than one: one Slurm job array (sbatch --array), not n submissions
+        jobs = executor.map_array(_in, [cwd] * n, [config] * n, [run_id] * n, keys)
+        return [_SubmititJob(job, key) for job, key in zip(jobs, keys, strict=True)]
 
     return start
 
@@ -219,8 +221,8 @@ def _ray(cfg: DictConfig) -> Any:
     )
     cwd = str(Path.cwd())
 
-    def start(config: dict[str, Any], run_id: str, index: int) -> _RayTask:
-        return _RayTask(task.remote(cwd, config, run_id, f"task{index}"), f"task{index}")
+    def start(config: dict[str, Any], run_id: str, indices: range) -> list[_RayTask]:
+        return [_RayTask(task.remote(cwd, config, run_id, f"task{i}"), f"task{i}") for i in indices]
 
     return start
 

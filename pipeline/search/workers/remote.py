@@ -57,7 +57,7 @@ class Job(Protocol):
     def cancel(self) -> None: ...
 
 
-Start = Callable[[dict[str, Any], str, int], Job]  # (config, run id, index) -> a started job
+Start = Callable[[dict[str, Any], str, range], list[Job]]  # (config, run id, indices) -> jobs
 
 
 def silence_for(cfg: DictConfig, storage: optuna.storages.BaseStorage) -> Silence:
@@ -82,7 +82,7 @@ class Remote:
         self.seq = 0
         self.timeout = cfg.search.timeout
         self._post({"seq": 0})  # before any worker looks: an earlier command's phase is over
-        self.jobs: list[Job] = [start(self.config, self.run_id, i) for i in range(n)]
+        self.jobs: list[Job] = start(self.config, self.run_id, range(n))
         self.started = n
         self.spare = n  # jobs that may still be started in place of ended ones
         self.failed = 0
@@ -186,7 +186,8 @@ class Remote:
                     lost += 1
             if self.spare > 0:
                 self.spare -= 1
-                self.jobs.append(self.start(self.config, self.run_id, self.started))
+                place = range(self.started, self.started + 1)
+                self.jobs += self.start(self.config, self.run_id, place)
                 self.started += 1
         return lost
 
