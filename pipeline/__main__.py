@@ -11,11 +11,15 @@ from typing import NoReturn
 
 from omegaconf import DictConfig
 
-from pipeline.config.cli import leave, run
+from pipeline.config.cli import argv_of, leave, run
 from pipeline.search.__main__ import command as search_command
 
 
 def command(args: argparse.Namespace, cfg: DictConfig) -> int:
+    if getattr(args, "no_wait", False):
+        from pipeline.search import launchers
+
+        return launchers.detach(cfg, argv_of(args), module="pipeline")
     code = search_command(args, cfg)
     if code != 0:
         return code
@@ -25,7 +29,14 @@ def command(args: argparse.Namespace, cfg: DictConfig) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(command, argv, prog="python -m pipeline", description=__doc__, script="optim-race")
+    return run(
+        command,
+        argv,
+        prog="python -m pipeline",
+        description=__doc__,
+        script="optim-race",
+        detach=True,
+    )
 
 
 def script() -> NoReturn:

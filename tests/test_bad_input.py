@@ -197,8 +197,10 @@ def test_params_file_errors(tmp_path, capsys):
     code, err = _run(tmp_path, capsys, ["--params", str(tmp_path / "missing.yaml")])
     assert code == 2 and err.startswith("error: --params: no such file"), err
     (tmp_path / "p.yaml").write_text("seed: 0\n")
-    code, err = _run(tmp_path, capsys, ["--params", str(tmp_path / "p.yaml"), "seed=1"])
-    assert code == 2 and "takes no overrides" in err, err
+    for other in ("seed=1", "task", "search.n_trials=4"):  # only where a stage puts things
+        code, err = _run(tmp_path, capsys, ["--params", str(tmp_path / "p.yaml"), other])
+        assert code == 2 and "takes only task=, search.study_name=" in err, err
+        assert err.strip().splitlines() == [err.strip()]
     code, err = _run(tmp_path, capsys, ["--params", str(tmp_path / "p.yaml")])
     assert code == 2 and err.startswith("error: search: missing section"), err
 

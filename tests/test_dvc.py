@@ -12,6 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from pipeline.config import compose
+from pipeline.core import record
 from pipeline.core.storage import load_study
 from tests.conftest import ROOT, require_service, run_cli
 
@@ -115,9 +116,17 @@ def test_dvc_repro_exp_run_metrics_and_plots(tmp_path):
     assert study.user_attrs["config"]["optimizer"]["sgd"]["lr"]["high"] == 0.05
     assert all(t.params["sgd.lr"] <= 0.05 for t in study.trials if "sgd.lr" in t.params)
 
-    # The cross-task stages (benchmarks/dvc.yaml) read the same params: -S reaches them too.
-    planned = _sh(repo, dvc, "repro", "--dry", "benchmarks/dvc.yaml:task@moons")
-    assert "search.n_trials=4 trainer.max_epochs=2" in planned, planned
+    # A cross-task stage (benchmarks/dvc.yaml) reads the same params, its own task aside:
+    # every -S above reaches it, the narrowed search space too.
+    out = _sh(repo, dvc, "repro", "--single-item", "benchmarks/dvc.yaml:task@planar")
+    assert "Running stage 'benchmarks/dvc.yaml:task@planar'" in out, out
+    planar = load_study(f"journal:///{repo}/studies/tasks/planar.journal", "planar")
+    config = planar.user_attrs["config"]
+    assert config["task"]["name"] == "planar" and config["search"]["batch_sizes"] == [64]
+    assert config["optimizer"]["sgd"]["lr"]["high"] == 0.05
+    searched = [t for t in planar.trials if record.role(t) == "search" and record.counts(t)]
+    assert len(searched) == 4 and {t.params["batch_size"] for t in searched} == {64}
+    assert (repo / "reports/tasks/planar/index.html").is_file()
 
     metrics = _sh(repo, dvc, "metrics", "show")
     assert "best_value" in metrics and f"{summary['best_value']:.5f}"[:6] in metrics

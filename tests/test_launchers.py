@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -295,3 +296,35 @@ def test_launcher_grace_is_how_long_a_silent_workers_trial_waits(tmp_path):
         lost[grace] = fail_silent_trials(study)
         optuna.delete_study(study_name=study.study_name, storage=storage)
     assert lost == {(): 0, ("launcher.grace=150",): 1}
+
+
+def test_no_wait_submits_the_command_itself_and_returns(tmp_path):
+    """--no-wait: the command submits itself as a job (submitit's local executor here) and
+    returns; the job submits the workers, runs the search and the race, writes the report."""
+    storage = f"journal:///{tmp_path}/study.journal"
+    args = [*SMALL, f"search.storage={storage}", "launcher=slurm", "launcher.executor=local"]
+    result = run_cli("pipeline", *args, "--no-wait", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "submitted the command as Slurm job" in result.stdout, result.stdout
+    log = Path(result.stdout.split("its output: ", 1)[1].splitlines()[0])
+    report = tmp_path / "reports" / "index.html"
+    deadline = time.monotonic() + 240
+    failed = log.with_name(log.name.replace(".out", ".err"))
+    while not report.is_file() and time.monotonic() < deadline:
+        if failed.is_file() and "triggered an exception" in failed.read_text():
+            break
+        time.sleep(0.5)
+    assert report.is_file(), failed.read_text() if failed.is_file() else "no job output"
+    deadline = time.monotonic() + 30  # the report is written last; the job then ends
+    while "study 'moons': 4/4 trials" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "study 'moons': 4/4 trials" in log.read_text()
+    study = load_study(storage, "moons")
+    searched = [t for t in study.get_trials() if record.role(t) == "search" and record.counts(t)]
+    assert len(searched) == 4
+    assert any(record.role(t) == "race" for t in study.get_trials())
+    # Anything but Slurm: one line, exit 2, nothing submitted.
+    refused = run_cli("pipeline", *TINY, "--no-wait", cwd=tmp_path / "reports")
+    assert refused.returncode == 2 and refused.stderr.startswith("error: --no-wait: needs"), (
+        refused.stderr
+    )

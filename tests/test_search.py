@@ -12,6 +12,7 @@ import time
 import numpy as np
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from pipeline.core import record
@@ -31,6 +32,9 @@ from tests.conftest import (
     still_running,
     tiny_config,
 )
+
+
+EXPECTED_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _trials(storage: str, name: str = "moons") -> list[optuna.trial.FrozenTrial]:
@@ -55,7 +59,8 @@ def test_cli_runs_a_study_and_stores_each_trials_curve(tmp_path):
         assert curve["seconds"] == sorted(curve["seconds"])
         assert all(v is not None for c in COLUMNS for v in curve[c])
         assert 0 <= curve["val_acc"][-1] <= 1
-        assert t.user_attrs["run"]["device"] == "cpu"
+        # Lightning's accelerator=auto: the machine's GPU where it has one, else the CPU.
+        assert t.user_attrs["run"]["device"].split(":")[0] == EXPECTED_DEVICE
         assert t.user_attrs["run"]["n_train"] == 1600
         assert t.params["batch_size"] in (64, 128)
 

@@ -42,7 +42,7 @@ def version() -> str:
         return pipeline.__version__
 
 
-def parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+def parser(prog: str, description: str | None, *, detach: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description=(description or "").strip().splitlines()[0] if description else None,
@@ -69,19 +69,31 @@ def parser(prog: str, description: str | None) -> argparse.ArgumentParser:
         action="store_true",
         help="Hydra's sweep: task=moons,planar seed=0,1 runs every combination, one after another",
     )
+    if detach:
+        p.add_argument(
+            "--no-wait",
+            action="store_true",
+            help="launcher=slurm: submit this command itself as a Slurm job and return at once "
+            "(the report command shows the study meanwhile)",
+        )
     p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     return p
+
+
+def argv_of(args: argparse.Namespace) -> list[str]:
+    """The command line that gives `args` again (--no-wait and -m aside)."""
+    argv = [*args.overrides]
+    if args.params:
+        argv += ["--params", str(args.params)]
+    argv += [f"--config-dir={d}" for d in args.config_dir]
+    return argv + (["-v"] if args.verbose else [])
 
 
 def load(args: argparse.Namespace, *, as_written: bool = False) -> DictConfig:
     """The checked config; `as_written` leaves what check() fills in (see config.checks)."""
     if args.params:
-        if args.overrides:
-            raise ConfigError(
-                "--params",
-                "takes no overrides; change the params file (dvc exp run -S KEY=VALUE)",
-            )
         cfg = load_params(args.params)
+        _place(cfg, args.overrides, config_dirs=args.config_dir)
     else:
         cfg = compose(args.overrides, config_dirs=args.config_dir)
     if args.verbose:
@@ -92,6 +104,28 @@ def load(args: argparse.Namespace, *, as_written: bool = False) -> DictConfig:
     return cfg
 
 
+# With a params file, the overrides a DVC stage of many tasks passes: which task it runs and
+# where its study and report go. Everything else comes from the params file (dvc exp run -S).
+PLACING = ("task", "search.study_name", "search.storage", "report.dir")
+
+
+def _place(cfg: DictConfig, overrides: Sequence[str], *, config_dirs: Sequence[str]) -> None:
+    """Apply a params file's placing overrides; task=NAME takes conf/'s task NAME whole."""
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key not in PLACING or not value:
+            raise ConfigError(
+                "--params",
+                f"takes only {', '.join(k + '=' for k in PLACING)} beside it (got {override!r}); "
+                "change the rest in the params file (dvc exp run -S KEY=VALUE)",
+            )
+        if key == "task":
+            cfg.task = compose([override], config_dirs=config_dirs).task
+        else:
+            parsed = OmegaConf.select(OmegaConf.from_dotlist([override]), key)
+            OmegaConf.update(cfg, key, parsed, merge=False)
+
+
 def run(
     command: Command,
     argv: Sequence[str] | None,
@@ -100,11 +134,13 @@ def run(
     script: str,
     description: str | None,
     as_written: bool = False,
+    detach: bool = False,
 ) -> int:
     """Parse, compose, check, then run `command`; a ConfigError anywhere is one line and exit 2.
 
-    `prog` is the `python -m` form, `script` the console script's name (shown_prog picks)."""
-    args = parser(shown_prog(prog, script), description).parse_args(argv)
+    `prog` is the `python -m` form, `script` the console script's name (shown_prog picks);
+    `detach` offers --no-wait (the command reads args.no_wait)."""
+    args = parser(shown_prog(prog, script), description, detach=detach).parse_args(argv)
     try:
         if args.multirun:
             return _multirun(command, args, as_written=as_written)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NoReturn
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
-from pipeline.config.cli import leave, run
+from pipeline.config.cli import argv_of, leave, run
 from pipeline.core import record
 from pipeline.search import launchers
 from pipeline.search.workers import cores
@@ -78,6 +78,8 @@ def summary(outcome: Outcome, cfg: DictConfig) -> list[str]:
 
 
 def command(args: argparse.Namespace, cfg: DictConfig) -> int:
+    if getattr(args, "no_wait", False):
+        return launchers.detach(cfg, argv_of(args), module="pipeline.search")
     if launchers.kind(cfg) != "local":  # Slurm jobs or Ray tasks, started once the study is open
         launchers.check(cfg)
         cfg, pool = launchers.resolve(cfg), None
@@ -101,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m pipeline.search",
         description=__doc__,
         script="optim-race-search",
+        detach=True,
     )
 
 

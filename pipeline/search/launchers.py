@@ -135,7 +135,42 @@ class _SubmititJob:
             self.job.cancel(check=False)
 
 
-def _slurm(cfg: DictConfig, study_name: str) -> Any:
+def detach(cfg: DictConfig, argv: list[str], *, module: str) -> int:
+    """--no-wait: this command itself as a Slurm job of one core and launcher.time minutes,
+    which submits the workers, plans each phase and writes the report; returns at once. A
+    job that ends early (its time, preemption) is resumed by the same command, as any run."""
+    if kind(cfg) != "slurm":
+        raise ConfigError(
+            "--no-wait",
+            "needs launcher=slurm, which runs the command itself as a Slurm job; with Ray, "
+            "ray job submit -- python -m pipeline launcher=ray launcher.address=auto ...",
+        )
+    check(cfg)
+    study = str(cfg.search.study_name)
+    executor = _executor(cfg, study)
+    executor.update_parameters(
+        name=f"optim-race-{study}-command", tasks_per_node=1, gpus_per_node=0, cpus_per_task=1
+    )
+    job = executor.submit(_command, str(Path.cwd()), module, argv)
+    print(
+        f"submitted the command as Slurm job {job.job_id} (study {study!r}); "
+        f"it writes the report to {cfg.report.dir}\n"
+        f"its output: {job.paths.stdout}\n"
+        f"the study meanwhile: python -m pipeline.report {' '.join(argv)}".rstrip()
+    )
+    return 0
+
+
+def _command(cwd: str, module: str, argv: list[str]) -> int:
+    """The detached command, in the submitting command's directory."""
+    import importlib
+    import os
+
+    os.chdir(cwd)
+    return int(importlib.import_module(f"{module}.__main__").main(argv))
+
+
+def _executor(cfg: DictConfig, study_name: str) -> Any:
     import submitit
 
     launcher = cfg.launcher
@@ -157,6 +192,11 @@ def _slurm(cfg: DictConfig, study_name: str) -> Any:
         if launcher.partition:
             params["slurm_partition"] = str(launcher.partition)
     executor.update_parameters(**params)
+    return executor
+
+
+def _slurm(cfg: DictConfig, study_name: str) -> Any:
+    executor = _executor(cfg, study_name)
     cwd = str(Path.cwd())
 
     def start(config: dict[str, Any], run_id: str, indices: range) -> list[_SubmititJob]:
