@@ -33,7 +33,6 @@ from tests.conftest import (
     tiny_config,
 )
 
-
 EXPECTED_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
