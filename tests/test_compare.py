@@ -66,7 +66,7 @@ def test_compare_page_from_generated_studies(tmp_path, capsys):
     table = pd.read_csv(tmp_path / "compare" / "table.csv")
     assert set(table.task) == {"digits", "moons"}
     ranked = pd.read_csv(tmp_path / "compare" / "scores.csv")
-    assert ranked.score.between(0, 1).all() and ranked.score.is_monotonic_decreasing
+    assert ranked.score.between(0, 1).all() and ranked.declared_on.is_monotonic_decreasing
     _render(tmp_path / "compare" / "index.html")
 
 
@@ -143,3 +143,40 @@ def test_studies_named_from_their_search_are_shown_by_task(tmp_path, capsys):
     study.set_user_attr("config", config)
     cfg = compose([f"compare.studies=[{','.join(stores)},{tmp_path}/moons-5e6f.journal]"])
     assert set(gather(cfg).task) == {"moons-1a2b", "moons-5e6f", "digits"}
+
+
+def test_the_first_choice_is_the_family_the_races_declared_not_the_lowest_medians():
+    """A family dropped after 5 seeds whose rough medians are lowest everywhere is not
+    recommended over one every task's race kept in its declared group."""
+    from pipeline.compare.__main__ import held, sentence
+
+    rows = []
+    for task in ("a", "b", "c"):
+        group = ["adam"] if task != "c" else ["adamw"]
+        for family, seconds in (("momentum", 1.0), ("adam", 1.2), ("adamw", 1.3)):
+            rows.append(
+                {
+                    "task": task,
+                    "family": family,
+                    "median_seconds": seconds,
+                    "low": seconds * 0.9,
+                    "high": seconds * 1.1,
+                    "reached": "5/5",
+                    "winner": group[0],
+                    "group": group,
+                    "unfinished": "",
+                }
+            )
+    table = pd.DataFrame(rows)
+    assert held(table).to_dict() == {"adam": 2, "adamw": 1, "momentum": 0}
+    text = sentence(table)
+    assert text.startswith("Try Adam first: in the declared group on 2 of 3 tasks"), text
+    assert "Adam not on c, where the race declared AdamW and dropped it as slower" in text
+    assert "Momentum" not in text
+    tied = table.assign(
+        group=[
+            ["adam", "adamw"] if t == "a" else g
+            for t, g in zip(table.task, table.group, strict=True)
+        ]
+    )
+    assert sentence(tied).startswith("Try Adam or AdamW first: each in the declared group on 2")
