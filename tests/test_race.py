@@ -110,6 +110,7 @@ def test_a_live_pruner_prunes_search_trials_and_never_a_race_run(tmp_path):
         "race.seeds=[1,3]",
         "race.conditions=1",
         "race.settings=1",
+        "race.vectorize=false",  # one by one, through Lightning and the pruner's callback
     )
     outcome = search(cfg)
     assert outcome.exit_code == 0
