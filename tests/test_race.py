@@ -130,8 +130,8 @@ def test_a_live_pruner_prunes_search_trials_and_never_a_race_run(tmp_path):
 
 
 def test_kill_9_between_the_search_and_the_race_then_a_rerun_races_once(tmp_path):
-    # Killed as soon as the race's plan is stored, before (or while) its first runs are
-    # queued: the rerun keeps the plan, queues what is missing, and runs each run once.
+    # Killed as soon as the race's plan is stored and its first runs are queued, before they
+    # run: the rerun keeps the plan, queues only what is missing, and runs each run once.
     args = (
         *TINY[:-1],
         "trainer.max_epochs=2",
@@ -145,7 +145,9 @@ def test_kill_9_between_the_search_and_the_race_then_a_rerun_races_once(tmp_path
     def planned() -> bool:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
             query = "SELECT count(*) FROM study_user_attributes WHERE key = ?"
-            return conn.execute(query, (record.RACE,)).fetchone()[0] > 0
+            if conn.execute(query, (record.RACE,)).fetchone()[0] == 0:
+                return False
+        return "WAITING" in role_states(db, "race")
 
     kill_9_when(args, cwd=tmp_path, ready=planned, poll=0.005)
     storage = f"sqlite:///{db}"
