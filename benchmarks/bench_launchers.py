@@ -10,7 +10,8 @@ Every --every seconds a random worker that is running a trial is killed with SIG
 from the study's pipeline:worker:* attributes), --kills times. Checks, printed PASS/FAIL:
   - the budget is exact: the search trials that count are --trials;
   - no completed trial is lost: every trial complete at a kill is complete at the end;
-  - each kill lost one trial, which ran again: lost trials = kills, beside the exact budget;
+  - every lost trial was a killed worker's, one each (a worker killed between two trials
+    loses none: its last trial ended), and ran again: the exact budget;
   - nothing is left running.
 
 Run it by hand; it is not part of the test suite.
@@ -19,6 +20,7 @@ Run it by hand; it is not part of the test suite.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import random
 import signal
@@ -87,24 +89,32 @@ def run(launcher: str, args: argparse.Namespace) -> bool:
             continue
         victim = rng.choice(running)
         complete_seen |= {t.number for t in trials if t.state == TrialState.COMPLETE}
+        pid = record.worker_of(victim)[1]
         try:
-            os.kill(record.worker_of(victim)[1], signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             continue
-        killed.append(victim.number)
+        killed.append((victim.number, pid))
         next_kill = time.monotonic() + args.every
     _, err = proc.communicate()
     seconds = time.perf_counter() - started
     final = [t for t in load_study(args.postgres, name).get_trials() if record.role(t) == "search"]
     counted = sum(record.counts(t) for t in final)
     complete = {t.number for t in final if t.state == TrialState.COMPLETE}
-    lost = {t.number for t in final if record.state(t) == "lost"}
+    lost = [t for t in final if record.state(t) == "lost"]
+    by_pid = collections.Counter(record.worker_of(t)[1] for t in lost)
+    pids = {pid for _, pid in killed}
+    # A worker killed just after its trial ended, before it claimed the next, loses nothing;
+    # its trial must then have ended. Any other kill loses exactly its running trial.
+    between = [n for n, pid in killed if by_pid[pid] == 0]
+    ended = {t.number for t in final if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
+    explained = set(by_pid) <= pids and all(c == 1 for c in by_pid.values())
     checks = {
         f"budget exact ({counted} of {args.trials} counted)": counted == args.trials,
         f"no completed trial lost ({len(complete_seen)} seen complete)": complete_seen <= complete,
-        # A worker killed just as its trial ended loses the next one it claimed: count them.
-        f"each kill lost one trial, run again ({len(killed)} killed, {len(lost)} lost)": len(lost)
-        == len(killed),
+        f"every lost trial was a killed worker's, one each, run again ({len(killed)} killed, "
+        f"{len(lost)} lost, {len(between)} between two trials)": explained
+        and all(n in ended for n in between),
         "nothing left running": not any(t.state == TrialState.RUNNING for t in final),
     }
     print(f"{launcher}: {seconds:.0f} s, exit {proc.returncode}, {len(final)} search trials")
