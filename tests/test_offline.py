@@ -88,7 +88,9 @@ def test_the_whole_job_downloads_nothing(tmp_path):
         "search.n_trials=4",
         "trainer.max_epochs=1",
         "search.batch_sizes=[32]",
+        "search.optimizers=[adam,sgd]",
         "race.seeds=[1]",
+        "race.conditions=1",
         "search.n_workers=2",
         *NAMED,
     ]

@@ -353,9 +353,9 @@ def test_report_renders_in_a_real_browser(tmp_path, capsys):
 
 def test_generated_study_with_a_known_order_declares_it_in_every_file(tmp_path, capsys):
     """Synthetic runs: Adam, AdamW and Nadam learn alike and fastest (benchmarks/synthetic.py)."""
-    storage = f"sqlite:///{tmp_path}/study.db"
+    storage = f"journal:///{tmp_path}/study.journal"
     write_study(storage, 120, study_name="moons", race=True, seed=3)
-    code, _out, err = _report(tmp_path, capsys, RACED)
+    code, _out, err = _report(tmp_path, capsys, RACED, f"search.storage={storage}")
     assert code == 0, err
     summary = json.loads((tmp_path / "reports" / "summary.json").read_text())
     declared = summary["recommendation"]
