@@ -209,6 +209,15 @@ class LocalLauncher:
     kind: str = key("where the workers run: processes of this command", choices=("local",))
 
 
+def _grace() -> Any:
+    """launcher.grace, the same key for every launcher of workers elsewhere."""
+    return key(
+        "seconds a worker's running trial may go without a heartbeat before it is marked lost "
+        "and queued again (at least two beats: 60 on a journal or the proxy, 120 on PostgreSQL)",
+        low=60,
+    )
+
+
 @dataclass
 class SlurmLauncher:
     kind: str = key("where the workers run: Slurm jobs through submitit", choices=("slurm",))
@@ -230,11 +239,7 @@ class SlurmLauncher:
         "more sbatch parameters, as submitit's slurm_additional_parameters", allows="a mapping"
     )
     folder: str = key("submitit's job files and logs; {study}: the study's name", nonempty=True)
-    grace: float = key(
-        "seconds a worker's running trial may go without a heartbeat before it is marked lost "
-        "and queued again (at least two beats: 60 on a journal or the proxy, 120 on PostgreSQL)",
-        low=60,
-    )
+    grace: float = _grace()
 
 
 @dataclass
@@ -246,11 +251,7 @@ class RayLauncher:
     )
     cpus_per_worker: int = key("cores per worker task; its trainer.threads", low=1)
     gpus_per_worker: float = key("GPUs per worker task (Ray pins them)", low=0)
-    grace: float = key(
-        "seconds a worker's running trial may go without a heartbeat before it is marked lost "
-        "and queued again (at least two beats: 60 on a journal or the proxy, 120 on PostgreSQL)",
-        low=60,
-    )
+    grace: float = _grace()
 
 
 # launcher.kind picks the schema its section is checked against.

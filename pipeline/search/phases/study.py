@@ -19,7 +19,7 @@ from typing import Any
 
 import optuna
 from omegaconf import DictConfig
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from pipeline import __version__
 from pipeline.config.identity import RESUMABLE, fingerprint, flat, under
@@ -28,6 +28,7 @@ from pipeline.core.errors import ConfigError
 from pipeline.core.renames import renamed_search
 from pipeline.core.secrets import public
 from pipeline.core.storage import open_storage
+from pipeline.search.sampling.lagged import family_of
 from pipeline.search.sampling.samplers import equal_trials, make_pruner, make_sampler
 from pipeline.search.space import SearchSpace
 from pipeline.search.stale import fail_stale_trials, take
@@ -116,7 +117,7 @@ def queue_first_looks(study: optuna.Study, families: Sequence[str], cfg: DictCon
         per = math.ceil(n_trials / len(families))
     trials = [t for t in record.trials(study) if record.role(t) == "search"]
     live = [t for t in trials if record.live(t)]
-    have = {f: sum(_family(t) == f for t in live) for f in families}
+    have = {f: sum(family_of(t) == f for t in live) for f in families}
     room = n_trials - len(live)
     queued = 0
     for k in range(per):
@@ -149,12 +150,6 @@ def retire_surplus(study: optuna.Study, budget: Budget) -> int:
         storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
         retired += 1
     return retired
-
-
-def _family(trial: FrozenTrial) -> str | None:
-    if trial.state == TrialState.WAITING:
-        return trial.system_attrs.get("fixed_params", {}).get("optimizer")
-    return trial.params.get("optimizer")
 
 
 # Built-in classes that moved when search/ was split into rooms: a study made before names

@@ -137,6 +137,11 @@ def fixed_family(trial: FrozenTrial) -> str | None:
     return trial.system_attrs.get("fixed_params", {}).get("optimizer")
 
 
+def family_of(trial: FrozenTrial) -> str | None:
+    """A trial's family: the one it was queued for, else the one it sampled (None: not yet)."""
+    return fixed_family(trial) or trial.params.get("optimizer")
+
+
 def _print_err(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -176,7 +181,7 @@ class LaggedSampler(BaseSampler):
                 seen = wait_for_history(study, trial.number, lag=self._lag, note=_print_err)
                 family = fixed_family(trial)
                 if self._per_family and family is not None:
-                    seen = [t for t in seen if t.params.get("optimizer") == family]
+                    seen = [t for t in seen if family_of(t) == family]
                 if self._score is not None:
                     view = History(study, self._score(seen), minimize=True)
                 else:

@@ -21,7 +21,13 @@ from optuna.trial import FrozenTrial
 
 from pipeline.core import record
 from pipeline.core.errors import ConfigError, first_line, root_cause
-from pipeline.search.sampling.lagged import LAG, LaggedPruner, LaggedSampler, fixed_family
+from pipeline.search.sampling.lagged import (
+    LAG,
+    LaggedPruner,
+    LaggedSampler,
+    family_of,
+    fixed_family,
+)
 from pipeline.search.sampling.speed import speed_view
 
 
@@ -80,7 +86,7 @@ class SequenceQMC(QMCSampler):
             for t in study._storage.get_all_trials(study._study_id, deepcopy=False)
             if t.number < trial.number
             and record.role(t) == "search"
-            and (family is None or (fixed_family(t) or t.params.get("optimizer")) == family)
+            and (family is None or family_of(t) == family)
         ]
         self._place = max(len(earlier) - 1, 0)
         return super().sample_relative(study, trial, search_space)
