@@ -8,12 +8,17 @@ schedule, one CPU thread, R replicates (5) of one config:
     each seed (the same plain loop, one model at a time), for the digits MLP 64-128-10 over
     20 epochs (the torch.baddbmm path), the same MLP forced through torch.vmap (the path any
     other nn.Module takes), and a small CNN (two conv + pool stages, 5 epochs, vmap);
+  * lrs: R learning rates of a race lattice as one group against each alone, for the digits
+    MLP and an MLP of Fashion-MNIST's size (784-128-10, random rows);
   * phase: a race round's runs of one arm as the pipeline runs them (workers.loop.work on a
     queued in-memory study), race.vectorize true against false (each seed its own Lightning
     trial): what the default command gains per arm.
 Each block runs both sides once, in alternating order; the table shows the medians over the
 blocks of wall seconds and of this process's CPU seconds (steadier on a shared machine),
-after one warm-up of each.
+after one warm-up of each. Last, the memory a replicate adds to a group (peak resident memory
+of groups of 2 and 18, each in a fresh process) against pipeline.search.engine.memory's
+estimate, which sizes groups to the memory free (a 784-1024-1024-10 MLP, so that a
+replicate's bytes stand out of the process's own).
 
 Measured on the 2-core development VM, shared with other jobs (2026-11, torch 2.13 CPU,
 --blocks 5): see docs/benchmarks.md ("Seed replicates as one group") for the table.
@@ -113,6 +118,80 @@ def engine(
         stacking.mlp_forward = real
 
 
+def lattice(
+    make_model: Callable[[], nn.Module], data: Any, *, epochs: int, replicates: int, blocks: int
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """R learning rates half a decade apart (a race lattice, seed 0) as one group (each step
+    scaled to its replicate's lr) against each lr trained alone."""
+    lrs = [1e-2 * 10 ** (-0.5 * i) for i in range(replicates)]
+
+    def at(lr: float) -> Spec:
+        def configure(params: Any, steps_per_epoch: int) -> tuple[Any, Any, str]:
+            optimizer = torch.optim.Adam(params, lr=lr)
+            return optimizer, torch.optim.lr_scheduler.ConstantLR(optimizer, 1.0, 0), "epoch"
+
+        return Spec(batch_size=64, epochs=epochs, loss="cross_entropy", configure=configure)
+
+    def grouped() -> None:
+        train_group(make_model, [Replicate(0, scale=lr / lrs[0]) for lr in lrs], data, at(lrs[0]))
+
+    return alternate(
+        grouped, lambda: [train_one(make_model, 0, data, at(lr)) for lr in lrs], blocks
+    )
+
+
+def fashion_sized(rows: int = 5000) -> tuple[Any, ...]:
+    """Random rows of Fashion-MNIST's shape (784 inputs, 10 classes): its MLP's arithmetic."""
+    g = torch.Generator().manual_seed(0)
+    x, xv = torch.randn(rows, 784, generator=g), torch.randn(1000, 784, generator=g)
+    return (
+        x,
+        torch.randint(0, 10, (rows,), generator=g),
+        xv,
+        torch.randint(0, 10, (1000,), generator=g),
+    )
+
+
+def fashion_mlp() -> nn.Module:
+    return MLP([784, 128, 10])
+
+
+def wide_mlp() -> nn.Module:
+    return MLP([784, 1024, 1024, 10])  # 1.9 M parameters: what a replicate adds stands out
+
+
+def memory(replicates: int) -> None:
+    """Peak resident memory of a group of 2 and of `replicates` (784-1024-1024-10 on 1,000 rows
+    of Fashion-MNIST's shape, 1 epoch, each in a fresh process): the bytes a replicate adds,
+    against engine.memory's estimate."""
+    import subprocess
+
+    from pipeline.search.engine.memory import replicate_bytes
+
+    spec = Spec(batch_size=64, epochs=1, loss="cross_entropy", configure=adam)
+    code = (
+        "import resource, sys; sys.path.insert(0, {root!r}); "
+        "from benchmarks.bench_replicates import *; "
+        "train_group(wide_mlp, [Replicate(s) for s in range({r})], fashion_sized(1000), "
+        "Spec(batch_size=64, epochs=1, loss='cross_entropy', configure=adam), free=2**50); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    peak = {
+        r: int(subprocess.check_output([sys.executable, "-c", code.format(root=root, r=r)])) * 1024
+        for r in (2, replicates)  # 2: a stacked group (1 trains alone, another loop)
+    }
+    measured = (peak[replicates] - peak[2]) / (replicates - 2)
+    data = fashion_sized(1000)
+    x, y = data[0], data[1]  # each replicate's epoch copy, at this size
+    estimate = replicate_bytes(wide_mlp, data, spec) + len(x) * (x[:1].nbytes + y[:1].nbytes)
+    print(
+        f"memory a replicate adds (784-1024-1024-10, groups of 2 and {replicates}): measured "
+        f"{measured / 2**20:.1f} MiB, estimated {estimate / 2**20:.1f} MiB "
+        f"(estimate / measured {estimate / measured:.2f})"
+    )
+
+
 def phase(
     *, model: str, epochs: int, replicates: int, blocks: int
 ) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -180,6 +259,14 @@ def main() -> None:
             engine(DigitsCNN, epochs=cnn_epochs, replicates=r, blocks=blocks, vmap=False),
         ),
         (
+            f"engine: MLP, {r} lrs, {mlp_epochs} ep",
+            lattice(mlp, digits_arrays(0.2, 0), epochs=mlp_epochs, replicates=r, blocks=blocks),
+        ),
+        (
+            f"engine: 784-128-10, {r} lrs, 2 ep",
+            lattice(fashion_mlp, fashion_sized(), epochs=2, replicates=r, blocks=blocks),
+        ),
+        (
             f"phase: MLP, {mlp_epochs} epochs",
             phase(model="mlp", epochs=mlp_epochs, replicates=r, blocks=blocks),
         ),
@@ -195,6 +282,7 @@ def main() -> None:
             f"{name:<28} {gw:>7.3f} {gc:>7.3f} {aw:>7.3f} {ac:>7.3f} {aw / gw:>13.2f}x "
             f"{ac / gc:>5.2f}x"
         )
+    memory(18)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pipeline.config import check
 from pipeline.core import record
 from pipeline.core.errors import ConfigError
 from pipeline.search import interrupt
-from pipeline.search.engine import stacking, vectorized
+from pipeline.search.engine import memory, stacking, vectorized
 from pipeline.search.engine.replicate import Replicate, Spec, train_one
 from pipeline.search.engine.vectorized import train_group
 from pipeline.search.phases.race import replicate_seed
@@ -121,19 +121,24 @@ def assert_same_trials(grouped: optuna.Study, alone: optuna.Study) -> None:
 
 @pytest.mark.parametrize("schedule", ["onecycle", "step"])  # stepped per step, per epoch
 def test_every_family_grouped_reproduces_its_seeds_run_one_by_one(tmp_path, schedule):
+    """Each family at two learning rates (the race's lattice points): one group of both lrs'
+    seeds, each run what its own Lightning trial computes."""
     assert len(FAMILIES) >= 9
     cfg = _config(
         tmp_path, f"search.optimizers=[{','.join(FAMILIES)}]", f"search.schedulers=[{schedule}]"
     )
     space = SearchSpace.from_config(cfg)
-    configs = [_params(space, family, schedule) for family in FAMILIES]
-    if schedule == "step":  # a step every epoch, so that 5 epochs see the lr change
-        for params in configs:
+    configs = []
+    for family in FAMILIES:
+        params = _params(space, family, schedule)
+        if schedule == "step":  # a step every epoch, so that 5 epochs see the lr change
             params["step.step_size"] = 1
+        lr = f"{family}.lr"
+        configs += [params, params | {lr: params[lr] / 10}]
     grouped = _run(cfg, configs, vectorize=True)
     alone = _run(cfg, configs, vectorize=False)
     assert all(t.state == TrialState.COMPLETE for t in grouped.trials)
-    assert all(t.user_attrs.get(record.GROUP) == SEEDS for t in grouped.trials)
+    assert all(t.user_attrs.get(record.GROUP) == 2 * SEEDS for t in grouped.trials)
     assert not any(record.GROUP in t.user_attrs for t in alone.trials)
     assert_same_trials(grouped, alone)
     # Each replicate is its own run: the seeds differ, their curves too; seconds are the group's.
@@ -141,6 +146,23 @@ def test_every_family_grouped_reproduces_its_seeds_run_one_by_one(tmp_path, sche
         runs = [record.run_of(t) for t in grouped.trials if _key(t)[0] == str(i)]
         assert len({r.final("val_loss") for r in runs}) == SEEDS
         assert len({tuple(r.curve["seconds"]) for r in runs}) == 1
+
+
+def test_a_schedule_not_proportional_to_the_lr_groups_each_lr_apart(tmp_path):
+    """A cosine decay to an absolute floor (eta_min) is not c times itself at c times the lr:
+    the probe says so and each lr's seeds train as their own group, still exact."""
+    cfg = _config(
+        tmp_path,
+        "search.optimizers=[adam]",
+        "search.schedulers=[cosine]",
+        "scheduler.cosine.eta_min=0.002",
+    )
+    space = SearchSpace.from_config(cfg)
+    params = _params(space, "adam", "cosine")
+    configs = [params, params | {"adam.lr": 0.01}]
+    grouped = _run(cfg, configs, vectorize=True)
+    assert [t.user_attrs.get(record.GROUP) for t in grouped.trials] == [SEEDS] * 2 * SEEDS
+    assert_same_trials(grouped, _run(cfg, configs, vectorize=False))
 
 
 class NormScaledSGD(torch.optim.Optimizer):
@@ -322,6 +344,30 @@ def test_a_group_out_of_memory_is_split(monkeypatch):
     assert [rep.group for rep in group] == [2, 2, 1, 2, 2]
     for rep in group:
         assert_same_curve(rep.curve, train_one(make, rep.seed, data, _spec()).curve, 400)
+
+
+def test_a_group_larger_than_free_memory_trains_in_parts_that_fit():
+    """Five seeds where the memory free holds two: groups of 2, 2 and 1, each run exact."""
+    data, spec = _moons(), _spec()
+    make = lambda: nn.Sequential(nn.Linear(2, 64), nn.ReLU(), nn.Linear(64, 2))  # noqa: E731
+    each = memory.replicate_bytes(make, data, spec)
+    # parameters, gradients, the step's copy and Adam's two moments at least
+    assert each >= 5 * 4 * sum(p.numel() for p in make().parameters())
+    low, high = 1, 2**40  # the least memory that holds two at once
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (
+            (mid + 1, high) if memory.group_size(make, data, spec, free=mid) < 2 else (low, mid)
+        )
+    assert memory.group_size(make, data, spec, free=low) == 2
+    assert memory.group_size(make, data, spec, free=low - 1) == 1
+    group = [Replicate(seed) for seed in range(5)]
+    train_group(make, group, data, spec, free=low)
+    assert [rep.group for rep in group] == [2, 2, 2, 2, 1]
+    for rep in group:
+        assert_same_curve(rep.curve, train_one(make, rep.seed, data, spec).curve, 400)
+    train_group(make, group, data, spec, free=2**40)
+    assert [rep.group for rep in group] == [5] * 5
 
 
 def test_other_errors_are_not_taken_for_memory(monkeypatch):

@@ -15,7 +15,7 @@ import itertools
 import math
 import random
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import optuna
@@ -127,6 +127,11 @@ class Choice:
     @property
     def lr(self) -> float:
         return float(self.optimizer_params["lr"])
+
+
+def with_lr(choice: Choice, lr: float) -> Choice:
+    """The same choice at another learning rate."""
+    return replace(choice, optimizer_params={**choice.optimizer_params, "lr": lr})
 
 
 @dataclass(frozen=True)

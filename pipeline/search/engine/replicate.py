@@ -52,6 +52,7 @@ class Replicate:
     diverged: str | None = None
     scores: dict[str, float] = field(default_factory=dict)
     group: int = 1  # how many replicates trained together (1: alone)
+    scale: float = 1.0  # its learning rate over the group optimizer's (groups of several lrs)
 
     @property
     def epochs(self) -> int:

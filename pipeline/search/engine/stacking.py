@@ -2,6 +2,7 @@
 
     forward = stacked_forward(base, params, buffers, sample)   # [R, B, ...] -> [R, B, ...]
     elementwise(configure, key="adam")    # does one optimizer over stacked tensors do R runs?
+    linear_in_lr(configure_at, 1e-3, key=...)  # and R runs at several learning rates?
 
 An nn.Sequential of Linear layers and elementwise activations runs straight through
 torch.baddbmm on the stacked weights; any other model under torch.vmap. A model vmap cannot
@@ -21,6 +22,7 @@ from torch.func import functional_call, stack_module_state
 from pipeline.search.engine.module import Configure
 
 _elementwise: dict[Any, bool] = {}  # probe results, per key (the caller's: a family name)
+_linear: dict[Any, bool] = {}
 
 
 class NotStackable(Exception):
@@ -65,6 +67,77 @@ def elementwise(configure: Configure, device: torch.device | str = "cpu", *, key
         )
     _elementwise[key] = same
     return same
+
+
+def linear_in_lr(
+    configure_at: Callable[[float], Configure],
+    lr: float,
+    device: torch.device | str = "cpu",
+    *,
+    key: Any,
+) -> bool:
+    """Whether replicates at learning rates c * lr (0 < c <= 1) can share one optimizer at lr,
+    each replicate's step scaled by its c afterwards (rescale_); cached by key.
+
+    True of every conf/optimizer family and schedule: their step, and the lr a schedule sets,
+    are proportional to the base lr, and their state (moments, sums of squares) does not
+    depend on it. Probed anyway, as elementwise is, since a user's optimizer or schedule (an
+    absolute lr floor, a clipped step) may not be: four steps of three replicates at c = 1,
+    0.3 and 0.02, schedule stepped after each, against three separate runs.
+    """
+    if key in _linear:
+        return _linear[key]
+    device = torch.device(device)
+    scales, shapes = (1.0, 0.3, 0.02), [(5, 4), (5,), (3, 5), (3,)]
+    generator = torch.Generator().manual_seed(1)
+    singles = [
+        [torch.randn(s, generator=generator).to(device).requires_grad_() for s in shapes]
+        for _ in scales
+    ]
+    stacked = [
+        torch.stack([p[i].detach() for p in singles]).requires_grad_() for i in range(len(shapes))
+    ]
+    factors = torch.tensor(scales, device=device)
+    same = False
+    try:
+        optimizer, scheduler, _ = configure_at(lr)(stacked, 4)  # 4 steps fit any schedule
+        use_fastest(optimizer)
+        separate = [configure_at(lr * c)(p, 4) for c, p in zip(scales, singles, strict=True)]
+        for _ in range(4):
+            for i, s in enumerate(shapes):
+                grads = [torch.randn(s, generator=generator).to(device) for _ in scales]
+                for r in range(len(scales)):
+                    singles[r][i].grad = grads[r]
+                stacked[i].grad = torch.stack(grads)
+            before = [p.detach().clone() for p in stacked]
+            optimizer.step()
+            rescale_(stacked, before, factors)
+            scheduler.step()
+            for opt, sched, _ in separate:
+                opt.step()
+                sched.step()
+        with torch.no_grad():
+            same = all(
+                torch.allclose(
+                    stacked[i], torch.stack([p[i] for p in singles]), rtol=1e-4, atol=1e-6
+                )
+                for i in range(len(shapes))
+            )
+    except Exception:  # a family that cannot even be built this way trains lr by lr
+        same = False
+    _linear[key] = same
+    return same
+
+
+@torch.no_grad()
+def rescale_(params: list[Tensor], before: list[Tensor], scales: Tensor) -> None:
+    """Scale each replicate's last step by its own factor: p = before + c_r (p - before).
+
+    One lerp a tensor (exact at c_r = 1); with c_r <= 1 (the group's optimizer at its largest
+    lr) it loses no more than the step's own rounding.
+    """
+    for p, b in zip(params, before, strict=True):
+        torch.lerp(b, p, scales.view(-1, *([1] * (p.dim() - 1))), out=p)
 
 
 def use_fastest(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:

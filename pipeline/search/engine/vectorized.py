@@ -1,14 +1,18 @@
-"""Seed replicates of one configuration trained as one stacked model, at about the price of one run.
+"""Seed replicates of one configuration (and its other learning rates) trained as one stacked
+model, at about the price of one run.
 
     train_group(make_model, replicates, data, spec)    # search.workers.groups calls it
 
 engine.replicate holds Spec, Replicate and train_one (a seed trained alone, the reference a
 stacked replicate reproduces); engine.stacking the stacked forward and the optimizer probe.
 
-Replicates share the optimizer family, its hyperparameters, the schedule and the batch size;
-only the seed differs (initial weights, data order). The R models' parameters are stacked
-(torch.func.stack_module_state) and run under torch.vmap, or, for an nn.Sequential of Linear
-layers and elementwise activations, straight through torch.baddbmm on the stacked weights.
+Replicates share the optimizer family, its other hyperparameters, the schedule and the batch
+size; the seed differs (initial weights, data order) and may the learning rate: a replicate at
+c times the group's largest lr (Replicate.scale) takes the group optimizer's step scaled by c,
+which is its own step for an optimizer and schedule linear in the lr (stacking.linear_in_lr).
+The R models' parameters are stacked (torch.func.stack_module_state) and run under
+torch.vmap, or, for an nn.Sequential of Linear layers and elementwise activations, straight
+through torch.baddbmm on the stacked weights.
 Each replicate takes its own mini-batch. The summed loss (each replicate's mean batch loss,
 added up) has replicate r's own gradient in slice r, so an optimizer that updates every
 element on its own (all of conf/optimizer) performs R independent runs as one.
@@ -23,7 +27,8 @@ Falls back (the caller runs those replicates one by one) when
     one stacked optimizer against R separate ones on a tiny network, once per key;
   * the model cannot run under vmap (random numbers in forward such as dropout, `.item()`):
     train_group raises NotStackable before any training.
-A group that runs out of memory is split in halves, down to single runs.
+A group larger than the device's free memory holds (engine.memory) trains in parts, one after
+the other; a group that runs out of memory all the same is split in halves, down to single runs.
 
 A diverging replicate (non-finite train loss or metric, or train loss over divergence_factor x
 its first step's, as pipeline.search.engine.callbacks.Guarding decides) keeps that epoch's row, gets
@@ -43,6 +48,7 @@ from torch.func import stack_module_state
 
 from pipeline.search import interrupt
 from pipeline.search.engine.losses import FUNCTIONS as LOSSES
+from pipeline.search.engine.memory import group_size
 from pipeline.search.engine.replicate import (
     Data,
     Replicate,
@@ -56,6 +62,7 @@ from pipeline.search.engine.stacking import (
     hits_per_replicate,
     is_oom,
     per_replicate,
+    rescale_,
     stacked_forward,
     use_fastest,
 )
@@ -67,14 +74,35 @@ def train_group(
     replicates: list[Replicate],
     data: Data,
     spec: Spec,
-) -> None:
-    """Train every replicate (its seed set) as one stacked model, filling each one's result.
+    *,
+    free: int | None = None,
+) -> int:
+    """Train every replicate (its seed set) as one stacked model, filling each one's result;
+    returns the most replicates trained at once.
 
-    A group out of memory is split in halves (each half restarted, its seconds counted from its
-    own start), down to single runs (train_one). Raises NotStackable, before any training, for
-    a model vmap cannot run; Interrupted (Ctrl-C) leaves each replicate's epochs so far.
+    The replicates go in as few groups as the device's free memory holds (engine.memory;
+    `free`: the bytes free, read from the device when None), one after the other. A group out
+    of memory all the same is split in halves (each half restarted, its seconds counted from
+    its own start), down to single runs (train_one). Raises NotStackable, before any training,
+    for a model vmap cannot run; Interrupted (Ctrl-C) leaves each replicate's epochs so far.
     """
-    if len(replicates) == 1:
+    most = None
+    if len(replicates) > 1:
+        try:
+            most = group_size(make_model, data, spec, free=free)
+        except Exception:  # an estimate only: the split on out-of-memory still guards
+            most = None
+    size = min(most or len(replicates), len(replicates))
+    for i in range(0, len(replicates), size):
+        _train_halving(make_model, replicates[i : i + size], data, spec)
+    return size
+
+
+def _train_halving(
+    make_model: Callable[[], nn.Module], replicates: list[Replicate], data: Data, spec: Spec
+) -> None:
+    """The replicates as one group, or, out of memory, as two halves (each split again)."""
+    if len(replicates) == 1 and replicates[0].scale == 1.0:
         replicates[0].reset(1)
         done = train_one(make_model, replicates[0].seed, data, spec)
         replicates[0].curve, replicates[0].diverged = done.curve, done.diverged
@@ -84,14 +112,14 @@ def train_group(
         _train_stacked(make_model, replicates, data, spec)
         return
     except (RuntimeError, MemoryError) as error:
-        if not is_oom(error) and not isinstance(error, MemoryError):
+        if len(replicates) == 1 or (not is_oom(error) and not isinstance(error, MemoryError)):
             raise
     # Out of the except block, so the failed group's tensors (held by the traceback) are freed.
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     half = len(replicates) // 2
-    train_group(make_model, replicates[:half], data, spec)
-    train_group(make_model, replicates[half:], data, spec)
+    _train_halving(make_model, replicates[:half], data, spec)
+    _train_halving(make_model, replicates[half:], data, spec)
 
 
 def _train_stacked(
@@ -116,8 +144,11 @@ def _train_stacked(
     sizes = batch_sizes(n, spec.batch_size)
     weights = torch.tensor(sizes, dtype=torch.float32, device=device)[:, None]
     generators = [torch.Generator().manual_seed(rep.seed) for rep in replicates]
-    optimizer, scheduler, interval = spec.configure(list(params.values()), len(sizes))
+    stacked = list(params.values())
+    optimizer, scheduler, interval = spec.configure(stacked, len(sizes))
     use_fastest(optimizer)
+    scales = [rep.scale for rep in replicates]
+    factors = None if all(c == 1.0 for c in scales) else torch.tensor(scales, device=device)
     going = [True] * count
     first: list[float] | None = None
     steps = 0
@@ -131,7 +162,12 @@ def _train_stacked(
             batch = per_replicate(loss_fn, run(x), y).mean(1)
             optimizer.zero_grad(set_to_none=True)
             batch.sum().backward()  # slice r of each gradient is replicate r's own
-            optimizer.step()
+            if factors is None:
+                optimizer.step()
+            else:  # at the group's largest lr, each replicate's step then scaled to its own
+                before = [p.detach().clone() for p in stacked]
+                optimizer.step()
+                rescale_(stacked, before, factors)
             if first is None:
                 first = batch.detach().tolist()  # one sync per group
             if interval == "step":
@@ -153,7 +189,7 @@ def _train_stacked(
                     "train_loss": train_loss,
                     "val_loss": val,
                     "val_acc": acc if spec.classify else None,
-                    "lr": lr,
+                    "lr": lr * scales[r],
                 }
                 going[r] = replicates[r].add(row, first_loss=first[r], spec=spec)
         if interval == "epoch":

@@ -49,10 +49,16 @@ from pipeline.search.engine.losses import classifies
 from pipeline.search.engine.objective import Objective, run_trial
 from pipeline.search.engine.packages import lightning_package
 from pipeline.search.engine.replicate import Replicate, Spec
-from pipeline.search.engine.stacking import NotStackable, check_stackable, elementwise, is_oom
+from pipeline.search.engine.stacking import (
+    NotStackable,
+    check_stackable,
+    elementwise,
+    is_oom,
+    linear_in_lr,
+)
 from pipeline.search.engine.trial import factory, trainer_kwargs
 from pipeline.search.engine.vectorized import train_group
-from pipeline.search.space import Choice, SearchSpace
+from pipeline.search.space import Choice, SearchSpace, with_lr
 from pipeline.search.stale import take
 from pipeline.search.tasks.data import TensorDataModule, on_device
 
@@ -143,13 +149,15 @@ class GroupWorker:
                 continue
             group = [first]
             if self.grouped and self._stackable(first):
-                key = _group_key(first)
+                # Other learning rates of the family at this condition join when they can.
+                lr = not self._lr_stackable(first)
+                key = _group_key(first, lr=lr)
                 group += [
                     t
                     for t in queued
-                    if t is not first and _group_key(t) == key and take(storage, t)
+                    if t is not first and _group_key(t, lr=lr) == key and take(storage, t)
                 ]
-            return sorted(group, key=lambda t: int(t.user_attrs.get(record.REPLICATE, 0)))
+            return sorted(group, key=_order)
         return []
 
     def _stackable(self, trial: FrozenTrial) -> bool:
@@ -169,6 +177,18 @@ class GroupWorker:
                 "own (a norm?): its runs go one by one"
             )
         return False
+
+    def _lr_stackable(self, trial: FrozenTrial) -> bool:
+        """Whether the trial's family and schedule let runs at other learning rates join its
+        group (stacking.linear_in_lr, probed once per family, schedule and device)."""
+        try:
+            choice = self.space.sample(optuna.trial.FixedTrial(dict(trial.system_attrs[FIXED])))
+            key = ("lr", choice.optimizer, choice.schedule, self.device.type)
+            return linear_in_lr(
+                lambda lr: self._configure(with_lr(choice, lr)), choice.lr, self.device, key=key
+            )
+        except Exception:  # no lr, or not built this way: runs group by their own lr only
+            return False
 
     def _configure(self, choice: Choice) -> Callable[[Any, int], tuple[Any, Any, str]]:
         def configure(parameters: Any, steps_per_epoch: int) -> tuple[Any, Any, str]:
@@ -204,7 +224,10 @@ class GroupWorker:
 
         batch_size: int | None = None
         try:
-            choice = [self.space.sample(t) for t in trials][-1]  # writes each trial's params
+            choices = [self.space.sample(t) for t in trials]  # writes each trial's params
+            choice = max(choices, key=_lr)  # the group optimizer's lr; the others scale theirs
+            for rep, mine in zip(replicates, choices, strict=True):
+                rep.scale = _lr(mine) / _lr(choice) if _lr(choice) > 0 else 1.0
             batch_size = choice.batch_size
             datamodule = self.make_data(batch_size=choice.batch_size)
             test = getattr(datamodule, "test_arrays", None)
@@ -220,7 +243,13 @@ class GroupWorker:
             sizes["n_params"] = sum(p.numel() for p in self.make_model().parameters())
             sizes |= {"n_train": datamodule.n_train, "n_val": datamodule.n_val}
             data = on_device(datamodule.arrays, self.device)
-            train_group(self.make_model, replicates, data, spec)
+            size = train_group(self.make_model, replicates, data, spec)
+            if size < len(replicates) and "memory" not in self.said:
+                self.said.add("memory")
+                self.note(
+                    f"race: a group of {len(replicates)} runs trains in parts of {size}, what "
+                    f"the memory free on {self.device} holds"
+                )
         except BaseException as exc:
             stopped = interrupt.requested() or isinstance(
                 exc, interrupt.Interrupted | KeyboardInterrupt
@@ -281,7 +310,23 @@ def _batch_size(trial: FrozenTrial) -> float:
     return float(size) if isinstance(size, int | float) else float("inf")
 
 
-def _group_key(trial: FrozenTrial) -> tuple[str, Any, str]:
-    """Seeds of one arm: the same role, the same arm, the same params."""
-    fixed = trial.system_attrs.get(FIXED) or {}
-    return (record.role(trial), trial.user_attrs.get(record.ARM), repr(sorted(fixed.items())))
+def _group_key(trial: FrozenTrial, *, lr: bool = True) -> tuple[str, Any, str]:
+    """Seeds of one arm: the same role, the same arm, the same params; lr=False: of arms that
+    differ only in the learning rate (the race's lattice points of a family at one condition)."""
+    fixed = dict(trial.system_attrs.get(FIXED) or {})
+    if lr:
+        return (record.role(trial), trial.user_attrs.get(record.ARM), repr(sorted(fixed.items())))
+    fixed.pop(f"{fixed.get('optimizer')}.lr", None)
+    return (record.role(trial), None, repr(sorted(fixed.items())))
+
+
+def _order(trial: FrozenTrial) -> tuple[str, int]:
+    """A group's runs by arm, then seed."""
+    return (str(trial.user_attrs.get(record.ARM)), int(trial.user_attrs.get(record.REPLICATE, 0)))
+
+
+def _lr(choice: Choice) -> float:
+    try:
+        return choice.lr
+    except (KeyError, TypeError, ValueError):
+        return 0.0
