@@ -83,12 +83,12 @@ def linear_in_lr(
     are proportional to the base lr, and their state (moments, sums of squares) does not
     depend on it. Probed anyway, as elementwise is, since a user's optimizer or schedule (an
     absolute lr floor, a clipped step) may not be: four steps of three replicates at c = 1,
-    0.3 and 0.02, schedule stepped after each, against three separate runs.
+    0.1 and 0.001, schedule stepped after each, against three separate runs.
     """
     if key in _linear:
         return _linear[key]
     device = torch.device(device)
-    scales, shapes = (1.0, 0.3, 0.02), [(5, 4), (5,), (3, 5), (3,)]
+    scales, shapes = (1.0, 0.1, 1e-3), [(5, 4), (5,), (3, 5), (3,)]
     generator = torch.Generator().manual_seed(1)
     singles = [
         [torch.randn(s, generator=generator).to(device).requires_grad_() for s in shapes]
@@ -133,8 +133,8 @@ def linear_in_lr(
 def rescale_(params: list[Tensor], before: list[Tensor], scales: Tensor) -> None:
     """Scale each replicate's last step by its own factor: p = before + c_r (p - before).
 
-    One lerp a tensor (exact at c_r = 1); with c_r <= 1 (the group's optimizer at its largest
-    lr) it loses no more than the step's own rounding.
+    One lerp a tensor (exact at c_r = 1); with c_r <= 1 (the group's optimizer at the top of
+    the family's lr range) it loses no more than the step's own rounding.
     """
     for p, b in zip(params, before, strict=True):
         torch.lerp(b, p, scales.view(-1, *([1] * (p.dim() - 1))), out=p)

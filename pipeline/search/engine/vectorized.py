@@ -8,7 +8,7 @@ stacked replicate reproduces); engine.stacking the stacked forward and the optim
 
 Replicates share the optimizer family, its other hyperparameters, the schedule and the batch
 size; the seed differs (initial weights, data order) and may the learning rate: a replicate at
-c times the group's largest lr (Replicate.scale) takes the group optimizer's step scaled by c,
+c times the group optimizer's lr (Replicate.scale, c <= 1) takes its step scaled by c,
 which is its own step for an optimizer and schedule linear in the lr (stacking.linear_in_lr).
 The R models' parameters are stacked (torch.func.stack_module_state) and run under
 torch.vmap, or, for an nn.Sequential of Linear layers and elementwise activations, straight
@@ -164,7 +164,7 @@ def _train_stacked(
             batch.sum().backward()  # slice r of each gradient is replicate r's own
             if factors is None:
                 optimizer.step()
-            else:  # at the group's largest lr, each replicate's step then scaled to its own
+            else:  # at the group's lr, each replicate's step then scaled to its own
                 before = [p.detach().clone() for p in stacked]
                 optimizer.step()
                 rescale_(stacked, before, factors)

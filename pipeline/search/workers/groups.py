@@ -178,14 +178,30 @@ class GroupWorker:
             )
         return False
 
-    def _lr_stackable(self, trial: FrozenTrial) -> bool:
+    def _reference_lr(self, choices: list[Choice]) -> float:
+        """The lr a group's optimizer runs at: the top of the family's lr range (or the group's
+        largest lr, if above it). Fixed by the family, not by which runs share the group, so
+        a run's numbers do not depend on its companions (which workers split as they claim)."""
+        top = max(_lr(c) for c in choices)
+        dims = self.space.optimizers[choices[0].optimizer].dims
+        high = next((d.high for d in dims if d.name == "lr" and d.high is not None), None)
+        return max(float(high), top) if high is not None and top > 0 else top
+
+    def _lr_stackable(self, trial: FrozenTrial | Choice) -> bool:
         """Whether the trial's family and schedule let runs at other learning rates join its
         group (stacking.linear_in_lr, probed once per family, schedule and device)."""
         try:
-            choice = self.space.sample(optuna.trial.FixedTrial(dict(trial.system_attrs[FIXED])))
+            choice = (
+                trial
+                if isinstance(trial, Choice)
+                else self.space.sample(optuna.trial.FixedTrial(dict(trial.system_attrs[FIXED])))
+            )
             key = ("lr", choice.optimizer, choice.schedule, self.device.type)
             return linear_in_lr(
-                lambda lr: self._configure(with_lr(choice, lr)), choice.lr, self.device, key=key
+                lambda lr: self._configure(with_lr(choice, lr)),
+                self._reference_lr([choice]),
+                self.device,
+                key=key,
             )
         except Exception:  # no lr, or not built this way: runs group by their own lr only
             return False
@@ -225,9 +241,11 @@ class GroupWorker:
         batch_size: int | None = None
         try:
             choices = [self.space.sample(t) for t in trials]  # writes each trial's params
-            choice = max(choices, key=_lr)  # the group optimizer's lr; the others scale theirs
+            # A family whose runs cannot share an optimizer across lrs groups one lr only.
+            lr = self._reference_lr(choices) if self._lr_stackable(choices[0]) else _lr(choices[0])
+            choice = with_lr(choices[0], lr) if lr > 0 else choices[0]
             for rep, mine in zip(replicates, choices, strict=True):
-                rep.scale = _lr(mine) / _lr(choice) if _lr(choice) > 0 else 1.0
+                rep.scale = _lr(mine) / lr if lr > 0 else 1.0
             batch_size = choice.batch_size
             datamodule = self.make_data(batch_size=choice.batch_size)
             test = getattr(datamodule, "test_arrays", None)
