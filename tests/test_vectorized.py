@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from pipeline.config import check
 from pipeline.core import record
 from pipeline.core.errors import ConfigError
-from pipeline.search import interrupt
+from pipeline.search import interrupt, stale
 from pipeline.search.engine import memory, stacking, vectorized
 from pipeline.search.engine.replicate import Replicate, Spec, train_one
 from pipeline.search.engine.vectorized import train_group
@@ -146,6 +146,32 @@ def test_every_family_grouped_reproduces_its_seeds_run_one_by_one(tmp_path, sche
         runs = [record.run_of(t) for t in grouped.trials if _key(t)[0] == str(i)]
         assert len({r.final("val_loss") for r in runs}) == SEEDS
         assert len({tuple(r.curve["seconds"]) for r in runs}) == 1
+
+
+def test_a_worker_leaves_the_group_another_worker_is_claiming_whole(tmp_path):
+    """Two workers start a round together: the one that took a lattice's first run takes its
+    siblings; the other, seeing that run running, claims another group, and takes the
+    siblings only when nothing else is queued (a split group would train twice as long)."""
+    cfg = _config(tmp_path, "search.optimizers=[adam,sgd]", "search.schedulers=[constant]")
+    space = SearchSpace.from_config(cfg)
+    study = optuna.create_study()
+    for family in ("adam", "sgd"):
+        params = _params(space, family, "constant")
+        for lr in (1e-3, 1e-2, 1e-1):
+            attrs = {record.ROLE: "race", record.ARM: f"{family} {lr}", record.REPLICATE: 0}
+            study.enqueue_trial(params | {f"{family}.lr": lr}, user_attrs=attrs | {record.SEED: 0})
+    worker = replicates.GroupWorker(cfg, space, note=lambda line: None)
+    queued = study.get_trials(deepcopy=False)
+    first = queued[0]  # adam's first lattice point, taken by the other worker a moment ago
+    assert stale.take(study._storage, first)
+    waiting = [t for t in queued if t is not first]  # this worker's view of the queue
+    claimed = worker.claim(study, waiting)
+    assert [t.user_attrs[record.ARM] for t in claimed] == ["sgd 0.001", "sgd 0.01", "sgd 0.1"]
+    left = [t for t in waiting if t not in claimed]
+    assert [t.user_attrs[record.ARM] for t in worker.claim(study, left)] == [
+        "adam 0.01",
+        "adam 0.1",
+    ]
 
 
 def test_a_schedule_not_proportional_to_the_lr_groups_each_lr_apart(tmp_path):

@@ -144,21 +144,38 @@ class GroupWorker:
         storage = study._storage
         # Longest groups first (the smallest batch: the most steps), so that the last groups
         # are short and the workers end the phase close together.
-        for first in sorted(queued, key=lambda t: (_batch_size(t), t.number)):
-            if not take(storage, first):
-                continue
-            group = [first]
-            if self.grouped and self._stackable(first):
-                # Other learning rates of the family at this condition join when they can.
-                lr = not self._lr_stackable(first)
-                key = _group_key(first, lr=lr)
-                group += [
-                    t
-                    for t in queued
-                    if t is not first and _group_key(t, lr=lr) == key and take(storage, t)
-                ]
-            return sorted(group, key=_order)
+        order = sorted(queued, key=lambda t: (_batch_size(t), t.number))
+        # A run another worker holds (or took first) is the start of its group: its queued
+        # siblings are left to that worker, which is claiming them (taking them here would
+        # split the group), unless nothing else is queued.
+        running = (TrialState.RUNNING,)
+        busy = {
+            _group_key(t, lr=False)
+            for t in storage.get_all_trials(study._study_id, deepcopy=False, states=running)
+        }
+        for skip in (True, False):
+            for first in order:
+                if skip and _group_key(first, lr=False) in busy:
+                    continue
+                if not take(storage, first):
+                    busy.add(_group_key(first, lr=False))
+                    continue
+                return sorted(self._siblings(storage, first, queued), key=_order)
         return []
+
+    def _siblings(self, storage: Any, first: FrozenTrial, queued: list[FrozenTrial]) -> list:
+        """The claimed run and the queued runs that train with it, each claimed here."""
+        group = [first]
+        if self.grouped and self._stackable(first):
+            # Other learning rates of the family at this condition join when they can.
+            lr = not self._lr_stackable(first)
+            key = _group_key(first, lr=lr)
+            group += [
+                t
+                for t in queued
+                if t is not first and _group_key(t, lr=lr) == key and take(storage, t)
+            ]
+        return group
 
     def _stackable(self, trial: FrozenTrial) -> bool:
         """Whether the trial's optimizer family updates elementwise (probed once per family)."""
