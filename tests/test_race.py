@@ -222,10 +222,10 @@ def test_the_race_runs_on_parallel_workers_without_surplus_trials(tmp_path):
         "race.seeds=[1,2]",
         "search.n_workers=2",
         f"search.storage=journal:///{tmp_path}/study.journal",
-        # Runs one by one, long enough each (about 0.3 s) that both workers get some:
+        # Runs one by one, long enough each (about 0.15 s) that both workers get some:
         # workers claim from one queue, so a quick phase can be run by whichever is ready.
         "race.vectorize=false",
-        "trainer.max_epochs=20",
+        "trainer.max_epochs=10",
         "search.batch_sizes=[16]",
         "race.baseline.batch_size=16",
     )

@@ -45,6 +45,7 @@ SEEDS = 2
 def _fresh(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.set_num_threads(1)
     monkeypatch.setattr(stacking, "_elementwise", {})  # each test probes afresh
+    monkeypatch.setattr(stacking, "_linear", {})
 
 
 def _config(tmp_path: Path, *overrides: str, config_dirs: Iterable[Path] = ()) -> DictConfig:

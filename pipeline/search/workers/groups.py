@@ -206,19 +206,21 @@ class GroupWorker:
 
     def _lr_stackable(self, trial: FrozenTrial | Choice) -> bool:
         """Whether the trial's family and schedule let runs at other learning rates join its
-        group (stacking.linear_in_lr, probed once per family, schedule and device)."""
+        group (stacking.linear_in_lr, probed once per family and schedule with their other
+        values, and device)."""
         try:
             choice = (
                 trial
                 if isinstance(trial, Choice)
                 else self.space.sample(optuna.trial.FixedTrial(dict(trial.system_attrs[FIXED])))
             )
-            key = ("lr", choice.optimizer, choice.schedule, self.device.type)
+            others = {k: v for k, v in choice.optimizer_params.items() if k != "lr"}
+            key = (choice.optimizer, repr(others), choice.schedule, repr(choice.schedule_params))
             return linear_in_lr(
                 lambda lr: self._configure(with_lr(choice, lr)),
                 self._reference_lr([choice]),
                 self.device,
-                key=key,
+                key=(*key, self.device.type),
             )
         except Exception:  # no lr, or not built this way: runs group by their own lr only
             return False
