@@ -214,6 +214,8 @@ class GroupWorker:
                 if isinstance(trial, Choice)
                 else self.space.sample(optuna.trial.FixedTrial(dict(trial.system_attrs[FIXED])))
             )
+            if self._reference_lr([choice]) <= 0:  # no searched lr: nothing to scale
+                return False
             others = {k: v for k, v in choice.optimizer_params.items() if k != "lr"}
             key = (choice.optimizer, repr(others), choice.schedule, repr(choice.schedule_params))
             return linear_in_lr(
