@@ -175,7 +175,10 @@ class Race:
         default=None,
         metadata={"meaning": "the setting you train with today", "allows": "null or a mapping"},
     )
-    vectorize: bool = key("an arm's seeds trained as one stacked model where the task allows")
+    vectorize: bool = key(
+        "an arm's seeds, and its family's other learning rates at that condition, trained as "
+        "one stacked model where the task allows"
+    )
 
 
 @dataclass
