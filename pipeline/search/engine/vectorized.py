@@ -149,6 +149,7 @@ def _train_stacked(
     use_fastest(optimizer)
     scales = [rep.scale for rep in replicates]
     factors = None if all(c == 1.0 for c in scales) else torch.tensor(scales, device=device)
+    before = [torch.empty_like(p) for p in stacked] if factors is not None else []
     going = [True] * count
     first: list[float] | None = None
     steps = 0
@@ -165,7 +166,8 @@ def _train_stacked(
             if factors is None:
                 optimizer.step()
             else:  # at the group's lr, each replicate's step then scaled to its own
-                before = [p.detach().clone() for p in stacked]
+                for b, p in zip(before, stacked, strict=True):
+                    b.copy_(p.detach())
                 optimizer.step()
                 rescale_(stacked, before, factors)
             if first is None:

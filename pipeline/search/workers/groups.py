@@ -1,4 +1,4 @@
-"""A race arm's seeds trained together: one stacked model, R trials.
+"""A race's claimed runs trained together: one stacked model, R trials, each recorded.
 
     search.workers.loop.work() runs a race round with GroupWorker when it applies
     (race.vectorize, on by default; false runs every seed as its own Lightning trial).
@@ -8,14 +8,14 @@ task of yours), trained in 32-bit precision: the fast path of pipeline.search.en
 LightningModule, another data module, or a model torch.vmap cannot run trains its replicates
 one by one, as before.
 
-The race's trials are queued WAITING by search.phases.race with their params fixed.
-A worker claims one as Optuna does (WAITING -> RUNNING, refused when another worker got there
-first: safe on SQLite, journal and PostgreSQL storages), then its WAITING siblings (same role,
-same config, other seeds), names itself on each at once (the stale-trial reaper fails a
-running trial nobody claims), trains them as one group (pipeline.search.engine.vectorized) and
-records each as its own trial: its curve, seed, test scores, and how it ended. A diverging
-replicate is recorded diverged (pruned) and the others go on. The worker never asks Optuna for
-a new trial, so it cannot sample a surplus search trial: it stops when nothing is queued.
+The race's trials are queued WAITING by search.phases.race with their params fixed. A worker
+claims a run and the queued runs that train with it (search.workers.claim: an arm's other
+seeds, and its family's other learning rates at its condition), names itself on each at once
+(the stale-trial reaper fails a running trial nobody claims), trains them as one group
+(pipeline.search.engine.vectorized) and records each as its own trial: its curve, seed, test
+scores, and how it ended. A diverging replicate is recorded diverged (pruned) and the others
+go on. The worker never asks Optuna for a new trial, so it cannot sample a surplus search
+trial: it stops when nothing is queued.
 
 Each replicate's curve `seconds` is the group's wall clock since the group started (all of
 the group's work, not its share); record.GROUP on the trial holds the group size, so a
@@ -59,8 +59,8 @@ from pipeline.search.engine.stacking import (
 from pipeline.search.engine.trial import factory, trainer_kwargs
 from pipeline.search.engine.vectorized import train_group
 from pipeline.search.space import Choice, SearchSpace, with_lr
-from pipeline.search.stale import take
 from pipeline.search.tasks.data import TensorDataModule, on_device
+from pipeline.search.workers.claim import FIXED, Joins, claim
 
 # Lightning Trainer arguments that change nothing a stacked group computes; any other one
 # (gradient clipping, say) makes the race's runs go one by one, where Lightning applies it.
@@ -74,7 +74,6 @@ UNTRAINED_TRAINER_ARGS = {
     "benchmark",
     "deterministic",
 }
-FIXED = "fixed_params"  # where Optuna keeps an enqueued trial's params (system_attrs)
 PRECISIONS = ("32-true", "32")
 
 
@@ -140,47 +139,25 @@ class GroupWorker:
             self._group(trials[0].study, trials)
 
     def claim(self, study: optuna.Study, queued: list[FrozenTrial]) -> list[FrozenTrial]:
-        """A queued replicate and, when its config can train as a group, its queued siblings."""
-        storage = study._storage
-        # Longest groups first (the smallest batch: the most steps), so that the last groups
-        # are short and the workers end the phase close together.
-        order = sorted(queued, key=lambda t: (_batch_size(t), t.number))
-        # A run another worker holds (or took first) is the start of its group: its queued
-        # siblings are left to that worker, which is claiming them (taking them here would
-        # split the group), unless nothing else is queued.
-        running = (TrialState.RUNNING,)
-        busy = {
-            _group_key(t, lr=False)
-            for t in storage.get_all_trials(study._study_id, deepcopy=False, states=running)
-        }
-        for skip in (True, False):
-            for first in order:
-                if skip and _group_key(first, lr=False) in busy:
-                    continue
-                if not take(storage, first):
-                    busy.add(_group_key(first, lr=False))
-                    continue
-                return sorted(self._siblings(storage, first, queued), key=_order)
-        return []
+        """A queued replicate and the queued runs that train with it (workers.claim)."""
+        return claim(study, queued, joins=self._joins)
 
-    def _siblings(self, storage: Any, first: FrozenTrial, queued: list[FrozenTrial]) -> list:
-        """The claimed run and the queued runs that train with it, each claimed here."""
-        group = [first]
-        if self.grouped and self._stackable(first):
-            # Other learning rates of the family at this condition join when they can.
-            lr = not self._lr_stackable(first)
-            key = _group_key(first, lr=lr)
-            group += [
-                t
-                for t in queued
-                if t is not first and _group_key(t, lr=lr) == key and take(storage, t)
-            ]
-        return group
-
-    def _stackable(self, trial: FrozenTrial) -> bool:
-        """Whether the trial's optimizer family updates elementwise (probed once per family)."""
+    def _joins(self, trial: FrozenTrial) -> Joins:
+        """Which queued runs may train with this one: its arm's other seeds, and its family's
+        other lrs at its condition where the optimizer and schedule allow (None: alone)."""
+        if not self.grouped:
+            return None
         try:
             choice = self.space.sample(optuna.trial.FixedTrial(dict(trial.system_attrs[FIXED])))
+        except Exception:  # its trial, run alone, records what is wrong
+            return None
+        if not self._stackable(choice):
+            return None
+        return "lr" if self._lr_stackable(choice) else "arm"
+
+    def _stackable(self, choice: Choice) -> bool:
+        """Whether the choice's optimizer family updates elementwise (probed once per family)."""
+        try:
             configure = self._configure(choice)
             if elementwise(configure, self.device, key=(choice.optimizer, self.device.type)):
                 return True
@@ -197,34 +174,27 @@ class GroupWorker:
 
     def _reference_lr(self, choices: list[Choice]) -> float:
         """The lr a group's optimizer runs at: the top of the family's lr range (or the group's
-        largest lr, if above it). Fixed by the family, not by which runs share the group, so
-        a run's numbers do not depend on its companions (which workers split as they claim)."""
-        top = max(_lr(c) for c in choices)
+        largest lr, if above it; config checks that every family searches lr). Fixed by the
+        family, not by which runs share the group, so a run's numbers do not depend on its
+        companions (which workers split as they claim)."""
         dims = self.space.optimizers[choices[0].optimizer].dims
-        high = next((d.high for d in dims if d.name == "lr" and d.high is not None), None)
-        return max(float(high), top) if high is not None and top > 0 else top
+        high = next(float(d.high) for d in dims if d.name == "lr")
+        return max(high, *(c.lr for c in choices))
 
-    def _lr_stackable(self, trial: FrozenTrial | Choice) -> bool:
-        """Whether the trial's family and schedule let runs at other learning rates join its
+    def _lr_stackable(self, choice: Choice) -> bool:
+        """Whether the choice's family and schedule let runs at other learning rates join its
         group (stacking.linear_in_lr, probed once per family and schedule with their other
         values, and device)."""
+        others = {k: v for k, v in choice.optimizer_params.items() if k != "lr"}
+        key = (choice.optimizer, repr(others), choice.schedule, repr(choice.schedule_params))
         try:
-            choice = (
-                trial
-                if isinstance(trial, Choice)
-                else self.space.sample(optuna.trial.FixedTrial(dict(trial.system_attrs[FIXED])))
-            )
-            if self._reference_lr([choice]) <= 0:  # no searched lr: nothing to scale
-                return False
-            others = {k: v for k, v in choice.optimizer_params.items() if k != "lr"}
-            key = (choice.optimizer, repr(others), choice.schedule, repr(choice.schedule_params))
             return linear_in_lr(
                 lambda lr: self._configure(with_lr(choice, lr)),
                 self._reference_lr([choice]),
                 self.device,
                 key=(*key, self.device.type),
             )
-        except Exception:  # no lr, or not built this way: runs group by their own lr only
+        except Exception:  # not built this way: runs group by their own lr only
             return False
 
     def _configure(self, choice: Choice) -> Callable[[Any, int], tuple[Any, Any, str]]:
@@ -263,10 +233,10 @@ class GroupWorker:
         try:
             choices = [self.space.sample(t) for t in trials]  # writes each trial's params
             # A family whose runs cannot share an optimizer across lrs groups one lr only.
-            lr = self._reference_lr(choices) if self._lr_stackable(choices[0]) else _lr(choices[0])
-            choice = with_lr(choices[0], lr) if lr > 0 else choices[0]
+            lr = self._reference_lr(choices) if self._lr_stackable(choices[0]) else choices[0].lr
+            choice = with_lr(choices[0], lr)
             for rep, mine in zip(replicates, choices, strict=True):
-                rep.scale = _lr(mine) / lr if lr > 0 else 1.0
+                rep.scale = mine.lr / lr
             batch_size = choice.batch_size
             datamodule = self.make_data(batch_size=choice.batch_size)
             test = getattr(datamodule, "test_arrays", None)
@@ -342,30 +312,3 @@ class GroupWorker:
         except Exception as exc:  # the runs are recorded; a logger's failure loses none of them
             numbers = f"{trials[0].number}-{trials[-1].number}"
             self.note(f"race: logging trials {numbers} failed: {first_line(exc)}")
-
-
-def _batch_size(trial: FrozenTrial) -> float:
-    size = (trial.system_attrs.get(FIXED) or {}).get("batch_size")
-    return float(size) if isinstance(size, int | float) else float("inf")
-
-
-def _group_key(trial: FrozenTrial, *, lr: bool = True) -> tuple[str, Any, str]:
-    """Seeds of one arm: the same role, the same arm, the same params; lr=False: of arms that
-    differ only in the learning rate (the race's lattice points of a family at one condition)."""
-    fixed = dict(trial.system_attrs.get(FIXED) or {})
-    if lr:
-        return (record.role(trial), trial.user_attrs.get(record.ARM), repr(sorted(fixed.items())))
-    fixed.pop(f"{fixed.get('optimizer')}.lr", None)
-    return (record.role(trial), None, repr(sorted(fixed.items())))
-
-
-def _order(trial: FrozenTrial) -> tuple[str, int]:
-    """A group's runs by arm, then seed."""
-    return (str(trial.user_attrs.get(record.ARM)), int(trial.user_attrs.get(record.REPLICATE, 0)))
-
-
-def _lr(choice: Choice) -> float:
-    try:
-        return choice.lr
-    except (KeyError, TypeError, ValueError):
-        return 0.0
