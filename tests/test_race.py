@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import shutil
 import sqlite3
 
 import optuna
@@ -10,6 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from pipeline.core import record
+from pipeline.core.errors import ConfigError
 from pipeline.core.storage import load_study
 from pipeline.report import prose
 from pipeline.report.results import collect
@@ -19,6 +21,7 @@ from pipeline.search.phases.run import search
 from pipeline.search.phases.study import prepare
 from pipeline.search.space import SearchSpace
 from pipeline.verdict.cost import EpochCost
+from pipeline.verdict.judge import judge
 from tests.conftest import TINY, kill_9_when, role_states, run_cli, tiny_config
 
 FAMILIES = "search.optimizers=[sgd,adam,momentum]"
@@ -82,7 +85,17 @@ def test_the_race_runs_every_arm_with_shared_seeds_and_its_own_budget(tmp_path):
         run = record.run_of(t)
         assert run.seed == 1_000_000 * (0 + 1) + index  # seed i: the same for every arm
         assert t.params == arms.get(t.user_attrs[record.ARM], {"params": t.params})["params"]
-        assert run.epochs == 3 and t.state == TrialState.COMPLETE  # full length, never pruned
+        # Never pruned. It ends at the first epoch at the target, in round 0 once its family's
+        # two kept lattice points got there first (said on it), or after all its epochs.
+        assert t.state == TrialState.COMPLETE and t.user_attrs[record.STOP_AT] == plan["target"]
+        at = [v <= plan["target"] for v in run.curve["val_loss"]]
+        if any(at):
+            assert at.index(True) == run.epochs - 1
+        elif record.note(t):
+            assert index == 0 and "2 runs of its group reached the target first" in record.note(t)
+        else:
+            assert run.epochs == 3
+    assert any(record.run_of(t).epochs < 3 for t in raced)
     # Each family's optimizer step was timed once, before the race was planned; each family's
     # raced setting then trained once alone, to check the cost model.
     timed = study.user_attrs[record.STEP_SECONDS]
@@ -98,7 +111,7 @@ def test_the_race_runs_every_arm_with_shared_seeds_and_its_own_budget(tmp_path):
 
 def test_a_live_pruner_prunes_search_trials_and_never_a_race_run(tmp_path):
     # The pruner that cut search trials is on during the race: no race run, setting arm or
-    # baseline run is cut short (a run's time to the target needs its whole curve).
+    # baseline run is cut short (a run's time to the target needs its curve to the target).
     cfg = tiny_config(
         tmp_path,
         "pruner=median",
@@ -125,8 +138,12 @@ def test_a_live_pruner_prunes_search_trials_and_never_a_race_run(tmp_path):
     }
     assert {"family", "setting", "baseline"} <= kinds
     assert raced and all(t.state == TrialState.COMPLETE for t in raced)
-    assert all(record.run_of(t).epochs == 6 for t in raced)
-    assert all(t.state == TrialState.COMPLETE for t in roles["timing"])
+    target = load_study(cfg.search.storage, "moons").user_attrs[record.RACE]["target"]
+    for t in raced + roles["timing"]:  # all its epochs, or up to the first at the target
+        curve = record.run_of(t).curve["val_loss"]
+        assert t.state == TrialState.COMPLETE and not record.note(t)
+        assert len(curve) == 6 or (curve[-1] <= target and all(v > target for v in curve[:-1]))
+    assert any(len(record.run_of(t).curve["val_loss"]) < 6 for t in raced)
 
 
 def test_kill_9_between_the_search_and_the_race_then_a_rerun_races_once(tmp_path):
@@ -375,3 +392,54 @@ def test_the_race_conditions_are_the_quickest_distinct_pairs_each_as_its_trial_h
     assert found[0]["params"] == {"schedule": "step", "batch_size": 64, "step.gamma": 0.5}
     assert len(quickest_conditions(quick, 1)) == 1
     assert len(quickest_conditions(quick, 9)) == 4  # every distinct pair there is
+
+
+def test_runs_ended_at_the_target_decide_what_runs_of_every_epoch_decide(tmp_path):
+    """race.stop_at_target (the default) changes no decision: the same search raced twice,
+    ending runs at the target and training every epoch, keeps and drops the same arms and
+    families with the same times, on fewer epochs."""
+    first = tiny_config(tmp_path, "search.n_trials=6", FAMILIES, "trainer.max_epochs=8")
+    assert search(first).exit_code == 0  # the search only (race.seeds=[])
+    epochs, decided = {}, {}
+    for stop in ("false", "true"):
+        folder = tmp_path / stop
+        folder.mkdir()
+        shutil.copy(tmp_path / "study.db", folder / "study.db")
+        cfg = tiny_config(
+            folder,
+            "search.n_trials=6",
+            FAMILIES,
+            "trainer.max_epochs=8",
+            "race.seeds=[1,3,6]",
+            f"race.stop_at_target={stop}",
+        )
+        study = load_study(cfg.search.storage, "moons")
+        # The same step seconds for both, so both plan the same race.
+        study.set_user_attr(record.STEP_SECONDS, {"sgd": 2e-4, "adam": 3e-4, "momentum": 2e-4})
+        assert search(cfg).exit_code == 0
+        verdict, state = judge(load_study(cfg.search.storage, "moons"), cfg)
+        epochs[stop] = sum(
+            record.run_of(t).epochs
+            for t in load_study(cfg.search.storage, "moons").trials
+            if record.role(t) == "race"
+        )
+        kept = verdict.times[verdict.times.arm.isin(state.alive)]
+        decided[stop] = (
+            state.round,
+            sorted(state.alive),
+            sorted(state.arms_out),
+            {f: (o.round, round(o.p, 6)) for f, o in state.families_out.items()},
+            list(verdict.families.family),
+            list(verdict.families.status),
+            sorted(zip(kept.arm, kept.replicate, kept.time.round(9), strict=True)),
+        )
+    assert decided["true"] == decided["false"]
+    assert len(decided["true"][2]) > 0  # round 0 dropped lattice points
+    assert epochs["true"] < 0.7 * epochs["false"]
+    # The runs cannot tell when they would reach a stricter target: refused, not misjudged.
+    target = load_study(cfg.search.storage, "moons").user_attrs[record.RACE]["target"]
+    cfg.verdict.target = target * 0.9
+    with pytest.raises(ConfigError, match=r"verdict.target: .* is stricter than .* new study"):
+        judge(load_study(cfg.search.storage, "moons"), cfg)
+    cfg.verdict.target = target * 1.1  # a looser one is read off the runs as they are
+    assert judge(load_study(cfg.search.storage, "moons"), cfg)[0] is not None

@@ -357,11 +357,11 @@ def test_a_group_out_of_memory_is_split(monkeypatch):
     tried: list[int] = []
     real = vectorized._train_stacked
 
-    def stacked(make_model: Any, group: list[Replicate], *args: Any) -> None:
+    def stacked(make_model: Any, group: list[Replicate], *args: Any, **kw: Any) -> None:
         tried.append(len(group))
         if len(group) > 2:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        real(make_model, group, *args)
+        real(make_model, group, *args, **kw)
 
     monkeypatch.setattr(vectorized, "_train_stacked", stacked)
     make = lambda: nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2))  # noqa: E731
@@ -398,7 +398,7 @@ def test_a_group_larger_than_free_memory_trains_in_parts_that_fit():
 
 
 def test_other_errors_are_not_taken_for_memory(monkeypatch):
-    def stacked(*args: Any) -> None:
+    def stacked(*args: Any, **kw: Any) -> None:
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
     monkeypatch.setattr(vectorized, "_train_stacked", stacked)
@@ -425,3 +425,44 @@ def test_train_one_reproduces_the_lightning_trial_of_its_seed(tmp_path):
     for t in alone.trials:
         one = train_one(group.make_model, t.user_attrs[record.SEED], _moons(), spec)
         assert_same_curve(one.curve, record.run_of(t).curve, 400)
+
+
+def test_a_lattice_group_stops_each_run_at_the_target_or_once_its_family_keeps_others():
+    """With stop_at and halving 2 (round 0), a replicate's curve is its full curve up to the
+    first epoch at the target, or up to the epoch two others of its group got there first;
+    the same in parts that fit the memory, where the parts trained before count."""
+    data, make = _moons(), (lambda: nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 2)))
+    scales = [1.0, 0.3, 0.1, 0.03, 0.01, 0.003]
+    full = [Replicate(0, scale=c) for c in scales]
+    train_group(make, full, data, _spec(epochs=8))
+    values = [rep.curve["val_loss"] for rep in full]
+    target = sorted(v[3] for v in values)[2]  # some runs are there by epoch 4, some never
+    first = [next((i + 1 for i, v in enumerate(vs) if v <= target), None) for vs in values]
+    cap = sorted(e for e in first if e is not None)[1]
+    spec = _spec(epochs=8, stop_at=target, halving=2)
+    group = [Replicate(0, scale=c) for c in scales]
+    train_group(make, group, data, spec)
+    stopped = [rep.epochs for rep in group]
+    assert stopped == [e if e is not None and e <= cap else cap for e in first]
+    assert any(rep.out for rep in group) and sum(rep.reached is not None for rep in group) >= 2
+    assert max(stopped) < 8  # the group itself stopped early
+    for rep, whole in zip(group, full, strict=True):
+        assert rep.out is None or "2 runs of its group reached the target first" in rep.out
+        assert_same_curve(rep.curve, {k: v[: rep.epochs] for k, v in whole.curve.items()}, 400)
+    low, high = 1, 2**40  # the least memory that holds two at once
+    while low < high:
+        mid = (low + high) // 2
+        fits = memory.group_size(make, data, spec, free=mid) >= 2
+        low, high = (low, mid) if fits else (mid + 1, high)
+    parts = [Replicate(0, scale=c) for c in scales]
+    train_group(make, parts, data, spec, free=low)
+    assert [rep.group for rep in parts] == [2] * 6
+    for rep, whole in zip(parts, full, strict=True):
+        epoch = rep.epochs
+        assert_same_curve(rep.curve, {k: v[:epoch] for k, v in whole.curve.items()}, 400)
+        if rep.reached is not None:
+            assert rep.reached == epoch == first[parts.index(rep)]
+        elif rep.out is not None:  # two had reached it by then, in its part or one before
+            assert sum(p.reached is not None and p.reached <= epoch for p in parts) >= 2
+        else:
+            assert epoch == 8

@@ -179,6 +179,10 @@ class Race:
         "an arm's seeds, and its family's other learning rates at that condition, trained as "
         "one stacked model where the task allows"
     )
+    stop_at_target: bool = key(
+        "a race run ends at the target, a round-0 lattice point once its family's kept points "
+        "are there first (false: every run trains all its epochs)"
+    )
 
 
 @dataclass

@@ -28,7 +28,7 @@ COLUMNS = ("epoch", "step", "seconds", "train_loss", "val_loss", "val_acc", "lr"
 
 RUN = "run"
 WORKER = "worker"
-STOPPED = "stopped"  # why a pruned trial stopped: "pruned at epoch k" or "diverged at ..."
+STOPPED = "stopped"  # why it stopped early: "pruned at epoch k", "diverged at ...", a halving
 DIVERGED = "diverged"
 INTERRUPTED = "interrupted"  # Ctrl-C / SIGTERM: kept as history, not counted
 ERROR = "error"  # the trial's own failure, one line
@@ -53,6 +53,12 @@ SEED = "seed"  # the seed it trains with, when not the search's seed + trial num
 # Replicates trained as one stacked group (search.workers.groups): the group's size. Their
 # curve seconds are the group's wall clock since it started, not a run of their own.
 GROUP = "group"
+# A race or timing run stops after the epoch its metric reaches STOP_AT (the race's target):
+# its time to the target is all the verdict reads of it. A round-0 lattice run (HALVING: the
+# runs its family keeps) also stops once that many runs of its group reached it first, as it
+# can no longer be kept (search.phases.race.enqueue sets both; race.stop_at_target: false, none).
+STOP_AT = "stop_at"
+HALVING = "halving"
 
 # State labels, in the order a report lists them; MAIN are shown even when zero.
 STATES = (

@@ -36,6 +36,7 @@ TRIAL_COLUMNS = [
     "arm",
     "replicate",
     "test_acc",
+    "stop_at",
 ]
 
 
@@ -76,6 +77,7 @@ def trials_frame(trials: list[FrozenTrial]) -> pd.DataFrame:
                 "arm": t.user_attrs.get(record.ARM),
                 "replicate": t.user_attrs.get(record.REPLICATE),
                 "test_acc": math.nan if run.test_acc is None else run.test_acc,
+                "stop_at": t.user_attrs.get(record.STOP_AT, math.nan),
             }
         )
     frame = pd.DataFrame(rows, columns=TRIAL_COLUMNS)

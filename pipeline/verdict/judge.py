@@ -16,12 +16,13 @@ import optuna
 import pandas as pd
 
 from pipeline.core import record
+from pipeline.core.errors import ConfigError
 from pipeline.verdict.claims import Verdict, declare
 from pipeline.verdict.confidence import arm_times
 from pipeline.verdict.cost import EpochCost
 from pipeline.verdict.frames import curves_frame, race_runs, trials_frame, visible_trials
 from pipeline.verdict.race import Rules, State, conditions_of, replay
-from pipeline.verdict.target import Target, derive_target
+from pipeline.verdict.target import Target, derive_target, reaches
 
 
 def rules_of(config: Any) -> Rules:
@@ -56,6 +57,23 @@ def race_target(plan: dict[str, Any], *, metric: str, direction: str, given: Any
     )
 
 
+def _check_stops(trials: pd.DataFrame, aim: Target) -> None:
+    """Refuse a target stricter than the one the race's runs stopped at (record.STOP_AT): they
+    cannot show when they would have reached it."""
+    raced = trials[trials.role.isin((*record.RACED, "timing"))]
+    stops = raced["stop_at"].dropna()
+    strict = [s for s in stops if not reaches(float(s), aim.value, direction=aim.direction)]
+    if strict:
+        stop = strict[0]
+        sign = "<=" if aim.direction == "maximize" else ">="
+        raise ConfigError(
+            "verdict.target",
+            f"{aim.value:.4g} is stricter than {stop:.4g}, the {aim.metric} this study's race "
+            f"runs stopped at (race.stop_at_target); use a value {sign} {stop:.4g}, or race "
+            "again in a new study (search.study_name)",
+        )
+
+
 def decide(
     study: optuna.Study,
     trials: pd.DataFrame,
@@ -77,6 +95,7 @@ def decide(
         )
         return aim, None, None
     aim = race_target(plan, metric=metric, direction=direction, given=target)
+    _check_stops(trials, aim)
     cost = EpochCost.measure(
         trials[trials.role == "search"],
         curves,

@@ -1,4 +1,5 @@
-"""Lightning callbacks of a trial: record the curve, report to the pruner, stop a diverging run.
+"""Lightning callbacks of a trial: record the curve, report to the pruner, stop a diverging run
+(and a race run at its target).
 
     pipeline.search.engine.trial adds them to every trial's Trainer.
 
@@ -24,6 +25,7 @@ import torch
 from pipeline.core.record import COLUMNS
 from pipeline.search import interrupt
 from pipeline.search.engine.loggers import write_row
+from pipeline.verdict.target import reaches
 
 
 class Diverged(Exception):
@@ -106,9 +108,12 @@ class Guarding:
         metric: str,
         divergence_factor: float,
         prune: bool,
+        stop_at: float | None = None,
+        direction: str = "minimize",
     ) -> None:
         self.trial, self.recorder = trial, recorder
         self.metric, self.factor, self.prune = metric, divergence_factor, prune
+        self.stop_at, self.direction = stop_at, direction
         self.first_loss: float | None = None
 
     def on_train_batch_end(
@@ -143,6 +148,11 @@ class Guarding:
             self.trial.report(value, epoch)
             if self.trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}: {self.metric} {value:.4g}")
+        # A race run ends at its target (record.STOP_AT). Not Lightning's EarlyStopping
+        # (stopping_threshold): our module's metrics are in the curve, not callback_metrics,
+        # and the stop must be the verdict's own test (verdict.target.reaches, <= not <).
+        if self.stop_at is not None and reaches(value, self.stop_at, direction=self.direction):
+            trainer.should_stop = True
         interrupt.check()
 
 

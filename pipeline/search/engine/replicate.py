@@ -21,6 +21,7 @@ from pipeline.search.engine.losses import FUNCTIONS as LOSSES
 from pipeline.search.engine.losses import classifies, n_correct
 from pipeline.search.engine.module import Configure
 from pipeline.search.tasks.data import EVAL_CHUNK
+from pipeline.verdict.target import reaches
 
 Data = tuple[Tensor, Tensor, Tensor, Tensor]  # x_train, y_train, x_val, y_val, on the device
 EPOCH_COPY_BYTES = 256 * 2**20  # gather an epoch's shuffled data at once up to this size
@@ -37,6 +38,11 @@ class Spec:
     metric: str = "val_loss"
     divergence_factor: float = 10.0
     test: tuple[Tensor, Tensor] | None = None  # held-out rows scored after the last epoch
+    # A race run stops after the epoch its metric reaches stop_at (record.STOP_AT), and with
+    # halving k once k others of its group reached it by that epoch (record.HALVING).
+    stop_at: float | None = None
+    direction: str = "minimize"
+    halving: int | None = None
 
     @property
     def classify(self) -> bool:
@@ -53,6 +59,8 @@ class Replicate:
     scores: dict[str, float] = field(default_factory=dict)
     group: int = 1  # how many replicates trained together (1: alone)
     scale: float = 1.0  # its learning rate over the group optimizer's (groups of several lrs)
+    reached: int | None = None  # the epoch after which its metric reached spec.stop_at
+    out: str | None = None  # why it stopped short of the target (spec.halving)
 
     @property
     def epochs(self) -> int:
@@ -65,6 +73,35 @@ class Replicate:
     def reset(self, group: int) -> None:
         self.curve = {c: [] for c in COLUMNS}
         self.diverged, self.scores, self.group = None, {}, group
+        self.reached = self.out = None
+
+    def settles(self, spec: Spec, peers: list[Replicate]) -> bool:
+        """After an epoch it went on from (add returned True): whether it stops here."""
+        return self.reach(spec) or self.beaten(spec, peers)
+
+    def reach(self, spec: Spec) -> bool:
+        """Whether its last epoch's metric reached spec.stop_at (then `reached` is set)."""
+        if spec.stop_at is None or not reaches(
+            self.last(spec.metric), spec.stop_at, direction=spec.direction
+        ):
+            return False
+        self.reached = self.curve["epoch"][-1]
+        return True
+
+    def beaten(self, spec: Spec, peers: list[Replicate]) -> bool:
+        """Whether spec.halving of `peers` reached the target by its last epoch, so that it
+        can no longer be kept (then `out` says so)."""
+        if spec.stop_at is None or spec.halving is None or self.reached is not None:
+            return False
+        epoch = self.curve["epoch"][-1]
+        ahead = sum(p is not self and p.reached is not None and p.reached <= epoch for p in peers)
+        if ahead < spec.halving:
+            return False
+        self.out = (
+            f"stopped at epoch {epoch}: {ahead} runs of its group reached the target first "
+            f"and its family keeps {spec.halving}"
+        )
+        return True
 
     def add(self, row: dict[str, Any], *, first_loss: float, spec: Spec) -> bool:
         """Append one epoch's row; False once the replicate has diverged (Guarding's rules)."""
@@ -111,8 +148,16 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
 
-def train_one(make_model: Callable[[], nn.Module], seed: int, data: Data, spec: Spec) -> Replicate:
-    """One seed, a plain loop: what the one-by-one trial (TrainModule) computes, no Lightning."""
+def train_one(
+    make_model: Callable[[], nn.Module],
+    seed: int,
+    data: Data,
+    spec: Spec,
+    *,
+    peers: list[Replicate] | None = None,
+) -> Replicate:
+    """One seed, a plain loop: what the one-by-one trial (TrainModule) computes, no Lightning.
+    `peers`: its group's replicates trained before it (spec.halving counts them)."""
     loss_fn = LOSSES[spec.loss]
     x_train, y_train, x_val, y_val = data
     device, n = x_train.device, len(x_train)
@@ -152,11 +197,12 @@ def train_one(make_model: Callable[[], nn.Module], seed: int, data: Data, spec: 
             "val_acc": val_acc,
             "lr": current_lr(optimizer),
         }
-        going = result.add(row, first_loss=first or 0.0, spec=spec)
+        if not result.add(row, first_loss=first or 0.0, spec=spec):
+            return result
+        if result.settles(spec, [*(peers or []), result]):
+            break
         if interval == "epoch":
             scheduler.step()  # after the row: the curve shows the lr this epoch used
-        if not going:
-            return result
     if spec.test is not None:
         test_loss, test_acc = score_one(model, *spec.test, spec)
         result.scores = {"test_loss": test_loss}

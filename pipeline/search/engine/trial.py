@@ -172,6 +172,8 @@ class TrialRunner:
             metric=self.cfg.search.metric,
             divergence_factor=float(self.cfg.search.divergence_factor),
             prune=self.prune and searched,
+            stop_at=attrs.get(record.STOP_AT),
+            direction=str(self.cfg.search.direction),
         )
         callbacks = [recorder, guard, *make_callbacks(self.cfg, package)]
         if loggers:

@@ -93,23 +93,34 @@ def train_group(
         except Exception:  # an estimate only: the split on out-of-memory still guards
             most = None
     size = min(most or len(replicates), len(replicates))
+    for rep in replicates:
+        rep.reset(1)
     for i in range(0, len(replicates), size):
-        _train_halving(make_model, replicates[i : i + size], data, spec)
+        _train_halving(make_model, replicates[i : i + size], data, spec, peers=replicates)
     return size
 
 
 def _train_halving(
-    make_model: Callable[[], nn.Module], replicates: list[Replicate], data: Data, spec: Spec
+    make_model: Callable[[], nn.Module],
+    replicates: list[Replicate],
+    data: Data,
+    spec: Spec,
+    *,
+    peers: list[Replicate],
 ) -> None:
-    """The replicates as one group, or, out of memory, as two halves (each split again)."""
+    """The replicates as one group, or, out of memory, as two halves (each split again).
+    `peers`: the whole group, parts trained before these included (spec.halving counts them)."""
     if len(replicates) == 1 and replicates[0].scale == 1.0:
-        replicates[0].reset(1)
-        done = train_one(make_model, replicates[0].seed, data, spec)
-        replicates[0].curve, replicates[0].diverged = done.curve, done.diverged
-        replicates[0].scores = done.scores
+        mine = replicates[0]
+        mine.reset(1)
+        done = train_one(
+            make_model, mine.seed, data, spec, peers=[p for p in peers if p is not mine]
+        )
+        mine.curve, mine.diverged, mine.scores = done.curve, done.diverged, done.scores
+        mine.reached, mine.out = done.reached, done.out
         return
     try:
-        _train_stacked(make_model, replicates, data, spec)
+        _train_stacked(make_model, replicates, data, spec, peers=peers)
         return
     except (RuntimeError, MemoryError) as error:
         if len(replicates) == 1 or (not is_oom(error) and not isinstance(error, MemoryError)):
@@ -117,15 +128,24 @@ def _train_halving(
     # Out of the except block, so the failed group's tensors (held by the traceback) are freed.
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    for rep in replicates:  # what the failed group reached is trained again
+        rep.reset(1)
     half = len(replicates) // 2
-    _train_halving(make_model, replicates[:half], data, spec)
-    _train_halving(make_model, replicates[half:], data, spec)
+    _train_halving(make_model, replicates[:half], data, spec, peers=peers)
+    _train_halving(make_model, replicates[half:], data, spec, peers=peers)
 
 
 def _train_stacked(
-    make_model: Callable[[], nn.Module], replicates: list[Replicate], data: Data, spec: Spec
+    make_model: Callable[[], nn.Module],
+    replicates: list[Replicate],
+    data: Data,
+    spec: Spec,
+    *,
+    peers: list[Replicate],
 ) -> None:
-    """The replicates as one stacked model and one optimizer."""
+    """The replicates as one stacked model and one optimizer. A replicate that settles
+    (Replicate.settles) is scored on the test rows then and recorded no further; the group
+    stops when none goes on."""
     loss_fn = LOSSES[spec.loss]
     x_train, y_train, x_val, y_val = data
     device, n, count = x_train.device, len(x_train), len(replicates)
@@ -194,17 +214,40 @@ def _train_stacked(
                     "lr": lr * scales[r],
                 }
                 going[r] = replicates[r].add(row, first_loss=first[r], spec=spec)
+        # Those at the target first, so that the halving counts them in this epoch.
+        settled = [r for r in range(count) if going[r] and replicates[r].reach(spec)]
+        settled += [
+            r
+            for r in range(count)
+            if going[r] and r not in settled and replicates[r].beaten(spec, peers)
+        ]
+        for r in settled:
+            going[r] = False
+        _score_test(run, base, replicates, settled, spec, device)
         if interval == "epoch":
             scheduler.step()
         if not any(going):
             return
-    if spec.test is not None:
-        test_loss, test_acc = _score_stacked(run, base, *spec.test, spec, count, device)
-        for r, (loss, acc) in enumerate(torch.stack([test_loss, test_acc]).T.tolist()):
-            if going[r]:
-                replicates[r].scores = {"test_loss": loss}
-                if spec.classify:
-                    replicates[r].scores["test_acc"] = acc
+    _score_test(run, base, replicates, [r for r in range(count) if going[r]], spec, device)
+
+
+def _score_test(
+    run: Callable[[Tensor], Tensor],
+    base: nn.Module,
+    replicates: list[Replicate],
+    which: list[int],
+    spec: Spec,
+    device: torch.device,
+) -> None:
+    """Test scores for the replicates at `which`, as their training ends (one stacked pass)."""
+    if spec.test is None or not which:
+        return
+    test_loss, test_acc = _score_stacked(run, base, *spec.test, spec, len(replicates), device)
+    for r, (loss, acc) in enumerate(torch.stack([test_loss, test_acc]).T.tolist()):
+        if r in which:
+            replicates[r].scores = {"test_loss": loss}
+            if spec.classify:
+                replicates[r].scores["test_acc"] = acc
 
 
 def _score_stacked(

@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pipeline.core import record
 from pipeline.search.space import Component, SearchSpace
 from pipeline.verdict.cost import ANY, EpochCost, crossing
+from pipeline.verdict.judge import rules_of
 from pipeline.verdict.race import State, condition_tag
 from pipeline.verdict.target import provisional
 
@@ -149,7 +150,8 @@ def lattice(low: float, high: float, *, step: float = 0.5) -> list[float]:
 
 
 def enqueue(study: optuna.Study, state: State, cfg: DictConfig) -> int:
-    """Queue the round's runs neither ended, running nor queued; returns how many."""
+    """Queue the round's runs neither ended, running nor queued; returns how many. Each run
+    carries where it may stop (stops)."""
     have = {
         record.replicate_key(t)
         for t in record.trials(study)
@@ -165,13 +167,17 @@ def enqueue(study: optuna.Study, state: State, cfg: DictConfig) -> int:
             record.REPLICATE: index,
             record.SEED: replicate_seed(int(cfg.seed), index),
         }
+        attrs |= stops(study, cfg, halving=state.round == 0 and state.arms[arm].kind == "family")
         study.enqueue_trial(state.arms[arm].params, user_attrs=attrs, skip_if_exists=False)
         queued += 1
     return queued
 
 
-def enqueue_timing(study: optuna.Study, arms: list[tuple[str, dict[str, Any]]], seed: int) -> int:
+def enqueue_timing(
+    study: optuna.Study, arms: list[tuple[str, dict[str, Any]]], cfg: DictConfig
+) -> int:
     """One run alone for each of `arms` (id, params), timed end to end: the cost model's check."""
+    seed = int(cfg.seed)
     have = {
         t.user_attrs.get(record.ARM)
         for t in record.trials(study)
@@ -187,9 +193,25 @@ def enqueue_timing(study: optuna.Study, arms: list[tuple[str, dict[str, Any]]], 
             record.REPLICATE: 0,
             record.SEED: replicate_seed(seed, TIMING + j),
         }
+        attrs |= stops(study, cfg, halving=False)
         study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
         queued += 1
     return queued
+
+
+def stops(study: optuna.Study, cfg: DictConfig, *, halving: bool) -> dict[str, Any]:
+    """Where a race run may stop (record.STOP_AT, record.HALVING): at the race's target, and a
+    round-0 lattice run (`halving`) once the points its family keeps reached it before it.
+    Nothing after that changes a decision: a run's time is where it first reaches the target,
+    and a lattice point beaten by `keep` of its group is not kept. {} with
+    race.stop_at_target false (every run trains all its epochs)."""
+    plan = study.user_attrs.get(record.RACE) or {}
+    if not bool(cfg.race.get("stop_at_target", True)) or "target" not in plan:
+        return {}
+    attrs: dict[str, Any] = {record.STOP_AT: float(plan["target"])}
+    if halving:
+        attrs[record.HALVING] = int(rules_of(cfg).for_plan(plan).keep)
+    return attrs
 
 
 def seconds_to(

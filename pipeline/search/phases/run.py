@@ -154,7 +154,7 @@ def _race(
         if verdict.fastest is not None:
             chosen[verdict.fastest["arm"]] = None
         arms = [(a, state.arms[a].params) for a in chosen]
-        queued = race.enqueue_timing(study, arms, int(cfg.seed))
+        queued = race.enqueue_timing(study, arms, cfg)
         timing = Budget(len(arms), role="timing")
         if queued or timing.missing(record.trials(study)):
             failed += _phase(
@@ -164,7 +164,7 @@ def _race(
                 timing,
                 "timing",
                 pool,
-                requeue=lambda: race.enqueue_timing(study, arms, int(cfg.seed)),
+                requeue=lambda: race.enqueue_timing(study, arms, cfg),
             )
     return failed, state
 

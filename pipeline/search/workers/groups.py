@@ -248,6 +248,8 @@ class GroupWorker:
                 metric=str(cfg.search.metric),
                 divergence_factor=float(cfg.search.divergence_factor),
                 test=test() if callable(test) else None,
+                direction=str(cfg.search.direction),
+                **_stops(trials),
             )
             sizes["n_params"] = sum(p.numel() for p in self.make_model().parameters())
             sizes |= {"n_train": datamodule.n_train, "n_val": datamodule.n_val}
@@ -291,6 +293,8 @@ class GroupWorker:
                 trial.set_user_attr(record.DIVERGED, True)
                 study.tell(trial, state=TrialState.PRUNED)
             else:
+                if rep.out is not None:
+                    trial.set_user_attr(record.STOPPED, rep.out)
                 study.tell(trial, float(rep.last(str(cfg.search.metric))))
         if logger_configs(cfg):
             self._log(trials, replicates)
@@ -312,3 +316,14 @@ class GroupWorker:
         except Exception as exc:  # the runs are recorded; a logger's failure loses none of them
             numbers = f"{trials[0].number}-{trials[-1].number}"
             self.note(f"race: logging trials {numbers} failed: {first_line(exc)}")
+
+
+def _stops(trials: list[optuna.Trial]) -> dict[str, Any]:
+    """Spec's stop_at and halving: what every run of the group carries (record.STOP_AT,
+    record.HALVING), or none where they differ (each then trains its epochs)."""
+    out: dict[str, Any] = {}
+    for key, name in ((record.STOP_AT, "stop_at"), (record.HALVING, "halving")):
+        values = {t.user_attrs.get(key) for t in trials}
+        if len(values) == 1 and None not in values:
+            out[name] = values.pop()
+    return out
