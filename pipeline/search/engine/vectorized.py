@@ -34,6 +34,10 @@ A diverging replicate (non-finite train loss or metric, or train loss over diver
 its first step's, as pipeline.search.engine.callbacks.Guarding decides) keeps that epoch's row, gets
 `diverged` set and is recorded no further; the others go on (its NaN stays in its own slice
 for an elementwise optimizer).
+
+A race run ends at its target (Spec.stop_at), and a round-0 lattice point once Spec.halving of
+its group got there first (Replicate.settles): it is scored on the test rows then and recorded
+no further, its slice still computed while others go on; the group stops when none does.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ when the search has ended: the target, the shared condition (the batch size and 
 the search's quickest setting), each family's lattice of learning rates, the search's
 quickest settings and the baseline. Each round is a replay of the race over what has run
 (verdict.judge), so a rerun after a kill queues exactly the runs still missing. Run i of every
-arm trains with seed replicate_seed(seed, i).
+arm trains with seed replicate_seed(seed, i), and ends where nothing more of it is read
+(stops: at the target, or for a round-0 lattice point once its family's kept points are there).
 """
 
 from __future__ import annotations

@@ -14,8 +14,9 @@ seeds, and its family's other learning rates at its condition), names itself on 
 (the stale-trial reaper fails a running trial nobody claims), trains them as one group
 (pipeline.search.engine.vectorized) and records each as its own trial: its curve, seed, test
 scores, and how it ended. A diverging replicate is recorded diverged (pruned) and the others
-go on. The worker never asks Optuna for a new trial, so it cannot sample a surplus search
-trial: it stops when nothing is queued.
+go on; a run ends at the target its trial carries (record.STOP_AT, record.HALVING). The
+worker never asks Optuna for a new trial, so it cannot sample a surplus search trial: it stops
+when nothing is queued.
 
 Each replicate's curve `seconds` is the group's wall clock since the group started (all of
 the group's work, not its share); record.GROUP on the trial holds the group size, so a
