@@ -157,7 +157,7 @@ def train_one(
     peers: list[Replicate] | None = None,
 ) -> Replicate:
     """One seed, a plain loop: what the one-by-one trial (TrainModule) computes, no Lightning.
-    `peers`: its group's replicates trained before it (spec.halving counts them)."""
+    `peers`: its group, whose replicates trained before it count (spec.halving)."""
     loss_fn = LOSSES[spec.loss]
     x_train, y_train, x_val, y_val = data
     device, n = x_train.device, len(x_train)
@@ -199,7 +199,7 @@ def train_one(
         }
         if not result.add(row, first_loss=first or 0.0, spec=spec):
             return result
-        if result.settles(spec, [*(peers or []), result]):
+        if result.settles(spec, peers or []):
             break
         if interval == "epoch":
             scheduler.step()  # after the row: the curve shows the lr this epoch used

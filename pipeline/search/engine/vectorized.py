@@ -117,9 +117,7 @@ def _train_halving(
     if len(replicates) == 1 and replicates[0].scale == 1.0:
         mine = replicates[0]
         mine.reset(1)
-        done = train_one(
-            make_model, mine.seed, data, spec, peers=[p for p in peers if p is not mine]
-        )
+        done = train_one(make_model, mine.seed, data, spec, peers=peers)
         mine.curve, mine.diverged, mine.scores = done.curve, done.diverged, done.scores
         mine.reached, mine.out = done.reached, done.out
         return

@@ -158,6 +158,7 @@ def enqueue(study: optuna.Study, state: State, cfg: DictConfig) -> int:
         for t in record.trials(study)
         if record.role(t) in record.RACED and record.live(t)
     }
+    plain, lattice = stops(study, cfg)  # read once: the plan is a storage read
     queued = 0
     for arm, index in state.missing:
         if ("race", arm, index) in have:
@@ -168,7 +169,7 @@ def enqueue(study: optuna.Study, state: State, cfg: DictConfig) -> int:
             record.REPLICATE: index,
             record.SEED: replicate_seed(int(cfg.seed), index),
         }
-        attrs |= stops(study, cfg, halving=state.round == 0 and state.arms[arm].kind == "family")
+        attrs |= lattice if state.round == 0 and state.arms[arm].kind == "family" else plain
         study.enqueue_trial(state.arms[arm].params, user_attrs=attrs, skip_if_exists=False)
         queued += 1
     return queued
@@ -184,6 +185,7 @@ def enqueue_timing(
         for t in record.trials(study)
         if record.role(t) == "timing" and record.live(t)
     }
+    plain, _ = stops(study, cfg)
     queued = 0
     for j, (arm, params) in enumerate(arms):
         if arm in have:
@@ -194,25 +196,23 @@ def enqueue_timing(
             record.REPLICATE: 0,
             record.SEED: replicate_seed(seed, TIMING + j),
         }
-        attrs |= stops(study, cfg, halving=False)
+        attrs |= plain
         study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
         queued += 1
     return queued
 
 
-def stops(study: optuna.Study, cfg: DictConfig, *, halving: bool) -> dict[str, Any]:
-    """Where a race run may stop (record.STOP_AT, record.HALVING): at the race's target, and a
-    round-0 lattice run (`halving`) once the points its family keeps reached it before it.
-    Nothing after that changes a decision: a run's time is where it first reaches the target,
-    and a lattice point beaten by `keep` of its group is not kept. {} with
-    race.stop_at_target false (every run trains all its epochs)."""
+def stops(study: optuna.Study, cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Where a race run may stop (record.STOP_AT, record.HALVING), for any run and for a
+    round-0 lattice run: at the race's target, and the latter also once the points its family
+    keeps reached it before it. Nothing after that changes a decision: a run's time is where it
+    first reaches the target, and a lattice point beaten by `keep` of its group is not kept.
+    Both {} with race.stop_at_target false (every run trains all its epochs)."""
     plan = study.user_attrs.get(record.RACE) or {}
     if not bool(cfg.race.get("stop_at_target", True)) or "target" not in plan:
-        return {}
-    attrs: dict[str, Any] = {record.STOP_AT: float(plan["target"])}
-    if halving:
-        attrs[record.HALVING] = int(rules_of(cfg).for_plan(plan).keep)
-    return attrs
+        return {}, {}
+    plain = {record.STOP_AT: float(plan["target"])}
+    return plain, plain | {record.HALVING: int(rules_of(cfg).for_plan(plan).keep)}
 
 
 def seconds_to(
