@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import optuna
 import pytest
@@ -29,6 +30,30 @@ def test_every_familys_step_is_timed_on_the_model_and_adams_costs_more_than_sgds
     assert seconds["momentum"] > seconds["sgd"]
 
 
+def test_families_whose_step_does_the_same_work_share_one_figure(tmp_path):
+    import torch
+
+    cfg = tiny_config(tmp_path, "task=digits", "search.optimizers=[sgd,momentum,nesterov,adam]")
+    families = dict(SearchSpace.from_config(cfg).optimizers)
+    # Adam under a second name with another lr range: the same step, so the same seconds (timed
+    # apart, two copies differ by a few per cent of timer noise, which the race reads as speed).
+    adam = families["adam"]
+    lower = [replace(d, low=1e-5, high=1e-4) if d.name == "lr" else d for d in adam.dims]
+    families["adam_small"] = replace(adam, name="adam_small", dims=tuple(lower))
+    seconds = steptime.step_seconds(cfg, families, rounds=5)
+    assert seconds["adam_small"] == seconds["adam"]
+    # Momentum and Nesterov do other work than plain SGD (a buffer, a look-ahead): timed apart.
+    assert len({seconds["sgd"], seconds["momentum"], seconds["nesterov"]}) == 3
+
+    weights = [torch.nn.Parameter(torch.zeros(3))]
+    work = steptime.work
+    assert work(torch.optim.Adam(weights, lr=1e-3)) == work(torch.optim.Adam(weights, lr=0.3))
+    # A switch, or a number turned on or off, changes the work.
+    assert work(torch.optim.Adam(weights)) != work(torch.optim.Adam(weights, amsgrad=True))
+    assert work(torch.optim.Adam(weights)) != work(torch.optim.Adam(weights, weight_decay=0.1))
+    assert work(torch.optim.Adam(weights)) != work(torch.optim.AdamW(weights))
+
+
 def test_the_timing_is_kept_on_the_study_and_a_rerun_reuses_it(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path, "search.optimizers=[sgd,adam]")
     space = SearchSpace.from_config(cfg)
@@ -46,7 +71,22 @@ def test_the_timing_is_kept_on_the_study_and_a_rerun_reuses_it(tmp_path, monkeyp
     assert steptime.ensure(reloaded, cfg, space) == first
     # A family added on a rerun is timed alone; the others keep theirs.
     monkeypatch.setattr(
-        steptime, "step_seconds", lambda cfg, families: dict.fromkeys(families, 1.0)
+        steptime, "step_seconds", lambda cfg, families, **kw: dict.fromkeys(families, 1.0)
     )
     wider = SearchSpace.from_config(tiny_config(tmp_path, "search.optimizers=[sgd,adam,nadam]"))
     assert steptime.ensure(reloaded, cfg, wider) == {**first, "nadam": pytest.approx(1.0)}
+
+
+def test_a_copy_added_on_a_rerun_takes_the_figure_of_the_family_it_copies(tmp_path):
+    cfg = tiny_config(tmp_path, "search.optimizers=[sgd,adam]")
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", study_name="s")
+    first = steptime.ensure(study, cfg, SearchSpace.from_config(cfg))
+    space = SearchSpace.from_config(cfg)
+    optimizers = {
+        **space.optimizers,
+        "adam_twin": replace(space.optimizers["adam"], name="adam_twin"),
+    }
+    wider = replace(space, optimizers=optimizers)
+    seconds = steptime.ensure(study, cfg, wider)
+    assert seconds["adam_twin"] == first["adam"] and seconds["adam"] == first["adam"]
+    assert seconds["sgd"] == first["sgd"]

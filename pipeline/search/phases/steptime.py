@@ -17,6 +17,11 @@ as in nearly all its runs); after a warm-up (state allocation), ROUNDS rounds in
 family in turn times a block of steps, the order rotated from round to round so a slow moment
 does not fall on one family; each family's fastest block, per step. On the accelerator the
 trials use, synchronized around each block.
+
+Families whose step does the same work (one optimizer class with the same switches: two copies
+of Adam with different ranges) are timed once and share the figure: a step's work does not
+depend on the lr, and timed apart, two copies differ by timer noise alone (a few per cent),
+which the race would read as one copy being slower than the other.
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ def ensure(study: optuna.Study, cfg: DictConfig, space: SearchSpace) -> dict[str
     stored = dict(study.user_attrs.get(record.STEP_SECONDS) or {})
     missing = [name for name in space.optimizers if name not in stored]
     if missing:
-        timed = step_seconds(cfg, {n: space.optimizers[n] for n in missing})
+        known = {n: stored[n] for n in space.optimizers if n in stored}
+        timed = step_seconds(cfg, dict(space.optimizers), known=known)
         # Another command may have stored them meanwhile: theirs stand, so every command
         # plans the race from the same figures.
         stored = {**timed, **dict(study.user_attrs.get(record.STEP_SECONDS) or {})}
@@ -54,13 +60,21 @@ def ensure(study: optuna.Study, cfg: DictConfig, space: SearchSpace) -> dict[str
 
 
 def step_seconds(
-    cfg: DictConfig, families: dict[str, Component], *, rounds: int = ROUNDS
+    cfg: DictConfig,
+    families: dict[str, Component],
+    *,
+    rounds: int = ROUNDS,
+    known: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Seconds of one optimizer step per family on the task's model (families whose
-    optimizer cannot step without a closure, such as LBFGS, are left out)."""
+    optimizer cannot step without a closure, such as LBFGS, are left out). A family in
+    `known` (timed before, on the study) is not timed again; a family doing its work takes
+    its figure."""
     import torch
 
     from pipeline.search.engine.trial import factory
+
+    known = dict(known or {})
 
     device = _device(str(cfg.trainer.get("accelerator", "auto")))
     sync = _synchronize(device)
@@ -71,9 +85,19 @@ def step_seconds(
         p.grad = (torch.randn(p.shape, generator=generator) * 1e-3).to(device, p.dtype)
     optimizers: dict[str, Any] = {}
     blocks: dict[str, int] = {}
-    for name, family in families.items():
+    shares: dict[str, str] = {}  # family -> the family timed for it (same work)
+    kinds: dict[tuple[Any, ...], str] = {}
+    # The known first: a new family doing the work of one timed before takes its figure.
+    for name, family in sorted(families.items(), key=lambda item: item[0] not in known):
         try:
             optimizer = family.build({d.name: d.middle() for d in family.dims}, params)
+            kind = work(optimizer)
+            if kind in kinds:
+                shares[name] = kinds[kind]
+                continue
+            if name in known:
+                kinds[kind] = name
+                continue
             optimizer.step()  # state allocated here, not in a timed block
             sync()
             started = time.perf_counter()
@@ -82,6 +106,7 @@ def step_seconds(
         except Exception:
             continue  # left out: EpochCost costs its step as the median family's
         once = max(time.perf_counter() - started, 1e-7)
+        kinds[kind] = name
         optimizers[name] = optimizer
         blocks[name] = max(1, min(MAX_BLOCK_STEPS, math.ceil(BLOCK_SECONDS / once)))
     best = dict.fromkeys(optimizers, math.inf)
@@ -96,7 +121,30 @@ def step_seconds(
                 optimizer.step()
             sync()
             best[name] = min(best[name], (time.perf_counter() - started) / steps)
-    return best
+    best |= {name: known[name] for name in known if name in kinds.values()}
+    return best | {name: best[timed] for name, timed in shares.items()}
+
+
+def work(optimizer: Any) -> tuple[Any, ...]:
+    """What an optimizer's step computes, without the numbers it computes with: its class and
+    its hyperparameters, each real number reduced to whether it is zero (a zero momentum or
+    weight decay skips work; any other value costs the same), everything else as it is."""
+    import torch
+
+    def shape(value: Any) -> Any:
+        if value is None or isinstance(value, (bool, int, str)):
+            return value
+        if isinstance(value, float):
+            return value != 0
+        if isinstance(value, torch.Tensor):
+            return ("tensor", bool(value.ne(0).any())) if value.numel() else ("tensor",)
+        if isinstance(value, (tuple, list)):
+            return tuple(shape(v) for v in value)
+        return type(value).__qualname__
+
+    cls = type(optimizer)
+    switches = sorted((str(k), shape(v)) for k, v in optimizer.defaults.items())
+    return (cls.__module__, cls.__qualname__, tuple(switches))
 
 
 def _device(accelerator: str) -> str:
