@@ -53,6 +53,12 @@ def test_families_whose_step_does_the_same_work_share_one_figure(tmp_path):
     assert work(torch.optim.Adam(weights)) != work(torch.optim.Adam(weights, weight_decay=0.1))
     assert work(torch.optim.Adam(weights)) != work(torch.optim.AdamW(weights))
 
+    class Bare:  # an optimizer without torch's `defaults`: nothing says it is another's twin
+        def step(self) -> None:
+            pass
+
+    assert work(Bare()) != work(Bare())
+
 
 def test_the_timing_is_kept_on_the_study_and_a_rerun_reuses_it(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path, "search.optimizers=[sgd,adam]")

@@ -143,7 +143,10 @@ def work(optimizer: Any) -> tuple[Any, ...]:
         return type(value).__qualname__
 
     cls = type(optimizer)
-    switches = sorted((str(k), shape(v)) for k, v in optimizer.defaults.items())
+    defaults = getattr(optimizer, "defaults", None)
+    if not isinstance(defaults, dict):  # nothing says what it computes: timed on its own
+        return (cls.__module__, cls.__qualname__, object())
+    switches = sorted((str(k), shape(v)) for k, v in defaults.items())
     return (cls.__module__, cls.__qualname__, tuple(switches))
 
 
