@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.core import record
 from pipeline.core.storage import close
-from pipeline.search import interrupt, launchers
+from pipeline.search import interrupt, launchers, stale
 from pipeline.search.engine.loggers import callback_configs
 from pipeline.search.phases import race, steptime
 from pipeline.search.phases.preflight import preflight
@@ -123,6 +123,13 @@ def search(cfg: DictConfig, *, pool: Pool | Remote | None = None) -> Outcome:
     )
 
 
+# A search place lost while a phase ran (see _lost) is queued and run again, at most this many
+# times; the trials it waits for are a killed command's workers, which end within a second
+# of their command.
+LOST_PASSES = 2
+LOST_WAIT = 10.0
+
+
 def _race(
     cfg: DictConfig, space: SearchSpace, study: optuna.Study, pool: Pool | Remote | None
 ) -> tuple[int, State | None]:
@@ -190,6 +197,7 @@ def _phase(
     )
     show(progress, budget, trials)
     missing = budget.missing(trials)
+    inherited = {t.number for t in budget.own(trials) if t.state == TrialState.RUNNING}
     if budget.role == "search" and not budget.grid:
         queue_places(study, missing - budget.waiting(trials))
 
@@ -201,22 +209,54 @@ def _phase(
     # exactly the trials wanted.
     failed = 0
     try:
-        if missing > 0:
+        for _ in range(1 + LOST_PASSES):
+            if missing <= 0:
+                break
             here = functools.partial(work, cfg, space, budget, study, progress=progress)
             if pool is None:
                 here()
             else:
                 retried = record.retried_numbers(study)
-                failed = pool.run(
+                failed += pool.run(
                     budget,
                     here=here,
-                    tick=lambda: show(progress, budget, record.trials(study, retried=retried)),
+                    tick=functools.partial(_tick, progress, budget, study, retried),
                     requeue=requeue,
                 )
+            if budget.role != "search" or budget.grid or failed or interrupt.requested():
+                break
+            missing = _lost(study, budget, inherited)
+            queue_places(study, missing)
     finally:
         show(progress, budget, record.trials(study))
         progress.close()
     return failed
+
+
+def _tick(progress: Progress, budget: Budget, study: optuna.Study, retried: frozenset[int]) -> None:
+    show(progress, budget, record.trials(study, retried=retried))
+
+
+def _lost(
+    study: optuna.Study, budget: Budget, inherited: set[int], *, wait: float = LOST_WAIT
+) -> int:
+    """Search places lost while the phase ran: a trial counted as running when the places
+    were queued (`inherited`: a killed command's worker, still ending as this command started)
+    that then ended uncounted (interrupted, or failed as stale). Waits up to `wait` seconds
+    for those of this machine to end first."""
+    deadline = time.monotonic() + wait
+    while True:
+        now = record.trials(study)
+        running = [
+            t
+            for t in budget.own(now)
+            if t.number in inherited
+            and t.state == TrialState.RUNNING
+            and record.worker_of(t)[0] == stale.HOST
+        ]
+        if not running or time.monotonic() >= deadline:
+            return max(0, budget.missing(now) - budget.waiting(now))
+        time.sleep(0.2)
 
 
 def queue_places(study: optuna.Study, count: int) -> None:
