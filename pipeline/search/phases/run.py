@@ -223,7 +223,9 @@ def _phase(
                     tick=functools.partial(_tick, progress, budget, study, retried),
                     requeue=requeue,
                 )
-            if budget.role != "search" or budget.grid or failed or interrupt.requested():
+            # A search.timeout ends the phase where it is: no place is run after it.
+            timed = cfg.search.get("timeout") is not None
+            if budget.role != "search" or budget.grid or failed or timed or interrupt.requested():
                 break
             missing = _lost(study, budget, inherited)
             queue_places(study, missing)
