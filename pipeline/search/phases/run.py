@@ -123,9 +123,9 @@ def search(cfg: DictConfig, *, pool: Pool | Remote | None = None) -> Outcome:
     )
 
 
-# A search place lost while a phase ran (see _lost) is queued and run again, at most this many
-# times; the trials it waits for are a killed command's workers, which end within a second
-# of their command.
+# A search place lost while a phase ran (_await_inherited, _queue_lost) is queued and run
+# again, at most LOST_PASSES times; the trials it waits for are a killed command's workers,
+# which end within a second of their command.
 LOST_PASSES = 2
 LOST_WAIT = 10.0
 
@@ -202,11 +202,13 @@ def _phase(
         queue_places(study, missing - budget.waiting(trials))
 
         def requeue() -> None:  # a lost trial's place (workers elsewhere: workers.remote)
-            now = record.trials(study)
-            queue_places(study, budget.missing(now) - budget.waiting(now))
+            _queue_lost(study, budget)
 
     # Every trial a worker runs is claimed from the queue (work.work), so the study ends with
     # exactly the trials wanted.
+    # A search.timeout ends the phase where it is: no lost place is run after it.
+    again = budget.role == "search" and not budget.grid and cfg.search.get("timeout") is None
+    retried = record.retried_numbers(study)
     failed = 0
     try:
         for _ in range(1 + LOST_PASSES):
@@ -216,49 +218,46 @@ def _phase(
             if pool is None:
                 here()
             else:
-                retried = record.retried_numbers(study)
                 failed += pool.run(
                     budget,
                     here=here,
-                    tick=functools.partial(_tick, progress, budget, study, retried),
+                    tick=lambda: show(progress, budget, record.trials(study, retried=retried)),
                     requeue=requeue,
                 )
-            # A search.timeout ends the phase where it is: no place is run after it.
-            timed = cfg.search.get("timeout") is not None
-            if budget.role != "search" or budget.grid or failed or timed or interrupt.requested():
+            if not again or failed or interrupt.requested():
                 break
-            missing = _lost(study, budget, inherited)
-            queue_places(study, missing)
+            _await_inherited(study, budget, inherited)
+            missing = _queue_lost(study, budget)
     finally:
         show(progress, budget, record.trials(study))
         progress.close()
     return failed
 
 
-def _tick(progress: Progress, budget: Budget, study: optuna.Study, retried: frozenset[int]) -> None:
-    show(progress, budget, record.trials(study, retried=retried))
-
-
-def _lost(
+def _await_inherited(
     study: optuna.Study, budget: Budget, inherited: set[int], *, wait: float = LOST_WAIT
-) -> int:
-    """Search places lost while the phase ran: a trial counted as running when the places
-    were queued (`inherited`: a killed command's worker, still ending as this command started)
-    that then ended uncounted (interrupted, or failed as stale). Waits up to `wait` seconds
-    for those of this machine to end first."""
+) -> None:
+    """Wait up to `wait` seconds for the trials of this machine that were running when the
+    phase queued its places (`inherited`: a killed command's worker, still ending as this
+    command started) to end: one that ends uncounted (interrupted, or failed as stale) leaves
+    a place that _queue_lost then queues."""
     deadline = time.monotonic() + wait
-    while True:
-        now = record.trials(study)
-        running = [
-            t
-            for t in budget.own(now)
-            if t.number in inherited
-            and t.state == TrialState.RUNNING
-            and record.worker_of(t)[0] == stale.HOST
-        ]
-        if not running or time.monotonic() >= deadline:
-            return max(0, budget.missing(now) - budget.waiting(now))
+    while time.monotonic() < deadline and any(
+        t.number in inherited
+        and t.state == TrialState.RUNNING
+        and record.worker_of(t)[0] == stale.HOST
+        for t in budget.own(record.trials(study))
+    ):
         time.sleep(0.2)
+
+
+def _queue_lost(study: optuna.Study, budget: Budget) -> int:
+    """Queue a place for each search trial the budget misses that no queued place covers (a
+    trial that ended uncounted after the places were queued); how many."""
+    now = record.trials(study)
+    lost = max(0, budget.missing(now) - budget.waiting(now))
+    queue_places(study, lost)
+    return lost
 
 
 def queue_places(study: optuna.Study, count: int) -> None:

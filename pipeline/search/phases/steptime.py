@@ -87,6 +87,7 @@ def step_seconds(
     blocks: dict[str, int] = {}
     shares: dict[str, str] = {}  # family -> the family timed for it (same work)
     kinds: dict[tuple[Any, ...], str] = {}
+    figures: dict[str, float] = {}  # the known families met, with their stored figures
     # The known first: a new family doing the work of one timed before takes its figure.
     for name, family in sorted(families.items(), key=lambda item: item[0] not in known):
         try:
@@ -96,7 +97,7 @@ def step_seconds(
                 shares[name] = kinds[kind]
                 continue
             if name in known:
-                kinds[kind] = name
+                kinds[kind], figures[name] = name, known[name]
                 continue
             optimizer.step()  # state allocated here, not in a timed block
             sync()
@@ -121,8 +122,8 @@ def step_seconds(
                 optimizer.step()
             sync()
             best[name] = min(best[name], (time.perf_counter() - started) / steps)
-    best |= {name: known[name] for name in known if name in kinds.values()}
-    return best | {name: best[timed] for name, timed in shares.items()}
+    figures |= best
+    return figures | {name: figures[timed] for name, timed in shares.items()}
 
 
 def work(optimizer: Any) -> tuple[Any, ...]:
