@@ -20,7 +20,7 @@ from benchmarks.synthetic import write_study
 from pipeline.report import prose
 from pipeline.report.results import collect
 from pipeline.verdict.claims import declare
-from pipeline.verdict.race import Rules, replay
+from pipeline.verdict.race import HOLDOUT, Rules, replay
 from pipeline.verdict.target import Target
 from tests.conftest import ROOT
 
@@ -56,6 +56,12 @@ def _times(epochs: dict[str, list[float | None]], *, rates: dict[str, float] | N
     return pd.DataFrame(rows)
 
 
+def _holdout(epochs: dict[str, list[float | None]], **options) -> pd.DataFrame:
+    """Holdout runs by hand (seed indices from HOLDOUT), as _times makes race runs."""
+    out = _times(epochs, **options)
+    return out.assign(trial=out.trial + 10_000, replicate=out.replicate + HOLDOUT)
+
+
 def _plan(
     arms: dict[str, float], *, kinds: dict[str, str] | None = None, ranges: bool = False
 ) -> dict:
@@ -74,7 +80,7 @@ def _plan(
 def test_round_0_keeps_each_familys_best_lattice_points_and_adds_their_neighbours():
     plan = _plan({"adam lr 0.001": 1e-3, "adam lr 0.01": 1e-2, "adam lr 0.1": 0.1}, ranges=True)
     times = _times({"adam lr 0.001": [9], "adam lr 0.01": [3], "adam lr 0.1": [None]})
-    state = replay(plan, times, Rules(rounds=(1, 3), keep=1))
+    state = replay(plan, times, Rules(rounds=(1, 3), holdout=0, keep=1))
     # 0.01 was best on seed 0: it alone is kept, with a quarter decade either side of it.
     assert state.arms_out["adam lr 0.001"].round == 0 and "adam lr 0.1" in state.arms_out
     assert sorted(state.alive) == ["adam lr 0.00562", "adam lr 0.01", "adam lr 0.0178"]
@@ -96,7 +102,7 @@ def test_a_clearly_slower_family_is_dropped_and_an_equivalent_one_ends_the_race(
             "sgd lr 0.1": [6, 6.3, 5.9, 6.2, 6.1],  # 1.5x slower in every seed
         }
     )
-    rules = Rules(rounds=(1, 5, 10), keep=2, confidence=0.9, margin=0.1)
+    rules = Rules(rounds=(1, 5, 10), holdout=0, keep=2, confidence=0.9, margin=0.1)
     state = replay(plan, times, rules)
     assert set(state.families_out) == {"sgd"}
     out = state.families_out["sgd"]
@@ -120,7 +126,7 @@ def test_equivalent_is_said_only_when_shown_and_not_separated_otherwise():
             "rmsprop lr 0.01": [2, 6.4, 6.4, 2, 4.8],
         }
     )
-    rules = Rules(rounds=(1, 5), keep=1)
+    rules = Rules(rounds=(1, 5), holdout=0, keep=1)
     verdict = declare(replay(plan, times, rules), times, target=TARGET, rules=rules, conditions=[])
     rows = verdict.families.set_index("family")
     assert rows.loc["rmsprop", "status"] == "not separated"
@@ -131,7 +137,7 @@ def test_seeds_are_paired_so_a_seed_hard_for_every_arm_counts_for_none():
     plan = _plan({"adam lr 0.01": 0.01, "sgd lr 0.1": 0.1})
     # Seed 3 is hard for both; sgd is 25 % slower in every seed.
     times = _times({"adam lr 0.01": [4, 4, 4, 16, 4], "sgd lr 0.1": [5, 5, 5, 20, 5]})
-    state = replay(plan, times, Rules(rounds=(1, 5), keep=1))
+    state = replay(plan, times, Rules(rounds=(1, 5), holdout=0, keep=1))
     assert state.families_out["sgd"].p == 1.0  # unpaired draws would put it near 0.8
 
 
@@ -142,7 +148,7 @@ def test_a_miss_counts_as_never_and_ranks_below_any_hit():
     times = _times(
         {"adam lr 0.01": [10, 10, 10, 10, 10], "sgd lr 0.1": [2, None, None, None, None]}
     )
-    rules = Rules(rounds=(1, 5), keep=1)
+    rules = Rules(rounds=(1, 5), holdout=0, keep=1)
     state = replay(plan, times, rules)
     assert "sgd" in state.families_out
     verdict = declare(state, times, target=TARGET, rules=rules, conditions=[])
@@ -154,8 +160,76 @@ def test_the_budget_ends_the_race_before_a_round_it_cannot_pay():
     plan = _plan({"adam lr 0.01": 0.01, "sgd lr 0.1": 0.1})
     # sgd neither shown slower nor shown within the margin: the race would go on.
     times = _times({"adam lr 0.01": [4] * 5, "sgd lr 0.1": [2, 6.4, 6.4, 2, 4.8]})
-    state = replay(plan, times, Rules(rounds=(1, 5, 20), keep=1, budget=12))
+    state = replay(plan, times, Rules(rounds=(1, 5, 20), holdout=0, keep=1, budget=12))
     assert state.done and "budget of 12 runs" in state.note and state.runs == 10
+
+
+def test_the_holdout_runs_each_racing_familys_chosen_arm_on_new_seeds():
+    plan = _plan({"adam lr 0.01": 0.01, "adam lr 0.1": 0.1, "nadam lr 0.01": 0.01})
+    times = _times(
+        {
+            "adam lr 0.01": [4, 4, 4, 4, 4],
+            "adam lr 0.1": [4.4, 4.6, 4.4, 4.6, 4.5],  # not beaten by its sibling: still racing
+            "nadam lr 0.01": [2, 6.4, 6.4, 2, 4.8],  # not separated
+        }
+    )
+    rules = Rules(rounds=(1, 5), keep=2, holdout=6)
+    state = replay(plan, times, rules)
+    # The race is over; the holdout is what runs: each family's fastest arm only.
+    assert (
+        not state.done
+        and state.round == 2
+        and state.held
+        == {
+            "adam": "adam lr 0.01",
+            "nadam": "nadam lr 0.01",
+        }
+    )
+    assert sorted(state.missing) == sorted(
+        (a, HOLDOUT + i) for a in ("adam lr 0.01", "nadam lr 0.01") for i in range(6)
+    )
+    assert state.runs == 15 + 12
+    # A report read mid-holdout reads the families on the race's seeds.
+    verdict = declare(state, times, target=TARGET, rules=rules, conditions=[])
+    assert not verdict.families.holdout.any() and set(verdict.group) == {"adam", "nadam"}
+
+
+def test_claims_among_racing_families_stand_on_the_holdout():
+    plan = _plan({"adam lr 0.01": 0.01, "nadam lr 0.01": 0.01, "sgd lr 0.1": 0.1})
+    race = _times(
+        {
+            "adam lr 0.01": [4, 4, 4, 4, 4],
+            "nadam lr 0.01": [4, 4.1, 3.9, 4, 4.1],  # the race's seeds flattered it
+            "sgd lr 0.1": [9, 9, 9, 9, 9],
+        }
+    )
+    held = _holdout(
+        {"adam lr 0.01": [4, 4.2, 3.8, 4, 4.1, 3.9], "nadam lr 0.01": [5.2, 5.4, 5, 5.3, 5.2, 5.1]}
+    )
+    times = pd.concat([race, held], ignore_index=True)
+    rules = Rules(rounds=(1, 5), keep=1, holdout=6)
+    state = replay(plan, times, rules)
+    assert state.done
+    out = state.families_out["nadam"]  # 1.3x slower on the new seeds: dropped after them
+    assert (out.round, out.seeds, out.against) == (2, 6, "adam") and out.p == 1.0
+    assert state.families_out["sgd"].round == 1  # the race's own decision stands
+    verdict = declare(state, times, target=TARGET, rules=rules, conditions=[])
+    rows = verdict.families.set_index("family")
+    assert verdict.group == ["adam"]
+    nadam = rows.loc["nadam"]
+    assert nadam["status"] == "slower" and nadam["holdout"] and nadam["seeds"] == 6
+    assert nadam["ratio"] == pytest.approx(5.2 / 4.0, rel=0.01)
+    assert nadam["median_seconds"] == pytest.approx(0.52)  # its holdout seeds' median
+    sgd = rows.loc["sgd"]  # dropped in the race: read on the race's seeds, against adam's
+    assert not sgd["holdout"] and sgd["seeds"] == 5 and sgd["ratio"] == pytest.approx(9 / 4)
+
+
+def test_the_race_leaves_room_in_its_budget_for_the_holdout():
+    plan = _plan({"adam lr 0.01": 0.01, "sgd lr 0.1": 0.1})
+    times = _times({"adam lr 0.01": [4] * 5, "sgd lr 0.1": [2, 6.4, 6.4, 2, 4.8]})
+    # Round 2 (20 seeds each) would fit in 50 runs alone, not with 2 x 10 holdout seeds.
+    state = replay(plan, times, Rules(rounds=(1, 5, 20), keep=1, budget=50, holdout=10))
+    assert "budget of 50 runs" in state.note and state.held and state.runs == 30
 
 
 def test_settings_and_the_baseline_are_compared_with_the_fastest_arm():
@@ -170,7 +244,7 @@ def test_settings_and_the_baseline_are_compared_with_the_fastest_arm():
             "baseline": [None, None, None, None, 12],  # mostly misses
         }
     )
-    rules = Rules(rounds=(1, 5), keep=1)
+    rules = Rules(rounds=(1, 5), holdout=0, keep=1)
     verdict = declare(replay(plan, times, rules), times, target=TARGET, rules=rules, conditions=[])
     assert verdict.fastest["arm"] == "trial 7" and verdict.fastest["kind"] == "setting"
     base = verdict.settings.set_index("arm").loc["baseline"]

@@ -143,6 +143,7 @@ class OneByOne:
     keep: int = key("lattice points a family keeps after round 0, one by one", low=1)
     lattice: float = key("decades between raced learning rates, one by one", low=0, strict=True)
     conditions: int = key("batch size and schedule pairs raced, one by one", low=1)
+    holdout: int = key("new seeds for each family racing at the end, one by one", low=0)
 
 
 @dataclass
@@ -170,7 +171,16 @@ class Race:
         metadata={"meaning": "the rounds for runs that train one by one", "allows": "a mapping"},
     )
     settings: int = key("the search's quickest settings raced as found", low=0)
-    budget: int = key("runs the race may spend; a round that would pass it is not started", low=1)
+    budget: int = key(
+        "runs the race may spend, the holdout's included; a round that would pass it is not "
+        "started",
+        low=1,
+    )
+    holdout: int = key(
+        "new seeds each family racing at the end runs its chosen arm with, for the claims "
+        "among them (0: claims on the race's own seeds)",
+        low=0,
+    )
     baseline: Baseline | None = field(
         default=None,
         metadata={"meaning": "the setting you train with today", "allows": "null or a mapping"},

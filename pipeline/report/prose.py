@@ -102,6 +102,12 @@ def families_sentence(r: Results) -> str:
     where = f"{at[:1].upper()}{at[1:]}, each family at its best raced " + (
         "learning rate" if len(verdict.conditions) <= 1 else "pair and learning rate"
     )
+    held = int(table["holdout"].sum()) if "holdout" in table else 0
+    if held:
+        where += (
+            f" (the {held} still racing at the end measured again on {verdict.state.holdout} "
+            "new seeds)"
+        )
     leader = verdict.leader or ""
     if len(table) == 1:
         return f"{where}, {family_label(leader)} is the only family raced."
@@ -191,6 +197,14 @@ def how_sure(r: Results) -> str:
         f"{verdict.confidence:.2f}, so its interval includes which of them looked best. Two "
         "copies of one family get the same arms and are never told apart by what a search "
         "happened to find.",
+        (
+            f"The families still racing at the end then ran their chosen setting on "
+            f"{verdict.state.holdout} new seeds, and the claims among them (leader, equivalent, "
+            "not separated, or slower after the holdout) stand on those seeds alone, which "
+            "played no part in choosing the setting."
+            if verdict.state.holding
+            else "The claims stand on the race's own seeds."
+        ),
         "Claims about families hold at the batch sizes and schedules raced; the search's own "
         "settings and your current setting are claims about those settings. Equivalent means shown "
         f"within {verdict.margin:.0%}; not separated means neither shown slower nor shown "

@@ -95,10 +95,19 @@ def rounds_line(r: Results) -> str:
         f"{state.runs} runs over {state.round} rounds; round 0 (one seed) kept each family's "
         f"best learning rates. "
     )
+    held = ""
+    if state.holding:
+        after = by_round.get(state.round, [])
+        held = (
+            f" Then the {len(state.held)} families still racing ran their chosen setting on "
+            f"{state.holdout} new seeds: "
+            + ("; ".join(after) + " found slower." if after else "no family dropped.")
+        )
     return (
         head
         + ("; ".join(said) + "." if said else "")
         + (f" The race stopped early: {state.note}." if state.note else "")
+        + held
     )
 
 

@@ -84,6 +84,7 @@ def declaration(results: Results) -> dict[str, Any]:
         "confidence": verdict.confidence,
         "margin": verdict.margin,
         "runs": verdict.state.runs,
+        "holdout_seeds": verdict.state.holdout,
         "ended_early": verdict.state.note or None,
         "setting": None if fastest is None else _arm(fastest) | {"claim": "setting"},
         "settings": [
@@ -107,6 +108,8 @@ def declaration(results: Results) -> dict[str, Any]:
                 "schedule": row["schedule"],
                 "batch_size": int(row["batch_size"]),
                 "seeds": int(row["seeds"]),
+                # holdout: new seeds for the chosen setting only; race: the race's own seeds
+                "seeds_from": "holdout" if row.get("holdout", False) else "race",
                 "speed_seconds": number(row["speed"]),
                 "median_seconds": number(row["median_seconds"]),
                 "interval_seconds": [number(row["low_seconds"]), number(row["high_seconds"])],

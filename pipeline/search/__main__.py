@@ -47,8 +47,9 @@ def summary(outcome: Outcome, cfg: DictConfig) -> list[str]:
         families = len(dict.fromkeys(a.family for a in state.arms.values() if a.kind == "family"))
         racing = sorted({state.arms[a].family for a in state.racing_all()})
         lines.append(
-            f"race: {ended}/{state.runs} runs over {state.round} round(s); "
-            f"{len(racing)} of {families} families still racing ({', '.join(racing)})"
+            f"race: {ended}/{state.runs} runs over {state.round} round(s)"
+            + (f" and a holdout of {state.holdout} seeds" if state.holding else "")
+            + f"; {len(racing)} of {families} families still racing ({', '.join(racing)})"
             + (f"; {state.note}" if state.note else "")
         )
     from pipeline.search.workers.progress import best_value

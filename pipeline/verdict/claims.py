@@ -3,13 +3,16 @@
     verdict = declare(state, times, target=target, rules=rules, conditions=conditions_of(plan))
 
 Family claims compare families at the race's conditions, each at its best raced condition and
-learning rate: a family's value is its best arm's mean time over seeds, the arm chosen again
-inside every resample (no winner's curse); the time shown is that arm's median over seeds with the
-distribution-free interval of a median (confidence.median_interval). A family racing at the
-end is in the group; of those, one shown within `margin` of the leader with probability >=
-confidence is *equivalent* ("a good choice"), any other is only *not separated*. A family
-dropped by the race is *slower*, with the probability that dropped it. Setting claims (the
-search's quickest settings, the baseline) compare one setting with the fastest arm raced.
+learning rate. A family racing at the end is read on the holdout (verdict.race): its chosen
+arm's times on new seeds, which played no part in choosing it. A family dropped during the
+race is read on its last round: its best arm's mean time over seeds, the arm chosen again
+inside every resample (no winner's curse), against the leader on the same seeds. The time shown
+is that arm's median over those seeds with the distribution-free interval of a median
+(confidence.median_interval). A family racing at the end is in the group; of those, one shown
+within `margin` of the leader with probability >= confidence is *equivalent* ("a good
+choice"), any other is only *not separated*. A family dropped by the race or the holdout is
+*slower*, with the probability that dropped it. Setting claims (the search's quickest settings,
+the baseline) compare one setting with the fastest arm raced.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pipeline.verdict.confidence import (
     share,
     values,
 )
-from pipeline.verdict.race import Rules, State
+from pipeline.verdict.race import HOLDOUT, Rules, State
 from pipeline.verdict.target import Target
 
 
@@ -130,20 +133,32 @@ def _last_round(state: State, seeds: dict[str, int], family: str) -> tuple[list[
     return [a for a in own if seeds.get(a, 0) == k], k
 
 
-def _chosen(times: pd.DataFrame, arms: list[str], k: int, draws: Resamples) -> dict[str, Any]:
-    """A family's value over `arms` at k seeds (the arm chosen inside each resample), its
-    chosen arm, and that arm's median time with its interval."""
+def _chosen(
+    times: pd.DataFrame, arms: list[str], k: int, draws: Resamples, *, start: int = 0
+) -> dict[str, Any]:
+    """A family's value over `arms` at k seeds from `start` (the arm chosen inside each
+    resample), its chosen arm, and that arm's median time with its interval."""
     index = draws.index(k)
-    speeds = np.stack([means(values(times, a, k=k), index) for a in arms])
+    speeds = np.stack([means(values(times, a, k=k, start=start), index) for a in arms])
     pick = speeds.argmin(axis=0)
-    point = [float(values(times, a, k=k).mean()) for a in arms]
+    point = [float(values(times, a, k=k, start=start).mean()) for a in arms]
     best = arms[int(np.argmin(point))]
     return {
         "value": speeds[pick, np.arange(speeds.shape[1])],
-        "interval": median_interval(values(times, best, k=k, column="time")),
+        "interval": median_interval(values(times, best, k=k, column="time", start=start)),
         "arm": best,
         "speed": min(point),
+        "start": start,
     }
+
+
+def _held(state: State, times: pd.DataFrame) -> bool:
+    """Whether every holdout run has ended (a report of a race cut short in the holdout reads
+    the families on their last round, as the race did)."""
+    if not state.held or not len(times):
+        return False
+    ended = set(zip(times.arm, times.replicate.astype(int), strict=True))
+    return all((a, HOLDOUT + i) in ended for a in state.held.values() for i in range(state.holdout))
 
 
 def _family_rows(
@@ -151,7 +166,12 @@ def _family_rows(
 ) -> pd.DataFrame:
     families = list(dict.fromkeys(a.family for a in state.arms.values() if a.kind == "family"))
     rows, chosen = [], {}
+    held = state.held if _held(state, times) else {}
     for family in families:
+        if family in held:
+            arm, k = [held[family]], state.holdout
+            chosen[family] = (_chosen(times, arm, k, draws, start=HOLDOUT), k)
+            continue
         arms, k = _last_round(state, seeds, family)
         if k == 0:
             continue
@@ -163,11 +183,14 @@ def _family_rows(
     for family, (c, k) in chosen.items():
         lead, k_lead = chosen[leader]
         common = min(k, k_lead)
-        if common == k and common == k_lead:
+        if (family in held) == (leader in held) and common == k and common == k_lead:
             mine, theirs = c, lead
-        else:  # compared on the seeds both have
-            mine = _chosen(times, _last_round(state, seeds, family)[0], common, draws)
-            theirs = _chosen(times, _last_round(state, seeds, leader)[0], common, draws)
+        else:  # a family dropped in the race: against the leader on the seeds both raced
+            arms_mine, k_mine = _last_round(state, seeds, family)
+            arms_lead, k_race = _last_round(state, seeds, leader)
+            common = min(k_mine, k_race)
+            mine = _chosen(times, arms_mine, common, draws)
+            theirs = _chosen(times, arms_lead, common, draws)
         ratio = mine["value"] / theirs["value"]
         point = mine["speed"] / theirs["speed"] if theirs["speed"] > 0 else math.nan
         low, high = interval(ratio)
@@ -180,7 +203,8 @@ def _family_rows(
         else:
             status = "equivalent" if within >= rules.confidence else "not separated"
         arm = state.arms[c["arm"]]
-        own = times[(times.arm == c["arm"]) & (times.replicate < k)]
+        first = c["start"]
+        own = times[(times.arm == c["arm"]) & times.replicate.between(first, first + k - 1)]
         m_low, m_high = c["interval"]
         rows.append(
             {
@@ -190,6 +214,7 @@ def _family_rows(
                 "lr": arm.lr,
                 "params": arm.params,
                 "seeds": k,
+                "holdout": family in held,  # read on new seeds (else on the race's own)
                 "reached": int(own.reached.sum()),
                 "speed": c["speed"],
                 "median_seconds": median(own.sort_values("replicate")["time"].to_numpy(float)),

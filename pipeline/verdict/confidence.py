@@ -59,9 +59,13 @@ def arm_times(
     return out
 
 
-def values(times: pd.DataFrame, arm: str, *, k: int, column: str = "speed") -> np.ndarray:
-    """An arm's `column` for seeds 0..k-1, in seed order."""
-    own = times[(times.arm == arm) & (times.replicate < k)].sort_values("replicate")
+def values(
+    times: pd.DataFrame, arm: str, *, k: int, column: str = "speed", start: int = 0
+) -> np.ndarray:
+    """An arm's `column` for seeds start..start+k-1, in seed order."""
+    index = times.replicate
+    own = times[(times.arm == arm) & (index >= start) & (index < start + k)]
+    own = own.sort_values("replicate")
     return own[column].to_numpy(dtype=float)
 
 

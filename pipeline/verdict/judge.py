@@ -36,9 +36,11 @@ def rules_of(config: Any) -> Rules:
         margin=float(verdict.get("margin", base.margin)),
         budget=int(race.get("budget", base.budget)),
         resamples=int(verdict.get("resamples", base.resamples)),
+        holdout=int(race.get("holdout", base.holdout)),
         one_by_one=(
             tuple(int(k) for k in alone.get("seeds") or base.one_by_one[0]),
             int(alone.get("keep", base.one_by_one[1])),
+            int(alone.get("holdout", base.one_by_one[2])),
         ),
     )
 

@@ -21,7 +21,11 @@ brings the arms still racing to `rounds[r]` seeds (seed i is the same for every 
   a setting, or the baseline, that the fastest arm so beats (F-Race, Birattari et al. 2002).
 The race ends after its last round, when nothing is left to decide (every family still racing
 shown within the margin of the leader, and no setting but the fastest still racing), or when
-the next round would pass `budget` runs. The decisions are a function of the
+the next round would pass `budget` runs (less the holdout's). Then each family still racing
+runs its chosen arm (its fastest at its last round) on `holdout` new seeds (indices from
+HOLDOUT): those seeds never took part in choosing the arm, so the claims among these families
+stand on them (claims), and one more than `margin` slower than the fastest there with
+probability >= confidence is dropped after the holdout. The decisions are a function of the
 runs and are replayed whenever asked: a rerun after a kill decides what it decided before, and
 the report declares what the search acted on.
 """
@@ -36,6 +40,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.verdict.confidence import Resamples, means, share, values
+
+HOLDOUT = 100_000  # the holdout's first seed index: apart from the rounds' (0, 1, ...)
 
 
 @dataclass(frozen=True)
@@ -63,17 +69,20 @@ class Rules:
     keep: int = 2
     confidence: float = 0.9
     margin: float = 0.1
-    budget: int = 1000
+    budget: int = 1500
     resamples: int = 2000
+    holdout: int = 40  # new seeds for each family racing at the end (0: none)
     # For a task whose runs train one by one (plan["stacked"] false): each costs a training.
-    one_by_one: tuple[tuple[int, ...], int] = ((1, 3, 8), 1)
+    # (rounds, keep, holdout)
+    one_by_one: tuple[tuple[int, ...], int, int] = ((1, 3, 8), 1, 0)
 
     def for_plan(self, plan: dict[str, Any]) -> Rules:
-        """These rules, or their one-by-one rounds and keep for a plan whose runs do not stack."""
+        """These rules, or their one-by-one rounds, keep and holdout for a plan whose runs do
+        not stack."""
         if plan.get("stacked", True):
             return self
-        rounds, keep = self.one_by_one
-        return replace(self, rounds=tuple(rounds), keep=int(keep))
+        rounds, keep, holdout = self.one_by_one
+        return replace(self, rounds=tuple(rounds), keep=int(keep), holdout=int(holdout))
 
 
 @dataclass(frozen=True)
@@ -97,10 +106,17 @@ class State:
     missing: list[tuple[str, int]] = field(default_factory=list)
     done: bool = False
     note: str = ""  # why it ended early
+    held: dict[str, str] = field(default_factory=dict)  # family: its arm in the holdout
+    holdout: int = 0  # the holdout's seeds per arm (0: none)
 
     @property
     def runs(self) -> int:
-        return sum(self.seeds.values())
+        return sum(self.seeds.values()) + self.holdout * len(self.held)
+
+    @property
+    def holding(self) -> bool:
+        """Whether the holdout is what runs (or, done, what ran last)."""
+        return bool(self.held)
 
     def racing_all(self) -> list[str]:
         """The family arms still racing, in plan order."""
@@ -134,7 +150,8 @@ def replay(plan: dict[str, Any], times: pd.DataFrame, rules: Rules) -> State:
     for r, k in enumerate(rules.rounds):
         state.round = r
         new = sum(max(0, k - state.seeds.get(a, 0)) for a in state.alive)
-        if r > 0 and state.runs + new > rules.budget:
+        reserve = rules.holdout * len({state.arms[a].family for a in state.racing_all()})
+        if r > 0 and state.runs + new + reserve > rules.budget:
             state.note = f"its budget of {rules.budget} runs ended the race after round {r - 1}"
             break
         for a in state.alive:
@@ -150,8 +167,46 @@ def replay(plan: dict[str, Any], times: pd.DataFrame, rules: Rules) -> State:
             break
     else:
         state.round = len(rules.rounds)
+    if rules.holdout > 0 and state.racing_all():
+        _hold_out(state, times, ended, rules, draws)
+        if state.missing:
+            return state
     state.done, state.missing = True, []
     return state
+
+
+def chosen_arm(state: State, times: pd.DataFrame, family: str) -> str:
+    """A racing family's fastest arm on the seeds its last round gave it."""
+    own = state.racing(family)
+    k = min(state.seeds.get(a, 0) for a in own)
+    return min(own, key=lambda a: (float(values(times, a, k=k).mean()), a))
+
+
+def _hold_out(
+    state: State, times: pd.DataFrame, ended: set[tuple[str, int]], rules: Rules, draws: Resamples
+) -> None:
+    """Each family still racing, its chosen arm on `rules.holdout` new seeds; once they have
+    run, drop a family more than the margin slower than the fastest there (see the module)."""
+    n = rules.holdout
+    families = list(dict.fromkeys(state.arms[a].family for a in state.racing_all()))
+    state.held = {f: chosen_arm(state, times, f) for f in families}
+    state.holdout = n
+    runs = [(a, HOLDOUT + i) for a in state.held.values() for i in range(n)]
+    state.missing = [run for run in runs if run not in ended]
+    if state.missing or len(families) < 2:
+        return
+    index = draws.index(n)
+    speeds = {f: values(times, a, k=n, start=HOLDOUT) for f, a in state.held.items()}
+    drawn = {f: means(v, index) for f, v in speeds.items()}
+    leader = min(families, key=lambda f: (float(speeds[f].mean()), f))
+    for family in families:
+        p = share(drawn[family] > drawn[leader] * (1 + rules.margin))
+        if family != leader and p >= rules.confidence:
+            why = Out(state.round, n, p, leader)
+            state.families_out[family] = why
+            for a in state.racing(family):
+                state.arms_out[a] = why
+                state.alive.remove(a)
 
 
 def _halve(state: State, plan: dict[str, Any], times: pd.DataFrame, *, keep: int) -> None:

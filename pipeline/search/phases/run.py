@@ -144,7 +144,7 @@ def _race(
             space,
             study,
             runs,
-            f"race round {state.round}",
+            "race holdout" if state.holding else f"race round {state.round}",
             pool,
             requeue=lambda: race.enqueue(study, judge(study, cfg, claims=False)[1], cfg),
         )
