@@ -222,6 +222,8 @@ def test_claims_among_racing_families_stand_on_the_holdout():
     assert nadam["median_seconds"] == pytest.approx(0.52)  # its holdout seeds' median
     sgd = rows.loc["sgd"]  # dropped in the race: read on the race's seeds, against adam's
     assert not sgd["holdout"] and sgd["seeds"] == 5 and sgd["ratio"] == pytest.approx(9 / 4)
+    # The setting to train with is the leader's, timed on the seeds its row is read on.
+    assert verdict.fastest["arm"] == "adam lr 0.01" and verdict.fastest["seeds"] == 6
 
 
 def test_the_race_leaves_room_in_its_budget_for_the_holdout():
@@ -230,6 +232,17 @@ def test_the_race_leaves_room_in_its_budget_for_the_holdout():
     # Round 2 (20 seeds each) would fit in 50 runs alone, not with 2 x 10 holdout seeds.
     state = replay(plan, times, Rules(rounds=(1, 5, 20), keep=1, budget=50, holdout=10))
     assert "budget of 50 runs" in state.note and state.held and state.runs == 30
+
+
+def test_the_holdout_comes_from_the_config_and_runs_one_by_one_only_when_asked():
+    from pipeline.config import compose
+    from pipeline.verdict.judge import rules_of
+
+    rules = rules_of(compose(["race.holdout=12", "race.one_by_one.holdout=3"]))
+    assert rules.holdout == 12 and rules.for_plan({"stacked": True}).holdout == 12
+    assert rules.for_plan({"stacked": False}).holdout == 3
+    shipped = rules_of(compose([]))
+    assert (shipped.holdout, shipped.for_plan({"stacked": False}).holdout) == (40, 0)
 
 
 def test_settings_and_the_baseline_are_compared_with_the_fastest_arm():

@@ -104,11 +104,19 @@ def declare(
         setup=setup,
     )
     racing = [a for a in state.alive if state.arms[a].kind != "baseline" and seeds.get(a, 0)]
+    held = state.held if _held(state, times) else {}
+    if verdict.leader in held:  # of the family arms, the holdout's leader's (as its claims)
+        mine = held[str(verdict.leader)]
+        racing = [a for a in racing if state.arms[a].kind != "family" or a == mine]
     if not racing or times.empty:
         return verdict
     k = min(seeds[a] for a in racing)
     fastest = min(racing, key=lambda a: (float(values(times, a, k=k).mean()), a))
     verdict.fastest = _summary(state, seeds, times, fastest, draws)
+    if fastest in held.values():  # its time on the holdout's seeds, as its family's row
+        verdict.fastest |= _summary(
+            state, {fastest: state.holdout}, times, fastest, draws, start=HOLDOUT
+        )
     verdict.settings = _setting_rows(state, seeds, times, fastest, rules, draws)
     return verdict
 
@@ -242,11 +250,19 @@ def _family_rows(
 
 
 def _summary(
-    state: State, seeds: dict[str, int], times: pd.DataFrame, arm_id: str, draws: Resamples
+    state: State,
+    seeds: dict[str, int],
+    times: pd.DataFrame,
+    arm_id: str,
+    draws: Resamples,
+    *,
+    start: int = 0,
 ) -> dict[str, Any]:
-    """One arm at the seeds it has: its median time with an interval, its setting."""
+    """One arm at the seeds it has from `start`: its median time with an interval, its
+    setting."""
     arm, k = state.arms[arm_id], seeds.get(arm_id, 0)
-    own = times[(times.arm == arm_id) & (times.replicate < k)].sort_values("replicate")
+    own = times[(times.arm == arm_id) & times.replicate.between(start, start + k - 1)]
+    own = own.sort_values("replicate")
     low, high = median_interval(own["time"].to_numpy(float))
     return {
         "arm": arm.id,
