@@ -31,6 +31,7 @@ TINY = (
     "trainer.max_epochs=3",
     "search.batch_sizes=[64,128]",
     "race.seeds=[]",
+    "race.holdout=4",  # a test that races runs a holdout, small
     *NAMED,
 )
 RACE = ("race.seeds=[1,2]",)

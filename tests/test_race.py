@@ -16,7 +16,7 @@ from pipeline.core.storage import load_study
 from pipeline.report import prose
 from pipeline.report.results import collect
 from pipeline.report.summary import declaration
-from pipeline.search.phases.race import quickest_conditions, seconds_to
+from pipeline.search.phases.race import by_pair_speed, quickest_conditions, seconds_to
 from pipeline.search.phases.run import search
 from pipeline.search.phases.study import prepare
 from pipeline.search.space import SearchSpace
@@ -363,6 +363,24 @@ def test_the_shared_condition_is_the_quickest_on_epochs_not_on_a_trials_own_seco
     rates = EpochCost.from_trials(trials).lookup()
     quick = [seconds_to(t, rates, 0.18, metric="val_loss", direction="minimize") for t in trials]
     assert quick[0] < quick[1]
+
+
+def test_the_race_pairs_are_ranked_without_any_familys_own_step():
+    # Adam reaches the target in fewer epochs, but its timed step is far dearer: priced at each
+    # family's own rate SGD's trial is the quicker, and a few per cent of timing noise in the
+    # steps could reorder such trials. Every family races at the pairs chosen, so they are
+    # ranked at one step for all (the median family's): fewer epochs first.
+    trials = [
+        _searched(0, "sgd", 16, 0.10, [0.5, 0.3, 0.2, 0.15, 0.10], gap=1.0),
+        _searched(1, "adam", 16, 0.10, [0.5, 0.3, 0.15, 0.12, 0.10], gap=1.0),
+    ]
+    for t in trials:
+        t.params["schedule"] = "constant" if t.number == 0 else "cosine"
+    rates = EpochCost.from_trials(trials, step_seconds={"sgd": 1e-5, "adam": 2.0}).lookup()
+    own = [seconds_to(t, rates, 0.16, metric="val_loss", direction="minimize") for t in trials]
+    assert own[0] < own[1]  # SGD's trial first on each family's own rate
+    ranked = by_pair_speed(trials, rates, 0.16, metric="val_loss", direction="minimize")
+    assert [t.number for t in ranked] == [1, 0]
 
 
 def test_the_race_conditions_are_the_quickest_distinct_pairs_each_as_its_trial_had_it():

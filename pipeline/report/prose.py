@@ -105,8 +105,7 @@ def families_sentence(r: Results) -> str:
     held = int(table["holdout"].sum()) if "holdout" in table else 0
     if held:
         where += (
-            f" (the {held} left after the race measured again on {verdict.state.holdout} "
-            "new seeds)"
+            f" (the {held} left after the race measured again on {verdict.state.holdout} new seeds)"
         )
     leader = verdict.leader or ""
     if len(table) == 1:

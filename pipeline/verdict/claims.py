@@ -26,6 +26,8 @@ import pandas as pd
 
 from pipeline.verdict.confidence import (
     Resamples,
+    held_means,
+    held_point,
     interval,
     means,
     median,
@@ -147,9 +149,13 @@ def _chosen(
     """A family's value over `arms` at k seeds from `start` (the arm chosen inside each
     resample), its chosen arm, and that arm's median time with its interval."""
     index = draws.index(k)
-    speeds = np.stack([means(values(times, a, k=k, start=start), index) for a in arms])
+    if start == HOLDOUT:  # one arm, fixed before these seeds: its misses drawn (held_means)
+        speeds = np.stack([held_means(times, a, index, k=k, start=start) for a in arms])
+        point = [held_point(times, a, k=k, start=start) for a in arms]
+    else:
+        speeds = np.stack([means(values(times, a, k=k), index) for a in arms])
+        point = [float(values(times, a, k=k).mean()) for a in arms]
     pick = speeds.argmin(axis=0)
-    point = [float(values(times, a, k=k, start=start).mean()) for a in arms]
     best = arms[int(np.argmin(point))]
     return {
         "value": speeds[pick, np.arange(speeds.shape[1])],

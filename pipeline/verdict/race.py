@@ -39,7 +39,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.verdict.confidence import Resamples, means, share, values
+from pipeline.verdict.confidence import (
+    Resamples,
+    held_means,
+    held_point,
+    means,
+    share,
+    values,
+)
 
 HOLDOUT = 100_000  # the holdout's first seed index: apart from the rounds' (0, 1, ...)
 
@@ -196,9 +203,9 @@ def _hold_out(
     if state.missing or len(families) < 2:
         return
     index = draws.index(n)
-    speeds = {f: values(times, a, k=n, start=HOLDOUT) for f, a in state.held.items()}
-    drawn = {f: means(v, index) for f, v in speeds.items()}
-    leader = min(families, key=lambda f: (float(speeds[f].mean()), f))
+    drawn = {f: held_means(times, a, index, k=n, start=HOLDOUT) for f, a in state.held.items()}
+    point = {f: held_point(times, a, k=n, start=HOLDOUT) for f, a in state.held.items()}
+    leader = min(families, key=lambda f: (point[f], f))
     for family in families:
         p = share(drawn[family] > drawn[leader] * (1 + rules.margin))
         if family != leader and p >= rules.confidence:

@@ -77,9 +77,11 @@ def plan(
         for t in complete
         if (s := seconds_to(t, lookup, target, metric=metric, direction=direction)) is not None
     )
-    quick = [t for _, _, t in timed] or sorted(complete, key=lambda t: (sign * t.value, t.number))
+    fallback = sorted(complete, key=lambda t: (sign * t.value, t.number))
+    quick = [t for _, _, t in timed] or fallback
     how = cfg.race if stacked else cfg.race.one_by_one
-    conditions = quickest_conditions(quick, int(how.conditions))
+    pairs = by_pair_speed(complete, lookup, target, metric=metric, direction=direction)
+    conditions = quickest_conditions(pairs or fallback, int(how.conditions))
     arms: list[dict[str, Any]] = []
     ranges: dict[str, list[float]] = {}
     step = float(how.lattice)
@@ -114,6 +116,28 @@ def plan(
     }
     study.set_user_attr(record.RACE, decided)
     return decided
+
+
+def by_pair_speed(
+    trials: list[FrozenTrial],
+    rates: dict[tuple[str, int], float],
+    target: float,
+    *,
+    metric: str,
+    direction: str,
+) -> list[FrozenTrial]:
+    """The trials that reach the target, quickest first as any family would be at their batch
+    size and schedule: epochs to the target x the batch size's seconds an epoch with the median
+    family's step (EpochCost's ANY). Every family races at the pairs chosen, so no family's
+    own step decides them; a step's timing noise moved the third pair between two runs of one
+    seed whose searches were identical."""
+    shared = {key: rate for key, rate in rates.items() if key[0] == ANY}
+    timed = sorted(
+        (s, t.number, t)
+        for t in trials
+        if (s := seconds_to(t, shared, target, metric=metric, direction=direction)) is not None
+    )
+    return [t for _, _, t in timed]
 
 
 def quickest_conditions(quick: list[FrozenTrial], n: int) -> list[dict[str, Any]]:
