@@ -106,7 +106,7 @@ def declare(
         setup=setup,
     )
     racing = [a for a in state.alive if state.arms[a].kind != "baseline" and seeds.get(a, 0)]
-    held = state.held if _held(state, times) else {}
+    held = _held(state)
     if verdict.leader in held:  # of the family arms, the holdout's leader's (as its claims)
         mine = held[str(verdict.leader)]
         racing = [a for a in racing if state.arms[a].kind != "family" or a == mine]
@@ -166,13 +166,10 @@ def _chosen(
     }
 
 
-def _held(state: State, times: pd.DataFrame) -> bool:
-    """Whether every holdout run has ended (a report of a race cut short in the holdout reads
-    the families on their last round, as the race did)."""
-    if not state.held or not len(times):
-        return False
-    ended = set(zip(times.arm, times.replicate.astype(int), strict=True))
-    return all((a, HOLDOUT + i) in ended for a in state.held.values() for i in range(state.holdout))
+def _held(state: State) -> dict[str, str]:
+    """The holdout's arms once every run of it has ended (the race's replay is done then); {}
+    before: a report of a race cut short in the holdout reads families on their last round."""
+    return state.held if state.done else {}
 
 
 def _family_rows(
@@ -180,7 +177,7 @@ def _family_rows(
 ) -> pd.DataFrame:
     families = list(dict.fromkeys(a.family for a in state.arms.values() if a.kind == "family"))
     rows, chosen = [], {}
-    held = state.held if _held(state, times) else {}
+    held = _held(state)
     for family in families:
         if family in held:
             arm, k = [held[family]], state.holdout
