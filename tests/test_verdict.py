@@ -10,6 +10,7 @@ import math
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -238,7 +239,7 @@ def test_a_holdout_without_a_miss_still_counts_the_misses_it_may_have_missed():
     race = _times({"adam lr 0.01": steady * 2, "momentum lr 0.1": [None, *steady[1:], *steady]})
     held = _holdout({"adam lr 0.01": steady * 3, "momentum lr 0.1": steady * 3})
     times = pd.concat([race, held], ignore_index=True)
-    rules = Rules(rounds=(1, 20), keep=1, holdout=30)
+    rules = Rules(rounds=(1, 20), keep=1, holdout=30, holdout_looks=1)
     state = replay(plan, times, rules)
     assert state.held and not state.families_out  # the race could not drop it on one miss
     verdict = declare(state, times, target=TARGET, rules=rules, conditions=[])
@@ -250,6 +251,50 @@ def test_a_holdout_without_a_miss_still_counts_the_misses_it_may_have_missed():
     clean = pd.concat([_times({"adam lr 0.01": steady * 2, "momentum lr 0.1": steady * 2}), held])
     verdict = declare(replay(plan, clean, rules), clean, target=TARGET, rules=rules, conditions=[])
     assert sorted(verdict.families.status) == ["equivalent", "leader"]
+
+
+def test_a_family_the_holdout_leaves_unsettled_gets_a_second_look():
+    """After 10 holdout seeds SGD is clearly slower and Nadam neither slower nor within the
+    margin: Adam and Nadam run 10 more, which show Nadam slower; SGD keeps its 10."""
+    plan = _plan({"adam lr 0.01": 0.01, "nadam lr 0.01": 0.01, "sgd lr 0.1": 0.1})
+    race = _times(
+        {f"{f} lr {lr}": [4] * 5 for f, lr in [("adam", 0.01), ("nadam", 0.01), ("sgd", 0.1)]}
+    )
+    steady = [4, 4.2, 3.8, 4, 4.1, 3.9, 4, 4.1, 3.9, 4]
+    first = _holdout(
+        {
+            "adam lr 0.01": steady,
+            "nadam lr 0.01": [3.5, 6, 3.6, 5.8, 3.4, 6.1, 3.7, 5.9, 3.5, 6],
+            "sgd lr 0.1": [x * 1.6 for x in steady],
+        }
+    )
+    rules = Rules(rounds=(1, 5), keep=1, holdout=10)
+    times = pd.concat([race, first], ignore_index=True)
+    state = replay(plan, times, rules)
+    assert not state.done and state.holdout == 20
+    assert state.families_out["sgd"].seeds == 10 and "nadam" not in state.families_out
+    assert sorted(state.missing) == sorted(
+        (a, HOLDOUT + i) for a in ("adam lr 0.01", "nadam lr 0.01") for i in range(10, 20)
+    )
+    assert state.held_seeds == {"adam": 20, "nadam": 20, "sgd": 10}
+    assert state.runs == 15 + 50
+    second = _holdout({"adam lr 0.01": steady * 2, "nadam lr 0.01": [0] * 10 + [7.0] * 10})
+    second = second[second.replicate >= HOLDOUT + 10]
+    times = pd.concat([times, second], ignore_index=True)
+    state = replay(plan, times, rules)
+    assert state.done and (
+        state.families_out["nadam"].seeds,
+        state.families_out["nadam"].round,
+    ) == (20, 2)
+    rows = declare(state, times, target=TARGET, rules=rules, conditions=[]).families
+    rows = rows.set_index("family")
+    assert list(rows.status) == ["leader", "slower", "slower"]
+    assert (rows.loc["nadam", "seeds"], rows.loc["sgd", "seeds"]) == (20, 10)
+    assert rows.loc["sgd", "ratio"] == pytest.approx(1.6, rel=0.03)  # the 10 seeds both ran
+    # With no room in the budget for the second look, the holdout ends at its first.
+    tight = replay(plan, times, replace(rules, budget=60))
+    assert tight.done and "ended the holdout at 10 seeds" in tight.note
+    assert "nadam" not in tight.families_out and tight.held_seeds["nadam"] == 10
 
 
 def test_the_race_leaves_room_in_its_budget_for_the_holdout():

@@ -93,6 +93,17 @@ def _sentence(r: Results) -> str:
     return f"{first} {families_sentence(r)}"
 
 
+def holdout_seeds(state: Any) -> str:
+    """How many new seeds the holdout ran: "40 new seeds", or with a second look "40 new
+    seeds, 80 for the 3 not yet settled by them"."""
+    first = min(state.held_seeds.values(), default=state.holdout)
+    said = f"{first} new seeds"
+    longer = [f for f, k in state.held_seeds.items() if k > first]
+    if longer:
+        said += f", {state.holdout} for the {len(longer)} not settled by them"
+    return said
+
+
 def families_sentence(r: Results) -> str:
     """The claim about families, at the race's batch size and schedule pairs."""
     verdict = r.verdict
@@ -105,7 +116,7 @@ def families_sentence(r: Results) -> str:
     held = int(table["holdout"].sum()) if "holdout" in table else 0
     if held:
         where += (
-            f" (the {held} left after the race measured again on {verdict.state.holdout} new seeds)"
+            f" (the {held} left after the race measured again on {holdout_seeds(verdict.state)})"
         )
     leader = verdict.leader or ""
     if len(table) == 1:
@@ -198,7 +209,7 @@ def how_sure(r: Results) -> str:
         "happened to find.",
         (
             f"The families still racing at the end then ran their chosen setting on "
-            f"{verdict.state.holdout} new seeds, and the claims among them (leader, equivalent, "
+            f"{holdout_seeds(verdict.state)}, and the claims among them (leader, equivalent, "
             "not separated, or slower after the holdout) stand on those seeds alone, which "
             "played no part in choosing the setting."
             if verdict.state.holding

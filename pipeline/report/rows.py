@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.report.names import chance, family_label, num
-from pipeline.report.prose import step_times
+from pipeline.report.prose import holdout_seeds, step_times
 from pipeline.report.results import Results
 from pipeline.verdict.confidence import mostly_misses
 
@@ -100,7 +100,7 @@ def rounds_line(r: Results) -> str:
         after = by_round.get(state.round, [])
         held = (
             f" Then the {len(state.held)} families still racing ran their chosen setting on "
-            f"{state.holdout} new seeds: "
+            f"{holdout_seeds(state)}: "
             + ("; ".join(after) + " found slower." if after else "no family dropped.")
         )
     return (

@@ -116,9 +116,8 @@ def declare(
     fastest = min(racing, key=lambda a: (float(values(times, a, k=k).mean()), a))
     verdict.fastest = _summary(state, seeds, times, fastest, draws)
     if fastest in held.values():  # its time on the holdout's seeds, as its family's row
-        verdict.fastest |= _summary(
-            state, {fastest: state.holdout}, times, fastest, draws, start=HOLDOUT
-        )
+        k_held = state.held_seeds.get(state.arms[fastest].family, state.holdout)
+        verdict.fastest |= _summary(state, {fastest: k_held}, times, fastest, draws, start=HOLDOUT)
     verdict.settings = _setting_rows(state, seeds, times, fastest, rules, draws)
     return verdict
 
@@ -180,7 +179,7 @@ def _family_rows(
     held = _held(state)
     for family in families:
         if family in held:
-            arm, k = [held[family]], state.holdout
+            arm, k = [held[family]], state.held_seeds.get(family, state.holdout)
             chosen[family] = (_chosen(times, arm, k, draws, start=HOLDOUT), k)
             continue
         arms, k = _last_round(state, seeds, family)
@@ -196,6 +195,9 @@ def _family_rows(
         common = min(k, k_lead)
         if (family in held) == (leader in held) and common == k and common == k_lead:
             mine, theirs = c, lead
+        elif family in held and leader in held:  # dropped at an earlier look of the holdout
+            mine = _chosen(times, [held[family]], common, draws, start=HOLDOUT)
+            theirs = _chosen(times, [held[leader]], common, draws, start=HOLDOUT)
         else:  # a family dropped in the race: against the leader on the seeds both raced
             arms_mine, k_mine = _last_round(state, seeds, family)
             arms_lead, k_race = _last_round(state, seeds, leader)

@@ -25,9 +25,11 @@ the next round would pass `budget` runs (less the holdout's). Then each family s
 runs its chosen arm (its fastest at its last round) on `holdout` new seeds (indices from
 HOLDOUT): those seeds never took part in choosing the arm, so the claims among these families
 stand on them (claims), and one more than `margin` slower than the fastest there with
-probability >= confidence is dropped after the holdout. The decisions are a function of the
-runs and are replayed whenever asked: a rerun after a kill decides what it decided before, and
-the report declares what the search acted on.
+probability >= confidence is dropped. While a family left is neither dropped nor shown within
+the margin, the families left run `holdout` more new seeds, up to `holdout_looks` looks and
+within the budget: forty seeds do not tell a family 1.2x slower from one 1.05x slower. The
+decisions are a function of the runs and are replayed whenever asked: a rerun after a kill
+decides what it decided before, and the report declares what the search acted on.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class Rules:
     budget: int = 1500
     resamples: int = 2000
     holdout: int = 40  # new seeds for each family racing at the end (0: none)
+    holdout_looks: int = 2  # the holdout's seeds, n at a time, at most this many times n
     # For a task whose runs train one by one (plan["stacked"] false): each costs a training.
     # (rounds, keep, holdout)
     one_by_one: tuple[tuple[int, ...], int, int] = ((1, 3, 8), 1, 0)
@@ -114,11 +117,12 @@ class State:
     done: bool = False
     note: str = ""  # why it ended early
     held: dict[str, str] = field(default_factory=dict)  # family: its arm in the holdout
-    holdout: int = 0  # the holdout's seeds per arm (0: none)
+    held_seeds: dict[str, int] = field(default_factory=dict)  # family: its holdout seeds
+    holdout: int = 0  # the holdout's seeds at its last look (0: none)
 
     @property
     def runs(self) -> int:
-        return sum(self.seeds.values()) + self.holdout * len(self.held)
+        return sum(self.seeds.values()) + sum(self.held_seeds.values())
 
     @property
     def holding(self) -> bool:
@@ -192,28 +196,59 @@ def chosen_arm(state: State, times: pd.DataFrame, family: str) -> str:
 def _hold_out(
     state: State, times: pd.DataFrame, ended: set[tuple[str, int]], rules: Rules, draws: Resamples
 ) -> None:
-    """Each family still racing, its chosen arm on `rules.holdout` new seeds; once they have
-    run, drop a family more than the margin slower than the fastest there (see the module)."""
-    n = rules.holdout
+    """Each family still racing, its chosen arm on `rules.holdout` new seeds, more while one
+    is left unsettled; after each look, drop a family more than the margin slower than the
+    fastest there (see the module)."""
     families = list(dict.fromkeys(state.arms[a].family for a in state.racing_all()))
     state.held = {f: chosen_arm(state, times, f) for f in families}
-    state.holdout = n
-    runs = [(a, HOLDOUT + i) for a in state.held.values() for i in range(n)]
-    state.missing = [run for run in runs if run not in ended]
-    if state.missing or len(families) < 2:
-        return
+    for look in range(1, max(1, rules.holdout_looks) + 1):
+        n = rules.holdout * look
+        left = [f for f in families if f not in state.families_out]
+        if look > 1:
+            more = (n - state.holdout) * len(left)
+            if state.runs + more > rules.budget:
+                cut = f"its budget of {rules.budget} runs ended the holdout at {n - rules.holdout}"
+                cut += " seeds"
+                state.note = f"{state.note}; {cut}" if state.note else cut
+                return
+        state.holdout = n
+        state.held_seeds |= dict.fromkeys(left, n)
+        runs = [(state.held[f], HOLDOUT + i) for f in left for i in range(n)]
+        state.missing = [run for run in runs if run not in ended]
+        if state.missing or len(left) < 2:
+            return
+        if _hold_look(state, times, left, n, rules, draws):
+            return
+
+
+def _hold_look(
+    state: State,
+    times: pd.DataFrame,
+    families: list[str],
+    n: int,
+    rules: Rules,
+    draws: Resamples,
+) -> bool:
+    """One look at the holdout's first n seeds: drop the families beaten there. True when
+    every family left is shown within the margin of the fastest (nothing left to decide)."""
     index = draws.index(n)
-    drawn = {f: held_means(times, a, index, k=n, start=HOLDOUT) for f, a in state.held.items()}
-    point = {f: held_point(times, a, k=n, start=HOLDOUT) for f, a in state.held.items()}
+    drawn = {f: held_means(times, state.held[f], index, k=n, start=HOLDOUT) for f in families}
+    point = {f: held_point(times, state.held[f], k=n, start=HOLDOUT) for f in families}
     leader = min(families, key=lambda f: (point[f], f))
+    settled = True
     for family in families:
+        if family == leader:
+            continue
         p = share(drawn[family] > drawn[leader] * (1 + rules.margin))
-        if family != leader and p >= rules.confidence:
+        if p >= rules.confidence:
             why = Out(state.round, n, p, leader)
             state.families_out[family] = why
             for a in state.racing(family):
                 state.arms_out[a] = why
                 state.alive.remove(a)
+        elif share(drawn[family] <= drawn[leader] * (1 + rules.margin)) < rules.confidence:
+            settled = False
+    return settled
 
 
 def _halve(state: State, plan: dict[str, Any], times: pd.DataFrame, *, keep: int) -> None:
