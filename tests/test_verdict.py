@@ -277,6 +277,7 @@ def test_a_family_the_holdout_leaves_unsettled_gets_a_second_look():
         (a, HOLDOUT + i) for a in ("adam lr 0.01", "nadam lr 0.01") for i in range(10, 20)
     )
     assert state.held_seeds == {"adam": 20, "nadam": 20, "sgd": 10}
+    assert prose.holdout_seeds(state) == "10 new seeds, 20 for the 2 still racing after them"
     assert state.runs == 15 + 50
     second = _holdout({"adam lr 0.01": steady * 2, "nadam lr 0.01": [0] * 10 + [7.0] * 10})
     second = second[second.replicate >= HOLDOUT + 10]

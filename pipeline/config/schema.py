@@ -178,7 +178,8 @@ class Race:
     )
     holdout: int = key(
         "new seeds each family racing at the end runs its chosen arm with, for the claims "
-        "among them (0: claims on the race's own seeds)",
+        "among them, as many again for those still unsettled while the budget allows (0: claims "
+        "on the race's own seeds)",
         low=0,
     )
     baseline: Baseline | None = field(

@@ -94,13 +94,13 @@ def _sentence(r: Results) -> str:
 
 
 def holdout_seeds(state: Any) -> str:
-    """How many new seeds the holdout ran: "40 new seeds", or with a second look "40 new
-    seeds, 80 for the 3 not yet settled by them"."""
+    """How many new seeds the holdout ran: "40 new seeds", or after a second look (a family
+    left unsettled) "40 new seeds, 80 for the 3 still racing after them"."""
     first = min(state.held_seeds.values(), default=state.holdout)
     said = f"{first} new seeds"
     longer = [f for f, k in state.held_seeds.items() if k > first]
     if longer:
-        said += f", {state.holdout} for the {len(longer)} not settled by them"
+        said += f", {state.holdout} for the {len(longer)} still racing after them"
     return said
 
 
