@@ -96,7 +96,7 @@ def _sentence(r: Results) -> str:
 def holdout_seeds(state: Any) -> str:
     """How many new seeds the holdout ran: "40 new seeds", or after a second look (a family
     left unsettled) "40 new seeds, 80 for the 3 still racing after them"."""
-    first = min(state.held_seeds.values(), default=state.holdout)
+    first = min(state.held_seeds.values(), default=0)
     said = f"{first} new seeds"
     longer = [f for f, k in state.held_seeds.items() if k > first]
     if longer:

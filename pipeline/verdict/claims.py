@@ -116,7 +116,7 @@ def declare(
     fastest = min(racing, key=lambda a: (float(values(times, a, k=k).mean()), a))
     verdict.fastest = _summary(state, seeds, times, fastest, draws)
     if fastest in held.values():  # its time on the holdout's seeds, as its family's row
-        k_held = state.held_seeds.get(state.arms[fastest].family, state.holdout)
+        k_held = state.held_seeds[state.arms[fastest].family]
         verdict.fastest |= _summary(state, {fastest: k_held}, times, fastest, draws, start=HOLDOUT)
     verdict.settings = _setting_rows(state, seeds, times, fastest, rules, draws)
     return verdict
@@ -179,7 +179,7 @@ def _family_rows(
     held = _held(state)
     for family in families:
         if family in held:
-            arm, k = [held[family]], state.held_seeds.get(family, state.holdout)
+            arm, k = [held[family]], state.held_seeds[family]
             chosen[family] = (_chosen(times, arm, k, draws, start=HOLDOUT), k)
             continue
         arms, k = _last_round(state, seeds, family)

@@ -118,7 +118,11 @@ class State:
     note: str = ""  # why it ended early
     held: dict[str, str] = field(default_factory=dict)  # family: its arm in the holdout
     held_seeds: dict[str, int] = field(default_factory=dict)  # family: its holdout seeds
-    holdout: int = 0  # the holdout's seeds at its last look (0: none)
+
+    @property
+    def holdout(self) -> int:
+        """The holdout's seeds at its last look (0: none)."""
+        return max(self.held_seeds.values(), default=0)
 
     @property
     def runs(self) -> int:
@@ -207,11 +211,11 @@ def _hold_out(
         if look > 1:
             more = (n - state.holdout) * len(left)
             if state.runs + more > rules.budget:
-                cut = f"its budget of {rules.budget} runs ended the holdout at {n - rules.holdout}"
-                cut += " seeds"
+                cut = (
+                    f"its budget of {rules.budget} runs ended the holdout at {state.holdout} seeds"
+                )
                 state.note = f"{state.note}; {cut}" if state.note else cut
                 return
-        state.holdout = n
         state.held_seeds |= dict.fromkeys(left, n)
         runs = [(state.held[f], HOLDOUT + i) for f in left for i in range(n)]
         state.missing = [run for run in runs if run not in ended]
