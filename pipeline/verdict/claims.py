@@ -29,7 +29,6 @@ from pipeline.verdict.confidence import (
     held_means,
     held_point,
     interval,
-    means,
     median,
     median_interval,
     share,
@@ -89,7 +88,7 @@ def declare(
     step_seconds: dict[str, float] | None = None,
     setup: float = 0.0,
 ) -> Verdict:
-    draws = Resamples(rules.resamples)
+    draws = Resamples(rules.resamples, confidence=rules.confidence)
     seeds = _seeds(state, times)
     families = _family_rows(state, seeds, times, rules, draws)
     verdict = Verdict(
@@ -147,12 +146,11 @@ def _chosen(
 ) -> dict[str, Any]:
     """A family's value over `arms` at k seeds from `start` (the arm chosen inside each
     resample), its chosen arm, and that arm's median time with its interval."""
-    index = draws.index(k)
     if start == HOLDOUT:  # one arm, fixed before these seeds: its misses drawn (held_means)
-        speeds = np.stack([held_means(times, a, index, k=k, start=start) for a in arms])
+        speeds = np.stack([held_means(times, a, draws, k=k, start=start) for a in arms])
         point = [held_point(times, a, k=k, start=start) for a in arms]
     else:
-        speeds = np.stack([means(values(times, a, k=k), index) for a in arms])
+        speeds = np.stack([draws.means(values(times, a, k=k)) for a in arms])
         point = [float(values(times, a, k=k).mean()) for a in arms]
     pick = speeds.argmin(axis=0)
     best = arms[int(np.argmin(point))]
@@ -301,8 +299,7 @@ def _setting_rows(
         if arm.kind == "family" or a == fastest or k == 0:
             continue
         mine, theirs = values(times, a, k=k), values(times, fastest, k=k)
-        index = draws.index(k)
-        ratio = means(mine, index) / means(theirs, index)
+        ratio = draws.means(mine) / draws.means(theirs)
         low, high = interval(ratio)
         out = state.arms_out.get(a)
         rows.append(

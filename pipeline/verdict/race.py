@@ -45,7 +45,6 @@ from pipeline.verdict.confidence import (
     Resamples,
     held_means,
     held_point,
-    means,
     share,
     values,
 )
@@ -161,7 +160,7 @@ def replay(plan: dict[str, Any], times: pd.DataFrame, rules: Rules) -> State:
     arms = arms_of(plan)
     state = State(arms=arms, alive=list(arms))
     ended = set(zip(times.arm, times.replicate.astype(int), strict=True)) if len(times) else set()
-    draws = Resamples(rules.resamples)
+    draws = Resamples(rules.resamples, confidence=rules.confidence)
     for r, k in enumerate(rules.rounds):
         state.round = r
         new = sum(max(0, k - state.seeds.get(a, 0)) for a in state.alive)
@@ -235,8 +234,7 @@ def _hold_look(
 ) -> bool:
     """One look at the holdout's first n seeds: drop the families beaten there. True when
     every family left is shown within the margin of the fastest (nothing left to decide)."""
-    index = draws.index(n)
-    drawn = {f: held_means(times, state.held[f], index, k=n, start=HOLDOUT) for f in families}
+    drawn = {f: held_means(times, state.held[f], draws, k=n, start=HOLDOUT) for f in families}
     point = {f: held_point(times, state.held[f], k=n, start=HOLDOUT) for f in families}
     leader = min(families, key=lambda f: (point[f], f))
     settled = True
@@ -302,9 +300,8 @@ def _eliminate(
     """After round r (every arm racing has k seeds): drop what is beaten (see the module).
     True when nothing is left to decide: every family still racing is shown within the
     margin of the leading one, and no setting but the fastest is still racing."""
-    index = draws.index(k)
     speeds = {a: values(times, a, k=k) for a in state.alive}
-    drawn = {a: means(v, index) for a, v in speeds.items()}
+    drawn = {a: draws.means(v) for a, v in speeds.items()}
     point = {a: float(v.mean()) for a, v in speeds.items()}
     conf, margin = rules.confidence, rules.margin
     dropped: dict[str, Out] = {}
