@@ -466,3 +466,50 @@ def test_a_lattice_group_stops_each_run_at_the_target_or_once_its_family_keeps_o
             assert sum(p.reached is not None and p.reached <= epoch for p in parts) >= 2
         else:
             assert epoch == 8
+
+
+OPTIMIZERS = {  # each keeps its own kind of per-element state
+    "adam": lambda params: torch.optim.Adam(params, lr=3e-3),
+    "momentum": lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
+    "adagrad": lambda params: torch.optim.Adagrad(params, lr=0.05),
+    "rmsprop": lambda params: torch.optim.RMSprop(params, lr=3e-3),
+}
+
+
+@pytest.mark.parametrize("family", sorted(OPTIMIZERS))
+def test_runs_that_end_leave_the_group_and_the_others_train_on_as_alone(monkeypatch, family):
+    """A group whose runs reach the target at different epochs: each ended run's slice leaves
+    the stack (its optimizer state and the one-cycle schedule carried over for the others), so
+    it costs no more epochs, and every run's curve and test scores are its seed's run alone."""
+
+    def configure(params: Any, steps_per_epoch: int) -> tuple[Any, Any, str]:
+        optimizer = OPTIMIZERS[family](params)
+        lr = optimizer.param_groups[0]["lr"]
+        total = steps_per_epoch * 8
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, lr, total, cycle_momentum=family != "adagrad"
+        )
+        return optimizer, schedule, "step"
+
+    data = _moons()
+    xv = data[2]
+    make = lambda: nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 2))  # noqa: E731
+    spec = Spec(batch_size=128, epochs=8, loss="cross_entropy", configure=configure)
+    full = [Replicate(seed) for seed in range(6)]
+    train_group(make, full, data, spec)
+    target = sorted(rep.curve["val_loss"][2] for rep in full)[1]  # a few runs by epoch 3
+    spec = Spec(**{**spec.__dict__, "stop_at": target, "test": (xv, data[3])})
+    widths: list[int] = []
+    narrow = vectorized._narrow
+    monkeypatch.setattr(
+        vectorized, "_narrow", lambda *a, **kw: widths.append(len(a[4])) or narrow(*a, **kw)
+    )
+    group = [Replicate(seed) for seed in range(6)]
+    train_group(make, group, data, spec)
+    assert widths and widths == sorted(widths, reverse=True) and widths[-1] >= 1
+    assert len({rep.epochs for rep in group}) >= 2 and min(rep.epochs for rep in group) <= 3
+    for rep in group:
+        one = train_one(make, rep.seed, data, spec)
+        assert rep.reached == one.reached
+        assert_same_curve(rep.curve, one.curve, len(xv))
+        assert rep.scores == pytest.approx(one.scores, rel=1e-4, abs=1.01 / len(xv))

@@ -37,7 +37,8 @@ for an elementwise optimizer).
 
 A race run ends at its target (Spec.stop_at), and a round-0 lattice point once Spec.halving of
 its group got there first (Replicate.settles): it is scored on the test rows then and recorded
-no further, its slice still computed while others go on; the group stops when none does.
+no further, and the group goes on without its slice (_narrow), so a run that ends costs no more
+epochs while a slower one of its group trains on; the group stops when none goes on.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -146,8 +148,8 @@ def _train_stacked(
     peers: list[Replicate],
 ) -> None:
     """The replicates as one stacked model and one optimizer. A replicate that settles
-    (Replicate.settles) is scored on the test rows then and recorded no further; the group
-    stops when none goes on."""
+    (Replicate.settles) or diverges is scored on the test rows then, recorded no further and
+    taken out of the stack; the group stops when none goes on."""
     loss_fn = LOSSES[spec.loss]
     x_train, y_train, x_val, y_val = data
     device, n, count = x_train.device, len(x_train), len(replicates)
@@ -173,11 +175,13 @@ def _train_stacked(
     factors = None if all(c == 1.0 for c in scales) else torch.tensor(scales, device=device)
     before = [torch.empty_like(p) for p in stacked] if factors is not None else []
     going = [True] * count
+    slices = list(range(count))  # the replicate each slice of the stack holds
     first: list[float] | None = None
     steps = 0
     for epoch in range(1, spec.epochs + 1):
         # One CPU randperm per replicate, as the trial draws it, moved once per epoch.
-        order = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(device)
+        draws = [torch.randperm(n, generator=generators[r]) for r in slices]
+        order = torch.stack(draws).to(device)
         base.train()
         losses: list[Tensor] = []
         for x, y in epoch_batches(x_train, y_train, order, spec.batch_size):
@@ -199,12 +203,12 @@ def _train_stacked(
             losses.append(batch.detach())
         steps += len(sizes)
         train = (torch.stack(losses) * weights).sum(0) / n
-        val_loss, val_acc = _score_stacked(run, base, x_val, y_val, spec, count, device)
+        val_loss, val_acc = _score_stacked(run, base, x_val, y_val, spec, len(slices), device)
         rows = torch.stack([train, val_loss, val_acc]).T.tolist()  # the epoch's one sync
         seconds = time.perf_counter() - started
         lr = current_lr(optimizer)
         assert first is not None
-        for r, (train_loss, val, acc) in enumerate(rows):
+        for r, (train_loss, val, acc) in zip(slices, rows, strict=True):
             if going[r]:
                 row = {
                     "epoch": epoch,
@@ -217,35 +221,75 @@ def _train_stacked(
                 }
                 going[r] = replicates[r].add(row, first_loss=first[r], spec=spec)
         # Those at the target first, so that the halving counts them in this epoch.
-        settled = [r for r in range(count) if going[r] and replicates[r].reach(spec)]
+        settled = [r for r in slices if going[r] and replicates[r].reach(spec)]
         settled += [
-            r
-            for r in range(count)
-            if going[r] and r not in settled and replicates[r].beaten(spec, peers)
+            r for r in slices if going[r] and r not in settled and replicates[r].beaten(spec, peers)
         ]
         for r in settled:
             going[r] = False
-        _score_test(run, base, replicates, settled, spec, device)
+        _score_test(run, base, replicates, slices, settled, spec, device)
         if interval == "epoch":
             scheduler.step()
         if not any(going):
             return
-    _score_test(run, base, replicates, [r for r in range(count) if going[r]], spec, device)
+        keep = [i for i, r in enumerate(slices) if going[r]]
+        if len(keep) < len(slices):  # the ended runs' slices cost nothing more
+            params, buffers, optimizer, scheduler = _narrow(
+                params, buffers, optimizer, scheduler, keep, spec, len(sizes)
+            )
+            run = stacked_forward(base, params, buffers, x_train)
+            stacked = list(params.values())
+            slices = [slices[i] for i in keep]
+            if factors is not None:
+                factors = factors[torch.tensor(keep, device=device)]
+                before = [torch.empty_like(p) for p in stacked]
+    _score_test(run, base, replicates, slices, [r for r in slices if going[r]], spec, device)
+
+
+def _narrow(
+    params: dict[str, Tensor],
+    buffers: dict[str, Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    keep: list[int],
+    spec: Spec,
+    steps_per_epoch: int,
+) -> tuple[dict[str, Tensor], dict[str, Tensor], torch.optim.Optimizer, Any]:
+    """The stack's slices `keep` as a group of their own: their parameters, buffers and
+    optimizer state, and an optimizer and scheduler where the old ones were (their state
+    dicts). Each slice's numbers are its own, so the runs left go on as they would have."""
+    old = list(params.values())
+    index = torch.tensor(keep, device=old[0].device)
+    params = {
+        k: v.detach()[index].clone().requires_grad_(v.requires_grad) for k, v in params.items()
+    }
+    buffers = {k: v[index].clone() for k, v in buffers.items()}
+    state = optimizer.state_dict()
+    for i, per in state["state"].items():
+        for key, value in per.items():
+            if torch.is_tensor(value) and value.shape == old[i].shape:
+                per[key] = value[index]
+    narrowed, schedule, _ = spec.configure(list(params.values()), steps_per_epoch)
+    narrowed.load_state_dict(state)
+    schedule.load_state_dict(scheduler.state_dict())
+    return params, buffers, narrowed, schedule
 
 
 def _score_test(
     run: Callable[[Tensor], Tensor],
     base: nn.Module,
     replicates: list[Replicate],
+    slices: list[int],
     which: list[int],
     spec: Spec,
     device: torch.device,
 ) -> None:
-    """Test scores for the replicates at `which`, as their training ends (one stacked pass)."""
+    """Test scores for the replicates `which`, as their training ends (one stacked pass;
+    `slices`: the replicate each slice of the stack holds)."""
     if spec.test is None or not which:
         return
-    test_loss, test_acc = _score_stacked(run, base, *spec.test, spec, len(replicates), device)
-    for r, (loss, acc) in enumerate(torch.stack([test_loss, test_acc]).T.tolist()):
+    test_loss, test_acc = _score_stacked(run, base, *spec.test, spec, len(slices), device)
+    for r, (loss, acc) in zip(slices, torch.stack([test_loss, test_acc]).T.tolist(), strict=True):
         if r in which:
             replicates[r].scores = {"test_loss": loss}
             if spec.classify:
