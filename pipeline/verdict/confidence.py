@@ -158,10 +158,11 @@ def _held(
     times: pd.DataFrame, arm: str, *, k: int, start: int
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int], float]:
     """An arm's speeds and hits on k seeds from `start`, its (seeds, misses) over every seed
-    it ran, and what a miss counts as."""
+    it ran up to these (the race's, and the holdout's first k: a look decides on what had run
+    by then, the same when a later look's runs are there), and what a miss counts as."""
     speeds = values(times, arm, k=k, start=start)
     reached = values(times, arm, k=k, start=start, column="reached") > 0
-    own = times[times.arm == arm]
+    own = times[(times.arm == arm) & (times.replicate < start + k)]
     counts = (len(own), int((~own["reached"].astype(bool)).sum()))
     return speeds, reached, counts, float(times["miss"].iloc[0])
 
