@@ -96,3 +96,20 @@ def test_a_copy_added_on_a_rerun_takes_the_figure_of_the_family_it_copies(tmp_pa
     seconds = steptime.ensure(study, cfg, wider)
     assert seconds["adam_twin"] == first["adam"] and seconds["adam"] == first["adam"]
     assert seconds["sgd"] == first["sgd"]
+
+
+def test_each_family_keeps_the_quicker_of_a_timing_before_the_search_and_one_after(
+    tmp_path, monkeypatch
+):
+    """One timing can run slow for a few families (a busy moment on a shared machine): the
+    figure is each family's quicker of two timings a search apart, kept on the study."""
+    cfg = tiny_config(tmp_path, "search.optimizers=[sgd,adam]")
+    space = SearchSpace.from_config(cfg)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", study_name="s")
+    timings = iter([{"sgd": 1.0, "adam": 3.0}, {"sgd": 1.5, "adam": 2.0}])
+    monkeypatch.setattr(steptime, "step_seconds", lambda cfg, families, **kw: next(timings))
+    steptime.early(study, cfg, space)
+    assert study.user_attrs[record.STEP_SECONDS_EARLY] == {"sgd": 1.0, "adam": 3.0}
+    steptime.early(study, cfg, space)  # once per study: a rerun keeps the first
+    assert steptime.ensure(study, cfg, space) == {"sgd": 1.0, "adam": 2.0}
+    assert study.user_attrs[record.STEP_SECONDS] == {"sgd": 1.0, "adam": 2.0}

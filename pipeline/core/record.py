@@ -43,6 +43,8 @@ RETRIED_TRIALS = "retried_trials"
 # Seconds of one optimizer step per family on the task's model, timed once per study before the
 # race (search.phases.steptime); the cost model reads them (verdict.cost.EpochCost).
 STEP_SECONDS = "step_seconds"
+# The same, timed once before the search: STEP_SECONDS keeps each family's quicker of the two.
+STEP_SECONDS_EARLY = "step_seconds_early"
 # The race (search.phases.race): its plan on the study, decided once after the search.
 RACE = "race"
 ROLE = "role"  # "search" (absent), "race" or "timing"

@@ -89,6 +89,8 @@ def search(cfg: DictConfig, *, pool: Pool | Remote | None = None) -> Outcome:
         if launched:  # the workers start once the study they claim trials from exists
             pool = launchers.open_pool(cfg, study)
         set_threads(int(cfg.trainer.threads))
+        if race.racing(cfg):
+            steptime.early(study, cfg, space)
         failed_workers += _phase(cfg, space, study, budget, "trials", pool)
         going = not interrupt.requested() and _stranded(pool) is None
         if going:
