@@ -20,6 +20,7 @@ import pytest
 from benchmarks.synthetic import write_study
 from pipeline.report import prose
 from pipeline.report.results import collect
+from pipeline.report.summary import declaration
 from pipeline.verdict.claims import declare
 from pipeline.verdict.race import HOLDOUT, Rules, replay
 from pipeline.verdict.target import Target
@@ -399,6 +400,9 @@ def test_a_planted_one_and_a_half_times_slower_copy_is_found_slower(tmp_path, se
     results = collect(_raced(tmp_path, "adam_slow", seed))
     rows = results.verdict.families.set_index("family")
     assert rows.loc["adam_slow", "status"] == "slower"
+    # summary.json says what dropped it: at least the confidence, on the seeds it had then.
+    said = {f["family"]: f for f in declaration(results)["families"]}["adam_slow"]
+    assert said["dropped_p"] >= results.verdict.confidence and said["dropped_at_seeds"] >= 5
     assert rows.loc["adam_slow", "ratio"] > 1.3
     assert "adam_slow" not in results.verdict.group
     assert "Adam" in prose.families_sentence(results) or "adam" in results.verdict.group
