@@ -101,9 +101,9 @@ def expansion(k: int, confidence: float) -> float:
     """How much wider than a percentile bootstrap of k seeds' mean a t interval at this
     (one-sided) confidence is: sqrt(k / (k - 1)) t_{k-1} / z, Hesterberg's expanded
     percentile interval (2015). Why: the bootstrap's spread is the sample's, which k seeds
-    understate by (k - 1) / k, and its tails are normal's where k seeds give t's; at 5 seeds
-    and 0.9 it is 1.34x, at 40 1.03x. Without it a family dropped at 5 seeds was declared
-    slower with p 0.91 at 1.07x its leader (docs/benchmarks.md)."""
+    understate by (k - 1) / k, and its tails are normal's where k seeds give t's, so a family
+    at the margin was dropped too often (docs/method.md). At 5 seeds and 0.9 it is 1.34x, at
+    40 1.03x."""
     if k < 2:
         return 1.0
     return math.sqrt(k / (k - 1)) * float(

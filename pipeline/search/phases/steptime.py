@@ -7,9 +7,9 @@ the family changes.
 search.phases.run calls early before the search and ensure when the search is done and before
 the race is planned (its shared condition is picked with it); the verdict reads the figures
 back from the study (record.STEP_SECONDS) to model each run's seconds (verdict.cost.EpochCost).
-Each family's figure is the quicker of its two timings, a search apart: on the shared 2-core
-machine, one of six default jobs timed Adam's, RMSProp's and Adamax's steps 1.3-1.6x above the
-other five (which agreed within 10 %), and declared another group.
+Each family's figure is the quicker of its two timings, a search apart: on a shared machine a
+busy moment can slow one timing of a few families by more than the margin, and the race would
+read it as those families being slower (docs/method.md, the cost model).
 
 Why a probe: read off the search runs, a family's cost per epoch carries whatever else the
 machine did while that family's runs ran; timed here, alone, in interleaved rounds, the steps
