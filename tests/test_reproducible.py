@@ -62,6 +62,10 @@ def test_1_2_and_4_workers_at_default_threads_with_the_race_on(tmp_path):
             "search.optimizers=[sgd,adam,momentum]",
             "race.seeds=[1,2]",
             "race.conditions=1",  # fewer runs; what makes a run reproducible is the same
+            # Momentum at lr 1 (the default range's top, a round-0 lattice point) trains
+            # unstably here: the last-bit difference between groups of other sizes grows to
+            # percents within an epoch, which no tolerance tells from a wrong run.
+            "optimizer.momentum.lr.high=0.1",
             f"search.n_workers={workers}",
             f"search.storage={storage}",
             cwd=folder,
