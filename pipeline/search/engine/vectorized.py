@@ -227,7 +227,7 @@ def _train_stacked(
         ]
         for r in settled:
             going[r] = False
-        _score_test(run, base, replicates, slices, settled, spec, device)
+        _score_test(run, base, params, buffers, replicates, slices, settled, spec, x_train)
         if interval == "epoch":
             scheduler.step()
         if not any(going):
@@ -243,7 +243,8 @@ def _train_stacked(
             if factors is not None:
                 factors = factors[torch.tensor(keep, device=device)]
                 before = [torch.empty_like(p) for p in stacked]
-    _score_test(run, base, replicates, slices, [r for r in slices if going[r]], spec, device)
+    last = [r for r in slices if going[r]]  # those that trained every epoch
+    _score_test(run, base, params, buffers, replicates, slices, last, spec, x_train)
 
 
 def _narrow(
@@ -278,22 +279,31 @@ def _narrow(
 def _score_test(
     run: Callable[[Tensor], Tensor],
     base: nn.Module,
+    params: dict[str, Tensor],
+    buffers: dict[str, Tensor],
     replicates: list[Replicate],
     slices: list[int],
     which: list[int],
     spec: Spec,
-    device: torch.device,
+    sample: Tensor,
 ) -> None:
-    """Test scores for the replicates `which`, as their training ends (one stacked pass;
-    `slices`: the replicate each slice of the stack holds)."""
+    """Test scores for the replicates `which`, as their training ends: one stacked pass over
+    their slices only (`slices`: the replicate each slice of the stack holds; `sample`: rows
+    for the forward's probe), since the test rows may outnumber an epoch's."""
     if spec.test is None or not which:
         return
-    test_loss, test_acc = _score_stacked(run, base, *spec.test, spec, len(slices), device)
+    if len(which) < len(slices):
+        index = torch.tensor([i for i, r in enumerate(slices) if r in which], device=sample.device)
+        with torch.no_grad():
+            part = {k: v.detach()[index] for k, v in params.items()}
+            kept = {k: v[index] for k, v in buffers.items()}
+        run = stacked_forward(base, part, kept, sample)
+        slices = [r for r in slices if r in which]
+    test_loss, test_acc = _score_stacked(run, base, *spec.test, spec, len(slices), sample.device)
     for r, (loss, acc) in zip(slices, torch.stack([test_loss, test_acc]).T.tolist(), strict=True):
-        if r in which:
-            replicates[r].scores = {"test_loss": loss}
-            if spec.classify:
-                replicates[r].scores["test_acc"] = acc
+        replicates[r].scores = {"test_loss": loss}
+        if spec.classify:
+            replicates[r].scores["test_acc"] = acc
 
 
 def _score_stacked(
