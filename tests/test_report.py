@@ -371,6 +371,11 @@ def test_generated_study_with_a_known_order_declares_it_in_every_file(tmp_path, 
         in (declared["sentence"])
     )
     assert "Claims about families hold at the batch sizes and schedules raced" in html
+    # Family claims are at the families' default hyperparameters; a search trial to train with
+    # says its own are the trial's, so a family ranked below its trial reads as no contradiction.
+    assert "its other hyperparameters at their defaults" in declared["sentence"]
+    own = "its other hyperparameters as that trial set them"
+    assert (own in declared["sentence"]) == (declared["setting"]["kind"] == "setting")
     table = pd.read_csv(tmp_path / "reports" / "recommendation.csv")
     assert table.family[0] == declared["leader"]
     for row, family in zip(table.itertuples(), declared["families"], strict=True):

@@ -21,16 +21,23 @@ from pipeline.verdict.target import Target
 
 
 def setting_of(arm: dict[str, Any] | Any) -> str:
-    """A raced arm's setting as a person would type it (the others at the family's defaults)."""
+    """A raced arm's setting as a person would type it: a family arm's other hyperparameters
+    at the family's defaults, a search trial's as the trial set them (said, since the family
+    claims are at the defaults and may rank its family lower)."""
     params = arm.get("params") or {}
     family = str(arm["family"])
-    where = f"search trial {arm['of']}, " if arm.get("kind") == "setting" else ""
+    where, rest = "", ""
+    if arm.get("kind") == "setting":
+        where, rest = (
+            f"search trial {arm['of']}, ",
+            ", its other hyperparameters as that trial set them",
+        )
     if arm.get("kind") == "baseline":
         where = "your current setting, "
     return (
         f"{family_label(family)} ({where}lr {num(float(arm['lr']))}, "
         f"{params.get('schedule', arm.get('schedule'))}, "
-        f"batch {params.get('batch_size', arm.get('batch_size'))})"
+        f"batch {params.get('batch_size', arm.get('batch_size'))}{rest})"
     )
 
 
@@ -113,6 +120,7 @@ def families_sentence(r: Results) -> str:
     where = f"{at[:1].upper()}{at[1:]}, each family at its best raced " + (
         "learning rate" if len(verdict.conditions) <= 1 else "pair and learning rate"
     )
+    where += " and its other hyperparameters at their defaults"
     held = int(table["holdout"].sum()) if "holdout" in table else 0
     if held:
         where += (
