@@ -376,6 +376,10 @@ def test_generated_study_with_a_known_order_declares_it_in_every_file(tmp_path, 
     assert "its other hyperparameters at their defaults" in declared["sentence"]
     own = "its other hyperparameters as that trial set them"
     assert (own in declared["sentence"]) == (declared["setting"]["kind"] == "setting")
+    # ... and summary.json holds them all, as the setting's runs trained with them.
+    assert declared["setting"]["params"]["optimizer"] == declared["setting"]["family"]
+    assert declared["setting"]["params"]["batch_size"] == declared["setting"]["batch_size"]
+    assert len(declared["setting"]["params"]) > 3
     table = pd.read_csv(tmp_path / "reports" / "recommendation.csv")
     assert table.family[0] == declared["leader"]
     for row, family in zip(table.itertuples(), declared["families"], strict=True):

@@ -147,6 +147,8 @@ def _arm(arm: Any) -> dict[str, Any]:
         "success": f"{arm['reached']}/{arm['seeds']}",
         "median_seconds": number(arm["median_seconds"]),
         "interval_seconds": [number(arm["low_seconds"]), number(arm["high_seconds"])],
+        # every hyperparameter, as the runs trained with it: a search trial's are its own
+        "params": {k: v.item() if hasattr(v, "item") else v for k, v in params.items()},
     }
 
 
