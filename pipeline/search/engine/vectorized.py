@@ -148,8 +148,8 @@ def _train_stacked(
     peers: list[Replicate],
 ) -> None:
     """The replicates as one stacked model and one optimizer. A replicate that settles
-    (Replicate.settles) or diverges is scored on the test rows then, recorded no further and
-    taken out of the stack; the group stops when none goes on."""
+    (Replicate.settles) is scored on the test rows then (a diverged one is not, as train_one);
+    either is recorded no further and taken out of the stack; the group stops when none goes on."""
     loss_fn = LOSSES[spec.loss]
     x_train, y_train, x_val, y_val = data
     device, n, count = x_train.device, len(x_train), len(replicates)
