@@ -261,10 +261,7 @@ def _narrow(
     dicts). Each slice's numbers are its own, so the runs left go on as they would have."""
     old = list(params.values())
     index = torch.tensor(keep, device=old[0].device)
-    params = {
-        k: v.detach()[index].clone().requires_grad_(v.requires_grad) for k, v in params.items()
-    }
-    buffers = {k: v[index].clone() for k, v in buffers.items()}
+    params, buffers = _take(params, buffers, index)
     state = optimizer.state_dict()
     for i, per in state["state"].items():
         for key, value in per.items():
@@ -274,6 +271,17 @@ def _narrow(
     narrowed.load_state_dict(state)
     schedule.load_state_dict(scheduler.state_dict())
     return params, buffers, narrowed, schedule
+
+
+def _take(
+    params: dict[str, Tensor], buffers: dict[str, Tensor], index: Tensor
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The stack's slices `index`, as a stack of their own (copies; parameters keep
+    requires_grad)."""
+    taken = {
+        k: v.detach()[index].clone().requires_grad_(v.requires_grad) for k, v in params.items()
+    }
+    return taken, {k: v[index].clone() for k, v in buffers.items()}
 
 
 def _score_test(
@@ -294,10 +302,7 @@ def _score_test(
         return
     if len(which) < len(slices):
         index = torch.tensor([i for i, r in enumerate(slices) if r in which], device=sample.device)
-        with torch.no_grad():
-            part = {k: v.detach()[index] for k, v in params.items()}
-            kept = {k: v[index] for k, v in buffers.items()}
-        run = stacked_forward(base, part, kept, sample)
+        run = stacked_forward(base, *_take(params, buffers, index), sample)
         slices = [r for r in slices if r in which]
     test_loss, test_acc = _score_stacked(run, base, *spec.test, spec, len(slices), sample.device)
     for r, (loss, acc) in zip(slices, torch.stack([test_loss, test_acc]).T.tolist(), strict=True):
