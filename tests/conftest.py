@@ -183,3 +183,61 @@ def still_running(pids: Sequence[int], *, within: float = 30) -> list[int]:
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.2)
+
+
+def _race_runs(trials: Sequence) -> dict[tuple, tuple]:
+    from optuna.trial import TrialState
+
+    from pipeline.core import record
+
+    runs = {}
+    for t in trials:
+        if record.role(t) != "race":
+            continue
+        run = record.run_of(t)
+        curve = {k: v for k, v in (run.curve if run else {}).items() if k != "seconds"}
+        # Keyed by the setting too: an arm's batch size and schedule are the search's quickest
+        # pair by measured seconds, which may differ between two studies (docs/method.md).
+        key = (t.user_attrs[record.ARM], t.user_attrs[record.REPLICATE], str(t.params))
+        runs[key] = (
+            t.state == TrialState.COMPLETE,
+            "group" in record.note(t),  # a round-0 lattice point its group stopped
+            t.user_attrs.get(record.GROUP, 1),  # a group's size sets its numerics
+            t.params,
+            t.value,
+            curve,
+        )
+    return runs
+
+
+def assert_race_runs_agree(ours: Sequence, theirs: Sequence) -> None:
+    """The race runs two studies both hold trained alike; at least one such run exists.
+
+    Which arms a race plans and drops depends on measured seconds, so the studies may hold
+    different runs; a run they share may not differ. In one group it is bit-identical; in
+    groups of other sizes equal to float rounding (docs/method.md). A round-0 lattice point
+    its group stopped ends where its group saw that, and workers may split a group: the
+    epochs both trained agree, and the shorter one says why it stopped.
+    """
+    a, b = _race_runs(ours), _race_runs(theirs)
+    common = {k for k in a.keys() & b.keys() if a[k][0] and b[k][0]}
+    assert common  # the baseline's setting is fixed: it is raced in both
+    for key in common:
+        (_, halved_a, group_a, params, value, curve), (_, halved_b, group_b, *other) = (
+            a[key],
+            b[key],
+        )
+        if halved_a or halved_b:
+            shorter = min((a, b), key=lambda runs: len(runs[key][5].get("epoch", [])))
+            assert shorter[key][1], key
+            n = len(shorter[key][5].get("epoch", []))
+            for column, values in curve.items():
+                cut = [v for v in values[:n] if v is not None]
+                there = [v for v in other[2][column][:n] if v is not None]
+                assert cut == pytest.approx(there, rel=1e-4), (key, column)
+        elif group_a == group_b:
+            assert (params, value, curve) == tuple(other), key
+        else:
+            assert params == other[0] and value == pytest.approx(other[1], rel=1e-4), key
+            for column, values in curve.items():
+                assert values == pytest.approx(other[2][column], rel=1e-4), (key, column)

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from pipeline.core import record
 from pipeline.core.storage import load_study
 from pipeline.search.workers.remote import WORKER
-from tests.conftest import ROOT, TESTS, TINY, run_cli
+from tests.conftest import ROOT, TESTS, TINY, assert_race_runs_agree, run_cli
 
 pytest.importorskip("submitit")
 
@@ -63,16 +63,6 @@ def _search(study: optuna.Study) -> list[tuple]:
     ]
 
 
-def _race(study: optuna.Study) -> dict[tuple, float]:
-    # Keyed by the setting too: an arm's batch size and schedule are the search's quickest
-    # pair by measured seconds, which may differ between two studies (docs/method.md).
-    return {
-        (*record.replicate_key(t), str(t.params)): t.value
-        for t in study.get_trials()
-        if record.role(t) == "race" and t.state == TrialState.COMPLETE
-    }
-
-
 def test_slurm_and_ray_workers_give_the_study_local_workers_give(tmp_path):
     pytest.importorskip("ray")
     runs = {  # at once: the study is the same however the machine is shared (lagged history)
@@ -86,12 +76,8 @@ def test_slurm_and_ray_workers_give_the_study_local_workers_give(tmp_path):
     for name, study in launched.items():
         # The search trials are bit-identical: parameters, states, values, curves.
         assert _search(study) == _search(local), name
-        # The race ran; a run both studies hold (the baseline's, at least) trained alike.
-        theirs, ours = _race(study), _race(local)
-        common = theirs.keys() & ours.keys()
-        assert common, name
-        for key in common:  # alone or stacked with its sibling seeds: equal to float rounding
-            assert theirs[key] == pytest.approx(ours[key], rel=1e-4), (name, key)
+        # The race ran; the runs both studies hold trained alike.
+        assert_race_runs_agree(local.get_trials(), study.get_trials())
         # The workers were the launcher's: each wrote its key on the study.
         keys = [k for k in _system(study) if k.startswith(WORKER)]
         assert len(keys) == 2, (name, keys)

@@ -8,14 +8,13 @@ import threading
 import time
 
 import optuna
-import pytest
 from optuna.trial import TrialState
 
 from pipeline.core import record
 from pipeline.core.storage import load_study
 from pipeline.search.sampling.lagged import LAG, History, LaggedPruner, visible, wait_for_history
 from pipeline.search.stale import HOST
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, assert_race_runs_agree, run_cli
 
 # Enough trials that TPE (10 startup trials) samples from a lagged history, and the median
 # pruner (10 startup trials, warm-up 2 epochs here) prunes some of them.
@@ -72,56 +71,17 @@ def test_1_2_and_4_workers_at_default_threads_with_the_race_on(tmp_path):
         )
         assert result.returncode == 0, result.stderr
         studies[workers] = load_study(storage, "moons").get_trials()
-    searched, raced, halved = {}, {}, {}
+    searched = {}
     for workers, trials in studies.items():
         searched[workers] = [
             (t.number, t.state, t.params, t.value, _without_seconds(t))
             for t in trials
             if record.role(t) == "search"
         ]
-        raced[workers] = {
-            # The setting too: an arm's batch size and schedule are the search's quickest pair
-            # by measured seconds, which may differ between the studies.
-            (t.user_attrs[record.ARM], t.user_attrs[record.REPLICATE], str(t.params)): (
-                t.user_attrs.get(record.GROUP, 1),  # a group's size sets its numerics
-                t.params,
-                t.value,
-                _without_seconds(t),
-            )
-            for t in trials
-            if record.role(t) == "race" and t.state == TrialState.COMPLETE
-        }
-        halved[workers] = {
-            (t.user_attrs[record.ARM], t.user_attrs[record.REPLICATE], str(t.params)): "group"
-            in record.note(t)
-            for t in trials
-            if record.role(t) == "race"
-        }
     assert searched[1] == searched[2] == searched[4]
     assert any(state == TrialState.PRUNED for _, state, *_ in searched[1])
     for workers in (2, 4):
-        common = set(raced[1]) & set(raced[workers])
-        assert common  # the plans may differ where seconds decide; their runs may not
-        # (the baseline's setting is fixed: it is raced in both)
-        for key in common:
-            (grouped, params, value, curve), theirs = raced[1][key], raced[workers][key]
-            if halved[1].get(key) or halved[workers].get(key):
-                # A round-0 lattice point beaten by its group ends where its group saw that;
-                # workers may split a group, and a part sees fewer: it may train further, the
-                # epochs both trained agree, and the shorter one says why it stopped.
-                shorter = min((1, workers), key=lambda w: len(raced[w][key][3]["epoch"]))
-                assert halved[shorter].get(key), key
-                n = len(raced[shorter][key][3]["epoch"])
-                for column, values in curve.items():
-                    cut = [v for v in values[:n] if v is not None]
-                    other = [v for v in theirs[3][column][:n] if v is not None]
-                    assert cut == pytest.approx(other, rel=1e-4), (key, column)
-            elif grouped == theirs[0]:
-                assert (params, value, curve) == theirs[1:], key
-            else:
-                assert params == theirs[1] and value == pytest.approx(theirs[2], rel=1e-4), key
-                for column, values in curve.items():
-                    assert values == pytest.approx(theirs[3][column], rel=1e-4), (key, column)
+        assert_race_runs_agree(studies[1], studies[workers])
 
 
 def _finished(study: optuna.Study, value: float, state=TrialState.COMPLETE) -> None:
