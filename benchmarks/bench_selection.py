@@ -7,7 +7,8 @@ whose seeds' times are lognormal (sigma 0.2) around 1.00, and one family exactly
 (1.10) or clearly behind (1.25). A claim of "more than 10 % slower" about the first is wrong,
 so the confidence allows it in at most 10 % of races; the second shows the power. The leader
 is the quickest family on the very seeds it is compared on, so with several families tied at
-the front it is the luckiest of them, and a family behind looks further behind than it is.
+the front it is the luckiest of them, and a family behind looks further behind than it is:
+the race reads each family against every family that may be the fastest (verdict.race).
 It prints how often the family behind is dropped, with 1, 2 and 4 families at the front,
 after a round of 5 seeds and after a 40-seed holdout (whose look draws each arm's share of
 misses from its posterior: wide when the miss penalty is several times a hit's time, as here

@@ -121,8 +121,9 @@ def declaration(results: Results) -> dict[str, Any]:
                 "p_slower": number(row["p_slower"]),
                 "p_within_margin": number(row["p_within"]),
                 "dropped_at_round": None if pd.isna(row["out_round"]) else int(row["out_round"]),
-                # what dropped it: its p and seeds then, against the leader of that round (the
-                # p_slower above is against today's leader on the seeds both ran)
+                # what dropped it: its p and seeds then, against that round's leader and each
+                # family that may have been the fastest (p_slower above is against today's
+                # leader on the seeds both ran)
                 "dropped_p": None if pd.isna(row["out_p"]) else number(row["out_p"]),
                 "dropped_at_seeds": None if pd.isna(row["out_seeds"]) else int(row["out_seeds"]),
                 "lr_band_decades": number(row["lr_band_decades"]),
