@@ -212,8 +212,9 @@ def how_sure(r: Results) -> str:
         "was not yet beaten: a family is dropped once its best pair and learning rate, chosen "
         "again in each bootstrap resample of the seeds (widened for few seeds, as a t "
         "interval is), is more than "
-        f"{verdict.margin:.0%} slower than the leading family's with probability >= "
-        f"{verdict.confidence:.2f}, so its interval includes which of them looked best. Two "
+        f"{verdict.margin:.0%} slower than the leading family's, and than each family the "
+        "leader is not shown faster than (any of them may be the fastest), with probability "
+        f">= {verdict.confidence:.2f}, so its interval includes which of them looked best. Two "
         "copies of one family get the same arms and are never told apart by what a search "
         "happened to find.",
         (
