@@ -27,49 +27,11 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.synthetic import race_plan, race_times
 from pipeline.verdict.race import HOLDOUT, Rules, replay
 
 FRONT = ("adam", "adamw", "nadam", "adamax")
-RATE, BUDGET = 0.01, 20  # seconds an epoch; epochs (a miss would count as BUDGET + 1)
-
-
-def plan(families: list[str]) -> dict:
-    """One arm per family, at one lr and condition (what the race's plan stores)."""
-    arms = []
-    for family in families:
-        params = {"optimizer": family, f"{family}.lr": 0.01, "schedule": "constant"}
-        arms.append(
-            {
-                "id": f"{family} lr 0.01",
-                "kind": "family",
-                "family": family,
-                "params": params | {"batch_size": 64},
-            }
-        )
-    return {"arms": arms, "ranges": {}}
-
-
-def times(epochs: dict[str, np.ndarray], first: int = 0) -> pd.DataFrame:
-    """Race runs as confidence.arm_times gives them: each seed's epochs to the target."""
-    rows = []
-    for arm, hits in epochs.items():
-        for index, hit in enumerate(hits):
-            rows.append(
-                {
-                    "arm": arm,
-                    "family": arm.split()[0],
-                    "batch_size": 64,
-                    "replicate": first + index,
-                    "final": 0.4,
-                    "epochs_to_target": float(hit),
-                    "reached": True,
-                    "rate": RATE,
-                    "time": float(hit) * RATE,
-                    "speed": float(hit) * RATE,
-                    "miss": (BUDGET + 1) * RATE,
-                }
-            )
-    return pd.DataFrame(rows)
+RUNS = {"rate": 0.01, "budget_epochs": 20}  # seconds an epoch; a miss counts as epoch 21
 
 
 def dropped(front: int, behind: float, *, holdout: bool, races: int, seed: int = 7) -> float:
@@ -85,12 +47,15 @@ def dropped(front: int, behind: float, *, holdout: bool, races: int, seed: int =
     out = 0
     for _ in range(races):
         k = 1 if holdout else 5
-        frame = times({a: 4 * m * rng.lognormal(0, 0.2, k) for a, m in arms.items()})
+        frame = race_times({a: 4 * m * rng.lognormal(0, 0.2, k) for a, m in arms.items()}, **RUNS)
         if holdout:
-            held = times({a: 4 * m * rng.lognormal(0, 0.2, 40) for a, m in arms.items()}, HOLDOUT)
+            held = race_times(
+                {a: 4 * m * rng.lognormal(0, 0.2, 40) for a, m in arms.items()}, **RUNS
+            )
+            held["replicate"] += HOLDOUT
             frame = pd.concat([frame, held], ignore_index=True)
-        frame.insert(0, "trial", range(len(frame)))
-        state = replay(plan(families), frame, rules)
+        frame["trial"] = range(len(frame))
+        state = replay(race_plan(dict.fromkeys(arms, 0.01)), frame, rules)
         assert not state.missing, state.missing  # every run the race asks for is there
         out += "margin" in state.families_out
     return out / races

@@ -8,6 +8,8 @@ With `race=True` the real race (verdict.race) is run on such curves: its plan is
 search.phases.race and each round's missing runs are made up until it ends. A family named
 `<name>_twin` trains exactly as <name> (the same curve for the same lr, batch and seed, as two
 copies of one optimizer do); `<name>_slow` as <name> at `slow` times fewer epochs' progress.
+`race_plan` and `race_times` make a race's plan and its runs' times by hand, for the race's rules
+without training (tests/test_verdict.py, benchmarks/bench_selection.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import random
 from collections.abc import Sequence
 
 import optuna
+import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState, create_trial
 
@@ -212,3 +215,55 @@ def _attrs(curve: dict, seed: int) -> dict:
         seconds=curve["seconds"][-1],
     )
     return {record.RUN: run.to_attr(), record.WORKER: "synthetic:1"}
+
+
+def race_plan(
+    arms: dict[str, float], *, kinds: dict[str, str] | None = None, ranges: bool = False
+) -> dict:
+    """A plan of arms ("<family> lr <lr>": lr), each at batch 64 and a constant schedule;
+    with `ranges`, each family's lr range is 1e-4..1, so round 0 adds neighbours to its best
+    (without, it cannot: no range known)."""
+    out = []
+    for arm, lr in arms.items():
+        family = arm.split()[0]
+        kind = (kinds or {}).get(arm, "family")
+        params = {"optimizer": family, f"{family}.lr": lr, "schedule": "constant", "batch_size": 64}
+        out.append({"id": arm, "kind": kind, "family": family, "params": params})
+    families = {a.split()[0] for a in arms}
+    return {"arms": out, "ranges": {f: [1e-4, 1.0] for f in families} if ranges else {}}
+
+
+def race_times(
+    epochs: dict[str, Sequence[float | None]],
+    *,
+    rate: float,
+    budget_epochs: int,
+    rates: dict[str, float] | None = None,
+) -> pd.DataFrame:
+    """Race runs as confidence.arm_times gives them: per arm, each seed's epochs to the target
+    (None: never), at `rate` seconds an epoch (or the arm's in `rates`); a miss counts as one
+    epoch past `budget_epochs` at the slowest rate."""
+    rows = []
+    miss_rate = max([rate, *(rates or {}).values()])
+    for arm, hits in epochs.items():
+        own = (rates or {}).get(arm, rate)
+        for index, hit in enumerate(hits):
+            reached = hit is not None
+            time = float(hit) * own if reached else math.inf
+            rows.append(
+                {
+                    "trial": len(rows),
+                    "arm": arm,
+                    "family": arm.split()[0],
+                    "batch_size": 64,
+                    "replicate": index,
+                    "final": 0.4 if reached else 0.9,
+                    "epochs_to_target": float(hit) if reached else math.inf,
+                    "reached": reached,
+                    "rate": own,
+                    "time": time,
+                    "speed": time if reached else (budget_epochs + 1) * miss_rate,
+                    "miss": (budget_epochs + 1) * miss_rate,
+                }
+            )
+    return pd.DataFrame(rows)

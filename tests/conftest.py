@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 from omegaconf import DictConfig
+from optuna.trial import TrialState
 
 from pipeline.config import check, compose
+from pipeline.core import record
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -186,10 +188,6 @@ def still_running(pids: Sequence[int], *, within: float = 30) -> list[int]:
 
 
 def _race_runs(trials: Sequence) -> dict[tuple, tuple]:
-    from optuna.trial import TrialState
-
-    from pipeline.core import record
-
     runs = {}
     for t in trials:
         if record.role(t) != "race":

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks.synthetic import write_study
+from benchmarks.synthetic import race_plan, race_times, write_study
 from pipeline.report import prose
 from pipeline.report.results import collect
 from pipeline.report.summary import declaration
@@ -33,30 +33,7 @@ BUDGET_EPOCHS = 20
 
 def _times(epochs: dict[str, list[float | None]], *, rates: dict[str, float] | None = None):
     """Race runs by hand: per arm, each seed's epochs to the target (None: never)."""
-    rows = []
-    miss_rate = max([RATE, *(rates or {}).values()])
-    for arm, hits in epochs.items():
-        rate = (rates or {}).get(arm, RATE)
-        for index, hit in enumerate(hits):
-            reached = hit is not None
-            time = hit * rate if reached else math.inf
-            rows.append(
-                {
-                    "trial": len(rows),
-                    "arm": arm,
-                    "family": arm.split()[0],
-                    "batch_size": 64,
-                    "replicate": index,
-                    "final": 0.4 if reached else 0.9,
-                    "epochs_to_target": hit if reached else math.inf,
-                    "reached": reached,
-                    "rate": rate,
-                    "time": time,
-                    "speed": time if reached else (BUDGET_EPOCHS + 1) * miss_rate,
-                    "miss": (BUDGET_EPOCHS + 1) * miss_rate,
-                }
-            )
-    return pd.DataFrame(rows)
+    return race_times(epochs, rate=RATE, budget_epochs=BUDGET_EPOCHS, rates=rates)
 
 
 def _holdout(epochs: dict[str, list[float | None]], **options) -> pd.DataFrame:
@@ -65,23 +42,8 @@ def _holdout(epochs: dict[str, list[float | None]], **options) -> pd.DataFrame:
     return out.assign(trial=out.trial + 10_000, replicate=out.replicate + HOLDOUT)
 
 
-def _plan(
-    arms: dict[str, float], *, kinds: dict[str, str] | None = None, ranges: bool = False
-) -> dict:
-    """A plan of arms ("<family> lr <lr>": lr); with `ranges`, each family's lr range is
-    1e-4..1, so round 0 adds neighbours to its best (without, it cannot: no range known)."""
-    out = []
-    for arm, lr in arms.items():
-        family = arm.split()[0]
-        kind = (kinds or {}).get(arm, "family")
-        params = {"optimizer": family, f"{family}.lr": lr, "schedule": "constant", "batch_size": 64}
-        out.append({"id": arm, "kind": kind, "family": family, "params": params})
-    families = {a.split()[0] for a in arms}
-    return {"arms": out, "ranges": {f: [1e-4, 1.0] for f in families} if ranges else {}}
-
-
 def test_round_0_keeps_each_familys_best_lattice_points_and_adds_their_neighbours():
-    plan = _plan({"adam lr 0.001": 1e-3, "adam lr 0.01": 1e-2, "adam lr 0.1": 0.1}, ranges=True)
+    plan = race_plan({"adam lr 0.001": 1e-3, "adam lr 0.01": 1e-2, "adam lr 0.1": 0.1}, ranges=True)
     times = _times({"adam lr 0.001": [9], "adam lr 0.01": [3], "adam lr 0.1": [None]})
     state = replay(plan, times, Rules(rounds=(1, 3), holdout=0, keep=1))
     # 0.01 was best on seed 0: it alone is kept, with a quarter decade either side of it.
@@ -97,7 +59,7 @@ def test_round_0_keeps_each_familys_best_lattice_points_and_adds_their_neighbour
 
 
 def test_a_clearly_slower_family_is_dropped_and_an_equivalent_one_ends_the_race():
-    plan = _plan({"adam lr 0.01": 0.01, "sgd lr 0.1": 0.1, "nadam lr 0.01": 0.01})
+    plan = race_plan({"adam lr 0.01": 0.01, "sgd lr 0.1": 0.1, "nadam lr 0.01": 0.01})
     times = _times(
         {
             "adam lr 0.01": [4, 4.2, 3.9, 4.1, 4.0],
@@ -120,7 +82,7 @@ def test_a_clearly_slower_family_is_dropped_and_an_equivalent_one_ends_the_race(
 
 
 def test_equivalent_is_said_only_when_shown_and_not_separated_otherwise():
-    plan = _plan({"adam lr 0.01": 0.01, "rmsprop lr 0.01": 0.01})
+    plan = race_plan({"adam lr 0.01": 0.01, "rmsprop lr 0.01": 0.01})
     times = _times(
         {
             "adam lr 0.01": [4, 4, 4, 4, 4],
@@ -137,7 +99,7 @@ def test_equivalent_is_said_only_when_shown_and_not_separated_otherwise():
 
 
 def test_seeds_are_paired_so_a_seed_hard_for_every_arm_counts_for_none():
-    plan = _plan({"adam lr 0.01": 0.01, "sgd lr 0.1": 0.1})
+    plan = race_plan({"adam lr 0.01": 0.01, "sgd lr 0.1": 0.1})
     # Seed 3 is hard for both; sgd is 25 % slower in every seed.
     times = _times({"adam lr 0.01": [4, 4, 4, 16, 4], "sgd lr 0.1": [5, 5, 5, 20, 5]})
     state = replay(plan, times, Rules(rounds=(1, 5), holdout=0, keep=1))
@@ -145,7 +107,7 @@ def test_seeds_are_paired_so_a_seed_hard_for_every_arm_counts_for_none():
 
 
 def test_a_miss_counts_as_never_and_ranks_below_any_hit():
-    plan = _plan({"adam lr 0.01": 0.01, "sgd lr 0.1": 0.1})
+    plan = race_plan({"adam lr 0.01": 0.01, "sgd lr 0.1": 0.1})
     # sgd is quicker when it gets there, but 4 of its 5 seeds never do: a miss costs one
     # epoch past the budget (DeepOBS), so its mean is 1.7x adam's sure 10 epochs.
     times = _times(
@@ -160,7 +122,7 @@ def test_a_miss_counts_as_never_and_ranks_below_any_hit():
 
 
 def test_the_budget_ends_the_race_before_a_round_it_cannot_pay():
-    plan = _plan({"adam lr 0.01": 0.01, "sgd lr 0.1": 0.1})
+    plan = race_plan({"adam lr 0.01": 0.01, "sgd lr 0.1": 0.1})
     # sgd neither shown slower nor shown within the margin: the race would go on.
     times = _times({"adam lr 0.01": [4] * 5, "sgd lr 0.1": [2, 6.4, 6.4, 2, 4.8]})
     state = replay(plan, times, Rules(rounds=(1, 5, 20), holdout=0, keep=1, budget=12))
@@ -168,7 +130,7 @@ def test_the_budget_ends_the_race_before_a_round_it_cannot_pay():
 
 
 def test_the_holdout_runs_each_racing_familys_chosen_arm_on_new_seeds():
-    plan = _plan({"adam lr 0.01": 0.01, "adam lr 0.1": 0.1, "nadam lr 0.01": 0.01})
+    plan = race_plan({"adam lr 0.01": 0.01, "adam lr 0.1": 0.1, "nadam lr 0.01": 0.01})
     times = _times(
         {
             "adam lr 0.01": [4, 4, 4, 4, 4],
@@ -198,7 +160,7 @@ def test_the_holdout_runs_each_racing_familys_chosen_arm_on_new_seeds():
 
 
 def test_claims_among_racing_families_stand_on_the_holdout():
-    plan = _plan({"adam lr 0.01": 0.01, "nadam lr 0.01": 0.01, "sgd lr 0.1": 0.1})
+    plan = race_plan({"adam lr 0.01": 0.01, "nadam lr 0.01": 0.01, "sgd lr 0.1": 0.1})
     race = _times(
         {
             "adam lr 0.01": [4, 4, 4, 4, 4],
@@ -235,7 +197,7 @@ def test_claims_among_racing_families_stand_on_the_holdout():
 def test_a_holdout_without_a_miss_still_counts_the_misses_it_may_have_missed():
     """Momentum matches Adam on all 30 holdout seeds, but missed 1 of its 20 race seeds: a
     bootstrap of the holdout alone would show it equivalent (no miss, no spread)."""
-    plan = _plan({"adam lr 0.01": 0.01, "momentum lr 0.1": 0.1})
+    plan = race_plan({"adam lr 0.01": 0.01, "momentum lr 0.1": 0.1})
     steady = [4, 4.2, 3.8, 4, 4.1, 3.9, 4, 4.1, 3.9, 4]
     race = _times({"adam lr 0.01": steady * 2, "momentum lr 0.1": [None, *steady[1:], *steady]})
     held = _holdout({"adam lr 0.01": steady * 3, "momentum lr 0.1": steady * 3})
@@ -257,7 +219,7 @@ def test_a_holdout_without_a_miss_still_counts_the_misses_it_may_have_missed():
 def test_a_family_the_holdout_leaves_unsettled_gets_a_second_look():
     """After 10 holdout seeds SGD is clearly slower and Nadam neither slower nor within the
     margin: Adam and Nadam run 10 more, which show Nadam slower; SGD keeps its 10."""
-    plan = _plan({"adam lr 0.01": 0.01, "nadam lr 0.01": 0.01, "sgd lr 0.1": 0.1})
+    plan = race_plan({"adam lr 0.01": 0.01, "nadam lr 0.01": 0.01, "sgd lr 0.1": 0.1})
     race = _times(
         {f"{f} lr {lr}": [4] * 5 for f, lr in [("adam", 0.01), ("nadam", 0.01), ("sgd", 0.1)]}
     )
@@ -308,7 +270,7 @@ def test_a_look_decides_on_what_had_run_by_then_when_the_next_looks_runs_are_the
     30 holdout seeds leave it unsettled, so both run 30 more. Replayed with those runs there,
     the first look must still count the misses over the seeds it had (50), not 80: else it
     would now call momentum settled after 30 and leave the second look's 60 runs unread."""
-    plan = _plan({"adam lr 0.01": 0.01, "momentum lr 0.1": 0.1})
+    plan = race_plan({"adam lr 0.01": 0.01, "momentum lr 0.1": 0.1})
     steady = [4, 4.2, 3.8, 4, 4.1, 3.9, 4, 4.1, 3.9, 4]
     quick = [x * 0.95 for x in steady]
     race = _times({"adam lr 0.01": steady * 2, "momentum lr 0.1": [None, *quick[1:], *quick]})
@@ -323,7 +285,7 @@ def test_a_look_decides_on_what_had_run_by_then_when_the_next_looks_runs_are_the
 
 
 def test_the_race_leaves_room_in_its_budget_for_the_holdout():
-    plan = _plan({"adam lr 0.01": 0.01, "sgd lr 0.1": 0.1})
+    plan = race_plan({"adam lr 0.01": 0.01, "sgd lr 0.1": 0.1})
     times = _times({"adam lr 0.01": [4] * 5, "sgd lr 0.1": [2, 6.4, 6.4, 2, 4.8]})
     # Round 2 (20 seeds each) would fit in 50 runs alone, not with 2 x 10 holdout seeds.
     state = replay(plan, times, Rules(rounds=(1, 5, 20), keep=1, budget=50, holdout=10))
@@ -342,7 +304,7 @@ def test_the_holdout_comes_from_the_config_and_runs_one_by_one_only_when_asked()
 
 
 def test_settings_and_the_baseline_are_compared_with_the_fastest_arm():
-    plan = _plan(
+    plan = race_plan(
         {"adam lr 0.01": 0.01, "trial 7": 0.02, "baseline": 0.001},
         kinds={"trial 7": "setting", "baseline": "baseline"},
     )
@@ -439,7 +401,7 @@ def test_a_family_at_the_margin_is_dropped_at_five_seeds_in_about_one_race_in_te
     # 1000 generated races of two families, one exactly `margin` slower (10 %) with seed to
     # seed noise: "more than 10 % slower with probability >= 0.9" must be wrong in about 10 %
     # of them. A plain bootstrap of 5 seeds drops it in 16 % (too narrow); expanded, 10 %.
-    plan = _plan({"adam lr 0.01": 0.01, "nadam lr 0.01": 0.01})
+    plan = race_plan({"adam lr 0.01": 0.01, "nadam lr 0.01": 0.01})
     rules = Rules(rounds=(1, 5), holdout=0, keep=1, confidence=0.9, margin=0.1, resamples=1000)
     rng = np.random.default_rng(7)
     dropped = 0
@@ -456,7 +418,7 @@ def test_a_family_at_the_margin_behind_four_tied_leaders_is_dropped_in_at_most_o
     # dropped in 25 % of races. Read against each that may be the fastest: at most 10 %, and
     # one 1.5x behind is still dropped in most races.
     front = ["adam", "adamw", "nadam", "adamax"]
-    plan = _plan({f"{f} lr 0.01": 0.01 for f in [*front, "margin", "slow"]})
+    plan = race_plan({f"{f} lr 0.01": 0.01 for f in [*front, "margin", "slow"]})
     rules = Rules(rounds=(1, 5), holdout=0, keep=1, confidence=0.9, margin=0.1, resamples=1000)
     rng = np.random.default_rng(11)
     margin = slow = 0
@@ -485,7 +447,7 @@ def test_the_holdout_reads_a_family_against_each_family_that_may_be_the_fastest(
     }
     rules = Rules(rounds=(1, 5), keep=1, holdout=10, holdout_looks=1)
     for arms in (list(held), ["adam lr 0.01", "sgd lr 0.1"]):
-        plan = _plan({a: float(a.split()[-1]) for a in arms})
+        plan = race_plan({a: float(a.split()[-1]) for a in arms})
         race = _times({a: [4] * 5 for a in arms})
         times = pd.concat([race, _holdout({a: held[a] for a in arms})], ignore_index=True)
         state = replay(plan, times, rules)
