@@ -157,7 +157,7 @@ def test_workers_share_a_study_through_the_grpc_storage_proxy(tmp_path):
         result = run_cli(
             "pipeline.search",
             *TINY,
-            "search.n_trials=4",
+            "search.n_trials=8",  # enough that a worker started a moment late still gets some
             "search.n_workers=2",
             f"search.storage=grpc://127.0.0.1:{port}",
             cwd=tmp_path,
@@ -168,5 +168,5 @@ def test_workers_share_a_study_through_the_grpc_storage_proxy(tmp_path):
         proxy.terminate()
         proxy.wait(timeout=30)
     trials = load_study(journal, "moons").get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 8
     assert len({record.worker_of(t) for t in trials}) == 2  # both workers ran trials
