@@ -10,6 +10,7 @@ import math
 import shutil
 import subprocess
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -290,6 +291,26 @@ def test_the_race_leaves_room_in_its_budget_for_the_holdout():
     # Round 2 (20 seeds each) would fit in 50 runs alone, not with 2 x 10 holdout seeds.
     state = replay(plan, times, Rules(rounds=(1, 5, 20), keep=1, budget=50, holdout=10))
     assert "budget of 50 runs" in state.note and state.held and state.runs == 30
+
+
+def test_a_budget_below_round_0_and_the_holdout_runs_no_holdout_and_reads_arms_that_ran():
+    # Round 0 always runs; then the budget ends the race, and round 0's neighbours of each
+    # best lattice point (added for round 1) have no seed: the claims read the arms that ran.
+    plan = race_plan({"adam lr 0.01": 0.01, "adam lr 0.1": 0.1, "sgd lr 0.1": 0.1}, ranges=True)
+    times = _times({"adam lr 0.01": [4], "adam lr 0.1": [5], "sgd lr 0.1": [6]})
+    rules = Rules(rounds=(1, 5), keep=2, budget=10, holdout=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no mean of an arm without runs
+        state = replay(plan, times, rules)
+        verdict = declare(state, times, target=TARGET, rules=rules, conditions=[])
+    assert state.done and not state.held and state.runs == 3
+    assert "ended the race after round 0" in state.note and "left no holdout" in state.note
+    rows = verdict.families.set_index("family")
+    assert rows.loc["adam", "arm"] == "adam lr 0.01" and rows.loc["adam", "seeds"] == 1
+    assert not rows["holdout"].any()
+    # Room for round 0 and the first look, none for round 1: the holdout runs, on arms that ran.
+    state = replay(plan, times, replace(rules, budget=3 + 2 * 40))
+    assert state.held == {"adam": "adam lr 0.01", "sgd": "sgd lr 0.1"}
 
 
 def test_the_holdout_comes_from_the_config_and_runs_one_by_one_only_when_asked():

@@ -23,16 +23,16 @@ brings the arms still racing to `rounds[r]` seeds (seed i is the same for every 
   Birattari et al. 2002).
 The race ends after its last round, when nothing is left to decide (every family still racing
 shown within the margin of the leader, and no setting but the fastest still racing), or when
-the next round would pass `budget` runs (less the holdout's). Then each family still racing
-runs its chosen arm (its fastest at its last round) on `holdout` new seeds (indices from
-HOLDOUT): those seeds never took part in choosing the arm, so the claims among these families
-stand on them (claims), and one more than `margin` slower than the fastest there (and each
-that may be it) with probability >= confidence is dropped. While a family left is neither
-dropped nor shown within the margin, the families left run `holdout` more new seeds, up to
-`holdout_looks` looks and within the budget: forty seeds do not tell a family 1.2x slower
-from one 1.05x slower. The decisions are a function of the runs and are replayed whenever
-asked: a rerun after a kill decides what it decided before, and the report declares what the
-search acted on.
+the next round would pass `budget` runs (less the holdout's). Then, where the budget has
+room, each family still racing runs its chosen arm (its fastest at its last round) on
+`holdout` new seeds (indices from HOLDOUT): those seeds never took part in choosing the arm,
+so the claims among these families stand on them (claims), and one more than `margin`
+slower than the fastest there (and each that may be it) with probability >= confidence is
+dropped. While a family left is neither dropped nor shown within the margin, the families
+left run `holdout` more new seeds, up to `holdout_looks` looks and within the budget: forty
+seeds do not tell a family 1.2x slower from one 1.05x slower. The decisions are a function
+of the runs and are replayed whenever asked: a rerun after a kill decides what it decided
+before, and the report declares what the search acted on.
 """
 
 from __future__ import annotations
@@ -193,10 +193,12 @@ def replay(plan: dict[str, Any], times: pd.DataFrame, rules: Rules) -> State:
 
 
 def chosen_arm(state: State, times: pd.DataFrame, family: str) -> str:
-    """A racing family's fastest arm on the seeds its last round gave it."""
+    """A racing family's fastest arm on the seeds its last round gave it (of its arms that
+    ran it: round 0's neighbours have no seed when the budget ends the race after round 0)."""
     own = state.racing(family)
-    k = min(state.seeds.get(a, 0) for a in own)
-    return min(own, key=lambda a: (float(values(times, a, k=k).mean()), a))
+    k = max(state.seeds.get(a, 0) for a in own)
+    ran = [a for a in own if state.seeds.get(a, 0) == k]
+    return min(ran, key=lambda a: (float(values(times, a, k=k).mean()), a))
 
 
 def _hold_out(
@@ -206,18 +208,19 @@ def _hold_out(
     is left unsettled; after each look, drop a family more than the margin slower than the
     fastest there (see the module)."""
     families = list(dict.fromkeys(state.arms[a].family for a in state.racing_all()))
-    state.held = {f: chosen_arm(state, times, f) for f in families}
     for look in range(1, max(1, rules.holdout_looks) + 1):
         n = rules.holdout * look
         left = [f for f in families if f not in state.families_out]
-        if look > 1:
-            more = (n - state.holdout) * len(left)
-            if state.runs + more > rules.budget:
-                cut = (
-                    f"its budget of {rules.budget} runs ended the holdout at {state.holdout} seeds"
-                )
-                state.note = f"{state.note}; {cut}" if state.note else cut
-                return
+        if state.runs + (n - state.holdout) * len(left) > rules.budget:
+            # The rounds leave room for the first look, but round 0 always runs: a budget
+            # too small for both gets none (the claims stand on the race's own seeds).
+            cut = f"its budget of {rules.budget} runs " + (
+                f"ended the holdout at {state.holdout} seeds" if look > 1 else "left no holdout"
+            )
+            state.note = f"{state.note}; {cut}" if state.note else cut
+            return
+        if look == 1:
+            state.held = {f: chosen_arm(state, times, f) for f in families}
         state.held_seeds |= dict.fromkeys(left, n)
         runs = [(state.held[f], HOLDOUT + i) for f in left for i in range(n)]
         state.missing = [run for run in runs if run not in ended]
