@@ -62,6 +62,8 @@ CASES = [
     (["race.seeds=[0,5]"], "race.seeds", "rising counts"),
     (["race.budget=0"], "race.budget", "integer >= 1"),
     (["race.baseline.lr=-1"], "race.baseline.lr", "> 0"),
+    (["race.baseline.optimizer=adamx"], "race.baseline.optimizer", "allowed: adagrad, adam,"),
+    (["race.baseline.schedule=cosin"], "race.baseline.schedule", "allowed: constant, cosine,"),
     (["confirm.seeds=3"], "confirm.seeds", "use race.seeds"),
     (["confirm.challengers=0"], "confirm.challengers", "every family is raced"),
     (["search.min_trials_per_family=-1"], "search.min_trials_per_family", ">= 0"),

@@ -88,6 +88,15 @@ def check(
                     f"search.{plural}", f"unknown {group} {name!r}; allowed: {options}"
                 )
             _has_target(cfg, f"{group}.{name}")
+    base = cfg.race.get("baseline") if isinstance(cfg.get("race"), DictConfig) else None
+    for group, name in (("optimizer", "optimizer"), ("scheduler", "schedule")):
+        # One not searched is only left out of the race (said then); one nowhere is a typo.
+        value = str(base[name]) if isinstance(base, DictConfig) else None
+        options = group_options(group, config_dirs)
+        if value is not None and value not in options and value not in (cfg.get(group) or {}):
+            raise ConfigError(
+                f"race.baseline.{name}", f"unknown {group} {value!r}; allowed: {', '.join(options)}"
+            )
     for size in _list(cfg, "search.batch_sizes", int):
         if size <= 0:
             raise ConfigError("search.batch_sizes", f"{size} is not a positive batch size")
