@@ -214,10 +214,12 @@ def _hold_out(
         if state.runs + (n - state.holdout) * len(left) > rules.budget:
             # The rounds leave room for the first look, but round 0 always runs: a budget
             # too small for both gets none (the claims stand on the race's own seeds).
-            cut = f"its budget of {rules.budget} runs " + (
-                f"ended the holdout at {state.holdout} seeds" if look > 1 else "left no holdout"
-            )
-            state.note = f"{state.note}; {cut}" if state.note else cut
+            budget = f"its budget of {rules.budget} runs"
+            cut = f"ended the holdout at {state.holdout} seeds" if look > 1 else "left no holdout"
+            if state.note.startswith(budget):
+                state.note = f"{state.note} and {cut}"
+            else:
+                state.note = f"{state.note}; {budget} {cut}" if state.note else f"{budget} {cut}"
             return
         if look == 1:
             state.held = {f: chosen_arm(state, times, f) for f in families}
