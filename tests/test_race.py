@@ -171,6 +171,7 @@ def test_kill_9_between_the_search_and_the_race_then_a_rerun_races_once(tmp_path
     plan = load_study(storage, "moons").user_attrs[record.RACE]
     result = run_cli("pipeline.search", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert "race round 0, 2 of 2 families:" in result.stderr  # its progress: who still races
     study = load_study(storage, "moons")
     assert study.user_attrs[record.RACE] == plan  # planned once
     trials = study.get_trials()

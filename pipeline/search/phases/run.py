@@ -146,7 +146,7 @@ def _race(
             space,
             study,
             runs,
-            "race holdout" if state.holding else f"race round {state.round}",
+            _race_label(state),
             pool,
             requeue=lambda: race.enqueue(study, judge(study, cfg, claims=False)[1], cfg),
         )
@@ -176,6 +176,15 @@ def _race(
                 requeue=lambda: race.enqueue_timing(study, arms, cfg),
             )
     return failed, state
+
+
+def _race_label(state: State) -> str:
+    """The race's progress label: the round, and the families still in it (the race
+    narrowing is what a person watching it wants to see)."""
+    families = {a.family for a in state.arms.values() if a.kind == "family"}
+    racing = {state.arms[a].family for a in state.racing_all()}
+    where = "race holdout" if state.holding else f"race round {state.round}"
+    return f"{where}, {len(racing)} of {len(families)} families" if families else where
 
 
 def _stranded(pool: Pool | Remote | None) -> str | None:
