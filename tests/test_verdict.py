@@ -313,6 +313,38 @@ def test_a_budget_below_round_0_and_the_holdout_runs_no_holdout_and_reads_arms_t
     assert state.held == {"adam": "adam lr 0.01", "sgd": "sgd lr 0.1"}
 
 
+def test_one_seed_supports_no_claim_and_no_interval():
+    # A race of round 0 alone, no holdout: one seed each. Its resamples would all agree, so a
+    # bootstrap would call 6 % "within 10 %" with probability 1; nothing may be claimed.
+    plan = race_plan({"adam lr 0.01": 0.01, "nadam lr 0.01": 0.01, "sgd lr 0.1": 0.1})
+    times = _times({"adam lr 0.01": [4], "nadam lr 0.01": [4.25], "sgd lr 0.1": [12]})
+    rules = Rules(rounds=(1,), holdout=0)
+    state = replay(plan, times, rules)
+    verdict = declare(state, times, target=TARGET, rules=rules, conditions=[])
+    rows = verdict.families.set_index("family")
+    assert state.done and not state.families_out
+    assert list(rows.status) == ["leader", "not separated", "not separated"]
+    assert not verdict.equivalent and not verdict.decided
+    assert rows.loc["sgd", "p_slower"] == 0 and math.isnan(rows.loc["sgd", "ratio_low"])
+    assert math.isnan(rows.loc["adam", "low_seconds"])
+    # A holdout of one seed drops nothing on it, though sgd is 3x slower there too.
+    held = _holdout({"adam lr 0.01": [4], "nadam lr 0.01": [4.25], "sgd lr 0.1": [12]})
+    both = pd.concat([times, held], ignore_index=True)
+    state = replay(plan, both, replace(rules, holdout=1, holdout_looks=1))
+    assert state.done and state.held and not state.families_out
+
+
+@pytest.mark.parametrize(("n", "low", "high"), [(1, None, None), (5, None, None), (6, 1, 6)])
+def test_a_median_interval_needs_the_seeds_its_level_needs(n, low, high):
+    # At 95 %, the smallest and largest of 5 seeds cover the median 1 - 2/32 = 94 % of the
+    # time: no interval. Of 6, 97 %; of 20, the 6th and the 15th.
+    from pipeline.verdict.confidence import median_interval
+
+    got = median_interval(np.arange(1.0, n + 1))
+    assert got == (low, high) if low is not None else all(math.isnan(v) for v in got)
+    assert median_interval(np.arange(1.0, 21)) == (6, 15)
+
+
 def test_the_holdout_comes_from_the_config_and_runs_one_by_one_only_when_asked():
     from pipeline.config import compose
     from pipeline.verdict.judge import rules_of

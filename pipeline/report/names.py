@@ -59,6 +59,11 @@ def chance(p: float, *, line: float) -> str:
     return text
 
 
+def count(n: int, noun: str) -> str:
+    """ "1 seed", "5 seeds"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def seconds(value: float) -> str:
     return "never" if math.isinf(value) else f"{value:.2f} s"
 

@@ -9,11 +9,12 @@ or families at the race's batch size and schedule pairs.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pandas as pd
 
-from pipeline.report.names import chance, family_label, names, num, seconds, span
+from pipeline.report.names import chance, count, family_label, names, num, seconds, span
 from pipeline.report.results import Results
 from pipeline.verdict.confidence import mostly_misses
 from pipeline.verdict.progress import Unfinished
@@ -92,10 +93,15 @@ def _sentence(r: Results) -> str:
             f"No raced setting reaches {goal} in most of its seeds: the task, the budget of "
             f"{r.max_epochs} epochs or the target needs a change before speed can be compared."
         )
+    low, high = fastest["low_seconds"], fastest["high_seconds"]
     first = (
         f"Train with {setting_of(fastest)}: it reaches {goal} in "
-        f"{seconds(fastest['median_seconds'])} (median of {fastest['seeds']} seeds, 95 % "
-        f"interval {span(fastest['low_seconds'], fastest['high_seconds'], ' s')})."
+        f"{seconds(fastest['median_seconds'])} (median of {count(fastest['seeds'], 'seed')}, "
+        + (
+            "too few for a 95 % interval)."
+            if math.isnan(low)
+            else f"95 % interval {span(low, high, ' s')})."
+        )
     )
     return f"{first} {families_sentence(r)}"
 
@@ -172,6 +178,11 @@ def baseline(r: Results) -> str:
         return (
             f"Against {current}: it reaches the target in only {b['reached']} of {b['seeds']} "
             "seeds; the recommended setting does in most."
+        )
+    if math.isnan(b["ratio_low"]):
+        return (
+            f"Against {current}: {b['ratio']:.3g}x on {count(b['seeds'], 'seed')}, too few to "
+            "say how sure that is."
         )
     if b["p_slower"] < verdict.confidence:
         return (

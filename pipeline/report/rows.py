@@ -6,9 +6,10 @@ a time is measured.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from pipeline.report.names import chance, family_label, num
+from pipeline.report.names import chance, count, family_label, num
 from pipeline.report.prose import holdout_seeds, step_times
 from pipeline.report.results import Results
 from pipeline.verdict.confidence import mostly_misses
@@ -30,11 +31,9 @@ def compact(r: Results) -> list[dict[str, Any]]:
         return []
     rows = []
     for _, row in r.recommendation.iterrows():
-        versus = (
-            "leader"
-            if row["status"] == "leader"
-            else f"{row['ratio']:.2f}x ({row['ratio_low']:.2f}\u2013{row['ratio_high']:.2f})"
-        )
+        versus = "leader" if row["status"] == "leader" else f"{row['ratio']:.2f}x"
+        if row["status"] != "leader" and not math.isnan(row["ratio_low"]):
+            versus += f" ({row['ratio_low']:.2f}\u2013{row['ratio_high']:.2f})"
         rows.append(
             {
                 "family": family_label(row["family"]),
@@ -71,6 +70,8 @@ def _time(row: Any) -> str:
     if mostly_misses(row["reached"], row["seeds"]):
         return f"never in most seeds ({row['reached']}/{row['seeds']})"
     low, high = num(row["low_seconds"], 3), num(row["high_seconds"], 3)
+    if math.isnan(row["low_seconds"]):  # too few seeds for a 95 % interval of a median
+        return f"{num(row['median_seconds'], 3)} s ({count(row['seeds'], 'seed')})"
     return f"{num(row['median_seconds'], 3)} s ({low}\u2013{high})"
 
 

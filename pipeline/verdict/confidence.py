@@ -92,8 +92,12 @@ class Resamples:
 
     def means(self, values: np.ndarray) -> np.ndarray:
         """Resampled means of one value per seed (seeds 0..k-1, paired with every other arm's
-        k), spread around their mean by expansion(k)."""
+        k), spread around their mean by expansion(k). Fewer than two seeds: NaN, so that every
+        probability read off them is 0 (one seed says nothing of how another would go, where
+        its resamples would all agree and claim certainty)."""
         k = len(values)
+        if k < 2:
+            return np.full(self.n, math.nan)
         drawn = values[self.index(k)].mean(axis=1)
         return _spread(drawn, float(values.mean()), expansion(k, self.confidence))
 
@@ -133,6 +137,8 @@ def held_means(
     arm draws its own share (a fixed seed per arm id: the same study always gives the same
     decisions)."""
     speeds, reached, (n, m), miss = _held(times, arm, k=k, start=start)
+    if k < 2:  # as Resamples.means
+        return np.full(draws.n, math.nan)
     index = draws.index(k)
     hits = np.where(reached, speeds, 0.0)[index]
     count = reached[index].sum(axis=1)
@@ -184,17 +190,21 @@ def median_interval(values: np.ndarray, *, level: float = 0.95) -> tuple[float, 
     """The distribution-free interval for a median: the j-th smallest and j-th largest of n
     values, j the largest with P(Binomial(n, 1/2) < j) <= (1 - level) / 2 (for 20 seeds the
     6th and the 15th). Exact for any continuous distribution, where a bootstrap of 20 seeds
-    undercovers (docs/benchmarks.md, calibration). A miss counts as never (inf)."""
+    undercovers (docs/benchmarks.md, calibration). A miss counts as never (inf). NaN where no
+    such j exists (at 95 %, up to 5 seeds: their smallest and largest cover the median only
+    1 - 2 / 2**n of the time, 94 % at 5, none at 1)."""
     ordered = np.sort(np.asarray(values, dtype=float))
     n = len(ordered)
     if n == 0:
         return math.inf, math.inf
-    tail, below, j = (1 - level) / 2, 0.0, 1
+    tail, below, j = (1 - level) / 2, 0.0, 0
     for k in range(1, n // 2 + 1):
         below += math.comb(n, k - 1) / 2**n  # P(Binomial(n, 1/2) <= k - 1)
         if below > tail:
             break
         j = k
+    if j == 0:
+        return math.nan, math.nan
     return float(ordered[j - 1]), float(ordered[n - j])
 
 
