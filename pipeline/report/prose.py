@@ -238,8 +238,8 @@ def how_sure(r: Results) -> str:
         ),
         "Claims about families hold at the batch sizes and schedules raced; the search's own "
         "settings and your current setting are claims about those settings. Equivalent means shown "
-        f"within {verdict.margin:.0%}; not separated means neither shown slower nor shown "
-        "equivalent.",
+        f"within {verdict.margin:.0%} of the leader, slower or faster; not separated means "
+        "neither shown slower nor shown equivalent.",
     ]
     if verdict.state.note:
         parts.append(f"The race stopped early: {verdict.state.note}.")

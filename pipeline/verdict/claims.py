@@ -9,10 +9,10 @@ race is read on its last round: its best arm's mean time over seeds, the arm cho
 inside every resample (no winner's curse), against the leader on the same seeds. The time shown
 is that arm's median over those seeds with the distribution-free interval of a median
 (confidence.median_interval). A family racing at the end is in the group; of those, one shown
-within `margin` of the leader with probability >= confidence is *equivalent* ("a good
-choice"), any other is only *not separated*. A family dropped by the race or the holdout is
-*slower*, with the probability that dropped it. Setting claims (the search's quickest settings,
-the baseline) compare one setting with the fastest arm raced.
+within `margin` of the leader either way (two one-sided tests) with probability >= confidence
+is *equivalent* ("a good choice"), any other is only *not separated*. A family dropped by the
+race or the holdout is *slower*, with the probability that dropped it. Setting claims (the
+search's quickest settings, the baseline) compare one setting with the fastest arm raced.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pipeline.verdict.confidence import (
     median_interval,
     share,
     values,
+    within,
 )
 from pipeline.verdict.race import HOLDOUT, Rules, State
 from pipeline.verdict.target import Target
@@ -206,13 +207,13 @@ def _family_rows(
         point = mine["speed"] / theirs["speed"] if theirs["speed"] > 0 else math.nan
         low, high = interval(ratio)
         out = state.families_out.get(family)
-        within = share(ratio <= 1 + rules.margin)
+        shown = within(ratio, rules.margin)
         if family == leader:
             status = "leader"
         elif out is not None:
             status = "slower"
         else:
-            status = "equivalent" if within >= rules.confidence else "not separated"
+            status = "equivalent" if shown >= rules.confidence else "not separated"
         arm = state.arms[c["arm"]]
         first = c["start"]
         own = times[(times.arm == c["arm"]) & times.replicate.between(first, first + k - 1)]
@@ -238,7 +239,7 @@ def _family_rows(
                 "ratio_low": low,
                 "ratio_high": high,
                 "p_slower": share(ratio > 1 + rules.margin),
-                "p_within": within,
+                "p_within": shown,
                 "out_round": out.round if out else None,
                 "out_seeds": out.seeds if out else None,
                 "out_p": out.p if out else None,

@@ -213,6 +213,14 @@ def share(condition: np.ndarray) -> float:
     return float(np.mean(condition))
 
 
+def within(ratio: np.ndarray, margin: float) -> float:
+    """The probability that resampled ratios lie within `margin` either way: the lesser of
+    the two one-sided shares, two one-sided tests (TOST, Schuirmann 1987). Why both: "within
+    10 % of each other" is also false of a family 10 % faster than the leader, which a
+    leader picked on the same seeds may be."""
+    return min(share(ratio <= 1 + margin), share(ratio >= 1 / (1 + margin)))
+
+
 def mostly_misses(reached: int, replicates: int) -> bool:
     """Whether a setting reaches the target in at most half of its seeds."""
     return 2 * int(reached) <= int(replicates)

@@ -22,8 +22,8 @@ brings the arms still racing to `rounds[r]` seeds (seed i is the same for every 
   a setting, or the baseline, that the fastest arm (and each that may be it) so beats (F-Race,
   Birattari et al. 2002).
 The race ends after its last round, when nothing is left to decide (every family still racing
-shown within the margin of the leader, and no setting but the fastest still racing), or when
-the next round would pass `budget` runs (less the holdout's). Then, where the budget has
+shown within the margin of the leader either way, and no setting but the fastest racing), or
+when the next round would pass `budget` runs (less the holdout's). Then, where the budget has
 room, each family still racing runs its chosen arm (its fastest at its last round) on
 `holdout` new seeds (indices from HOLDOUT): those seeds never took part in choosing the arm,
 so the claims among these families stand on them (claims), and one more than `margin`
@@ -50,6 +50,7 @@ from pipeline.verdict.confidence import (
     held_point,
     share,
     values,
+    within,
 )
 
 HOLDOUT = 100_000  # the holdout's first seed index: apart from the rounds' (0, 1, ...)
@@ -257,7 +258,7 @@ def _hold_look(
             for a in state.racing(family):
                 state.arms_out[a] = why
                 state.alive.remove(a)
-        elif share(drawn[family] <= drawn[leader] * (1 + rules.margin)) < rules.confidence:
+        elif within(drawn[family] / drawn[leader], rules.margin) < rules.confidence:
             settled = False
     return settled
 
@@ -368,6 +369,6 @@ def _eliminate(
     if not families:
         return True
     others = [f for f in families if f != leader and f not in state.families_out]
-    settled = all(share(value[f] <= value[leader] * (1 + margin)) >= conf for f in others)
+    settled = all(within(value[f] / value[leader], margin) >= conf for f in others)
     kinds = [state.arms[a].kind for a in state.alive if a != fastest]
     return settled and "setting" not in kinds and "baseline" not in kinds
