@@ -194,8 +194,8 @@ def replay(plan: dict[str, Any], times: pd.DataFrame, rules: Rules) -> State:
 
 
 def chosen_arm(state: State, times: pd.DataFrame, family: str) -> str:
-    """A racing family's fastest arm on the seeds its last round gave it (of its arms that
-    ran it: round 0's neighbours have no seed when the budget ends the race after round 0)."""
+    """A racing family's fastest arm on the seeds its last round gave it, of the arms that ran
+    them (round 0's neighbours have none when the budget ends the race after round 0)."""
     own = state.racing(family)
     k = max(state.seeds.get(a, 0) for a in own)
     ran = [a for a in own if state.seeds.get(a, 0) == k]
