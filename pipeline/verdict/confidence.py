@@ -136,9 +136,9 @@ def held_means(
     40 seeds only say it is rarer than about one in 15 (docs/method.md, the holdout). Each
     arm draws its own share (a fixed seed per arm id: the same study always gives the same
     decisions)."""
-    speeds, reached, (n, m), miss = _held(times, arm, k=k, start=start)
     if k < 2:  # as Resamples.means
         return np.full(draws.n, math.nan)
+    speeds, reached, (n, m), miss = _held(times, arm, k=k, start=start)
     index = draws.index(k)
     hits = np.where(reached, speeds, 0.0)[index]
     count = reached[index].sum(axis=1)
