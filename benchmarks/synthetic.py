@@ -8,6 +8,8 @@ With `race=True` the real race (verdict.race) is run on such curves: its plan is
 search.phases.race and each round's missing runs are made up until it ends. A family named
 `<name>_twin` trains exactly as <name> (the same curve for the same lr, batch and seed, as two
 copies of one optimizer do); `<name>_slow` as <name> at `slow` times fewer epochs' progress.
+With `stall`, that share of race runs (drawn per lr, batch size and seed, so twins stall alike)
+levels off above any target, as a task some seeds fail.
 `race_plan` and `race_times` make a race's plan and its runs' times by hand, for the race's rules
 without training (tests/test_verdict.py, benchmarks/bench_selection.py).
 """
@@ -63,11 +65,13 @@ def _base(family: str) -> tuple[str, float]:
 SLOW = 1.5  # a planted difference: <name>_slow progresses this many times slower
 
 
-def _curve(family: str, lr: float, batch: int, epochs: int, rng: random.Random) -> dict:
+def _curve(
+    family: str, lr: float, batch: int, epochs: int, rng: random.Random, *, stalls: bool = False
+) -> dict:
     family, slower = _base(family)
     distance = abs(math.log10(lr) - math.log10(BEST_LR.get(family, 1e-2)))
     rate = SPEED.get(family, 0.5) * math.exp(-distance) * (64 / batch) ** 0.3 / slower
-    floor, start = 0.05 + 0.1 * distance, 2.3
+    floor, start = 0.05 + 0.1 * distance + (1.0 if stalls else 0.0), 2.3
     per_epoch = 0.02 * (128 / batch) ** 0.5
     rows: dict[str, list] = {
         c: [] for c in ("epoch", "step", "seconds", "train_loss", "val_loss", "val_acc", "lr")
@@ -95,6 +99,7 @@ def write_study(
     overrides: Sequence[str] = (),
     race: bool = False,
     config_dirs: Sequence[str] = (),
+    stall: float = 0.0,
 ) -> optuna.Study:
     """Create a study in `storage` holding n_trials finished search trials; returns it.
 
@@ -155,12 +160,18 @@ def write_study(
         )
     study.add_trials(trials)
     if race:
-        run_race(study, cfg, space, epochs=epochs, seed=seed)
+        run_race(study, cfg, space, epochs=epochs, seed=seed, stall=stall)
     return study
 
 
 def run_race(
-    study: optuna.Study, cfg: DictConfig, space: SearchSpace, *, epochs: int, seed: int
+    study: optuna.Study,
+    cfg: DictConfig,
+    space: SearchSpace,
+    *,
+    epochs: int,
+    seed: int,
+    stall: float = 0.0,
 ) -> None:
     """The race of search.phases.race, each round's runs made up (the same curve for the same
     lr, batch size and seed index whatever the family's name: paired seeds)."""
@@ -178,7 +189,8 @@ def run_race(
             arm = state.arms[arm_id]
             lr, batch = arm.lr, int(arm.params["batch_size"])
             rng = random.Random(f"{seed}:{lr:.6g}:{batch}:{index}")
-            curve = _curve(arm.family, lr, batch, epochs, rng)
+            stalls = random.Random(f"stall:{seed}:{lr:.6g}:{batch}:{index}").random() < stall
+            curve = _curve(arm.family, lr, batch, epochs, rng, stalls=stalls)
             attrs = _attrs(curve, index) | {
                 record.ROLE: "race",
                 record.ARM: arm_id,
@@ -264,6 +276,7 @@ def race_times(
                     "time": time,
                     "speed": time if reached else (budget_epochs + 1) * miss_rate,
                     "miss": (budget_epochs + 1) * miss_rate,
+                    "gap": -0.1 if reached else 0.4,  # final less the target (0.5)
                 }
             )
     return pd.DataFrame(rows)

@@ -59,6 +59,35 @@ def test_round_0_keeps_each_familys_best_lattice_points_and_adds_their_neighbour
     )
 
 
+def test_where_every_lattice_point_misses_the_nearest_miss_is_raced_and_shown():
+    """A family that reaches the target at no lattice point on seed 0 races on at the point
+    whose run ended nearest the target, not at its smallest learning rate, and its row shows
+    the nearest miss of the arms it raced."""
+    sgd = {"sgd lr 0.001": 1e-3, "sgd lr 0.01": 1e-2, "sgd lr 0.1": 0.1}
+    plan = race_plan({"adam lr 0.01": 1e-2, **sgd}, ranges=True)
+    short = {"sgd lr 0.001": 1.8, "sgd lr 0.01": 0.9, "sgd lr 0.1": 0.05}  # final - target
+    times = _times({"adam lr 0.01": [3], **{arm: [None] for arm in sgd}})
+    times["gap"] = times.arm.map(short).fillna(times.gap)
+    rules = Rules(rounds=(1, 3), holdout=0, keep=1)
+    state = replay(plan, times, rules)
+    assert [a for a in state.alive if a.startswith("sgd")] == [
+        "sgd lr 0.1",
+        "sgd lr 0.0562",
+        "sgd lr 0.178",
+    ]
+    # Round 1: every sgd arm misses again, the higher rate's runs nearer the target.
+    near = {"sgd lr 0.1": 0.05, "sgd lr 0.0562": 0.2, "sgd lr 0.178": 0.01}
+    more = _times({"adam lr 0.01": [3, 3, 3], **{arm: [None] * 3 for arm in near}})
+    more["gap"] = more.arm.map(near).fillna(more.gap)
+    more = more[~((more.arm == "adam lr 0.01") & (more.replicate == 0))]
+    times = pd.concat([times[times.arm.isin(["adam lr 0.01", *sgd])], more], ignore_index=True)
+    times = times.drop_duplicates(subset=["arm", "replicate"], keep="last")
+    state = replay(plan, times, rules)
+    verdict = declare(state, times, target=TARGET, rules=rules, conditions=[])
+    row = verdict.families.set_index("family").loc["sgd"]
+    assert row["arm"] == "sgd lr 0.178" and row["reached"] == 0
+
+
 def test_a_clearly_slower_family_is_dropped_and_an_equivalent_one_ends_the_race():
     plan = race_plan({"adam lr 0.01": 0.01, "sgd lr 0.1": 0.1, "nadam lr 0.01": 0.01})
     times = _times(

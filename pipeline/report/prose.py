@@ -94,16 +94,40 @@ def _sentence(r: Results) -> str:
             f"{r.max_epochs} epochs or the target needs a change before speed can be compared."
         )
     low, high = fastest["low_seconds"], fastest["high_seconds"]
-    first = (
-        f"Train with {setting_of(fastest)}: it reaches {goal} in "
-        f"{seconds(fastest['median_seconds'])} (median of {count(fastest['seeds'], 'seed')}, "
-        + (
-            "too few for a 95 % interval)."
-            if math.isnan(low)
-            else f"95 % interval {span(low, high, ' s')})."
+    reached, seeds = int(fastest["reached"]), int(fastest["seeds"])
+    interval = "too few {}for a 95 % interval" if math.isnan(low) else "95 % interval {}"
+    if reached < seeds:  # how often first: a median over seeds that miss is not all of it
+        first = (
+            f"Train with {setting_of(fastest)}: it reaches {goal} in {reached} of its {seeds} "
+            f"seeds, the median seed in {seconds(fastest['median_seconds'])} ("
+            + interval.format("seeds " if math.isnan(low) else span(low, high, " s"))
+            + ")."
         )
-    )
+    else:
+        first = (
+            f"Train with {setting_of(fastest)}: it reaches {goal} in "
+            f"{seconds(fastest['median_seconds'])} (median of {count(seeds, 'seed')}, "
+            + interval.format("" if math.isnan(low) else span(low, high, " s"))
+            + ")."
+        )
     return f"{first} {families_sentence(r)}"
+
+
+def misses_weigh(table: pd.DataFrame) -> str:
+    """Where a family still racing misses the target in some seeds: that its rank counts how
+    often it gets there as well as how fast (a miss is one epoch past the budget in a mean),
+    so a family with the quicker median may rank below one that misses less ("" if none miss)."""
+    racing = table[table.status != "slower"]
+    short = racing[racing.reached < racing.seeds]
+    if short.empty:
+        return ""
+    pairs = zip(racing.reached, racing.seeds, strict=True)
+    shares = sorted({(int(r) / int(s), f"{int(r)}/{int(s)}") for r, s in pairs})
+    said = shares[0][1] if len(shares) == 1 else f"{shares[0][1]} to {shares[-1][1]}"
+    return (
+        "a seed that misses the target counts as one epoch past the budget, so these ranks "
+        f"weigh how often a family reaches it ({said} seeds) as well as how fast"
+    )
 
 
 def holdout_seeds(state: Any) -> str:
@@ -138,10 +162,15 @@ def families_sentence(r: Results) -> str:
     margin, conf = f"{verdict.margin:.0%}", f"{verdict.confidence:.2f}"
     slower = table[table.status == "slower"]
     unseparated = list(table[table.status == "not separated"].family)
+    weigh = misses_weigh(table)
     if verdict.decided:
-        return (
-            f"{where}, {family_label(leader)} is more than {margin} faster than each of the "
-            f"other {len(slower)} (probability >= {conf} each)."
+        others = (
+            f"{family_label(slower.family.iloc[0])} (probability >= {conf})"
+            if len(slower) == 1
+            else f"each of the other {len(slower)} (probability >= {conf} each)"
+        )
+        return f"{where}, {family_label(leader)} is more than {margin} faster than {others}" + (
+            f"; {weigh}." if weigh else "."
         )
     parts = []
     if verdict.equivalent:
@@ -156,8 +185,12 @@ def families_sentence(r: Results) -> str:
             f"{names(unseparated)} cannot be told apart from {family_label(leader)} on this "
             f"evidence (neither shown slower nor shown within {margin})"
         )
-    if len(slower):
+    if len(slower) == 1:
+        parts.append(f"{family_label(slower.family.iloc[0])} is slower (probability >= {conf})")
+    elif len(slower):
         parts.append(f"the other {len(slower)} are slower (probability >= {conf} each)")
+    if weigh:
+        parts.append(weigh)
     return f"{where}, " + "; ".join(parts) + "."
 
 

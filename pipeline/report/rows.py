@@ -70,9 +70,14 @@ def _time(row: Any) -> str:
     if mostly_misses(row["reached"], row["seeds"]):
         return f"never in most seeds ({row['reached']}/{row['seeds']})"
     low, high = num(row["low_seconds"], 3), num(row["high_seconds"], 3)
+    if math.isinf(row["high_seconds"]):  # the interval's top seed misses the target
+        high = "never"
+    reach = (
+        f"; {row['reached']}/{row['seeds']} seeds reach it" if row["reached"] < row["seeds"] else ""
+    )
     if math.isnan(row["low_seconds"]):  # too few seeds for a 95 % interval of a median
-        return f"{num(row['median_seconds'], 3)} s ({count(row['seeds'], 'seed')})"
-    return f"{num(row['median_seconds'], 3)} s ({low}\u2013{high})"
+        return f"{num(row['median_seconds'], 3)} s ({count(row['seeds'], 'seed')}){reach}"
+    return f"{num(row['median_seconds'], 3)} s ({low}\u2013{high}){reach}"
 
 
 def rounds_line(r: Results) -> str:

@@ -32,6 +32,7 @@ from pipeline.verdict.confidence import (
     median,
     median_interval,
     share,
+    shortfall,
     values,
     within,
 )
@@ -146,7 +147,8 @@ def _chosen(
     times: pd.DataFrame, arms: list[str], k: int, draws: Resamples, *, start: int = 0
 ) -> dict[str, Any]:
     """A family's value over `arms` at k seeds from `start` (the arm chosen inside each
-    resample), its chosen arm, and that arm's median time with its interval."""
+    resample), its chosen arm (of arms that tie, every run missing the target, the nearest
+    miss), and that arm's median time with its interval."""
     if start == HOLDOUT:  # one arm, fixed before these seeds: its misses drawn (held_means)
         speeds = np.stack([held_means(times, a, draws, k=k, start=start) for a in arms])
         point = [held_point(times, a, k=k, start=start) for a in arms]
@@ -154,7 +156,8 @@ def _chosen(
         speeds = np.stack([draws.means(values(times, a, k=k)) for a in arms])
         point = [float(values(times, a, k=k).mean()) for a in arms]
     pick = speeds.argmin(axis=0)
-    best = arms[int(np.argmin(point))]
+    gaps = [shortfall(times, a, k=k, start=start) for a in arms]
+    best = arms[min(range(len(arms)), key=lambda i: (point[i], gaps[i]))]
     return {
         "value": speeds[pick, np.arange(speeds.shape[1])],
         "interval": median_interval(values(times, best, k=k, column="time", start=start)),

@@ -42,8 +42,10 @@ def arm_times(
 ) -> pd.DataFrame:
     """Per run (trial, arm, family, batch_size, replicate, final): epochs, steps and raw
     seconds to the target (inf: never), `rate` (modelled seconds an epoch), `time` (modelled
-    seconds to the target: `setup` plus its epochs at that rate) and `speed` (time, a miss
-    costing one epoch past the budget at the slowest rate)."""
+    seconds to the target: `setup` plus its epochs at that rate), `speed` (time, a miss
+    costing one epoch past the budget at the slowest rate) and `gap` (how far a miss's final
+    value ended short of the target, in the metric's units; inf without one, 0 for a hit):
+    among arms whose runs all miss, the nearest miss is the one to race on, not the first."""
     out = runs.copy()
     hits = _first_hits(curves, target)
     measured = _seconds_per_epoch(curves)
@@ -61,6 +63,9 @@ def arm_times(
     miss = setup + (budget_epochs + 1) * (float(out["rate"].max()) if len(out) else 0.0)
     out["speed"] = out["time"].where(out["reached"], miss)
     out["miss"] = miss  # what a miss counts as in `speed`
+    # A run that reached the target has no gap (runs that stop there end at different values).
+    short = (out["final"] - target.value) * (1.0 if target.direction == "minimize" else -1.0)
+    out["gap"] = short.astype(float).fillna(math.inf).where(~out["reached"], 0.0)
     return out
 
 
@@ -72,6 +77,12 @@ def values(
     own = times[(times.arm == arm) & (index >= start) & (index < start + k)]
     own = own.sort_values("replicate")
     return own[column].to_numpy(dtype=float)
+
+
+def shortfall(times: pd.DataFrame, arm: str, *, k: int, start: int = 0) -> float:
+    """How far an arm's runs (seeds start..start+k-1) ended short of the target on average
+    (arm_times' `gap`): what tells apart arms whose every run missed it."""
+    return float(values(times, arm, k=k, column="gap", start=start).mean())
 
 
 class Resamples:

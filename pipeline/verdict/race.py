@@ -49,6 +49,7 @@ from pipeline.verdict.confidence import (
     held_means,
     held_point,
     share,
+    shortfall,
     values,
     within,
 )
@@ -199,7 +200,14 @@ def chosen_arm(state: State, times: pd.DataFrame, family: str) -> str:
     own = state.racing(family)
     k = max(state.seeds.get(a, 0) for a in own)
     ran = [a for a in own if state.seeds.get(a, 0) == k]
-    return min(ran, key=lambda a: (float(values(times, a, k=k).mean()), a))
+    return min(
+        ran, key=lambda a: (float(values(times, a, k=k).mean()), shortfall(times, a, k=k), a)
+    )
+
+
+def _first(times: pd.DataFrame, arm: str) -> tuple[float, float]:
+    """An arm's speed on seed 0 and how far that run ended short of the target."""
+    return float(values(times, arm, k=1)[0]), shortfall(times, arm, k=1)
 
 
 def _hold_out(
@@ -285,7 +293,9 @@ def _halve(state: State, plan: dict[str, Any], times: pd.DataFrame, *, keep: int
     ranges = plan.get("ranges") or {}
     for family in dict.fromkeys(state.arms[a].family for a in state.racing_all()):
         lattice = state.racing(family)
-        ranked = sorted(lattice, key=lambda a: (float(values(times, a, k=1)[0]), state.arms[a].lr))
+        # Ties (seed 0 missed the target at both) go to the nearer miss: the lowest lr first
+        # kept a family that reached the target nowhere at its useless smallest rates.
+        ranked = sorted(lattice, key=lambda a: (*_first(times, a), state.arms[a].lr))
         for a in ranked[keep:]:
             state.arms_out[a] = Out(0, 1, math.nan, ranked[0])
             state.alive.remove(a)
