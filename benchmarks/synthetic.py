@@ -276,7 +276,7 @@ def race_times(
                     "time": time,
                     "speed": time if reached else (budget_epochs + 1) * miss_rate,
                     "miss": (budget_epochs + 1) * miss_rate,
-                    "gap": -0.1 if reached else 0.4,  # final less the target (0.5)
+                    "gap": 0.0 if reached else 0.4,  # a miss's final less the target (0.5)
                 }
             )
     return pd.DataFrame(rows)

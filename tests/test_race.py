@@ -10,14 +10,17 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from benchmarks.synthetic import write_study
+from pipeline.config import check, compose
 from pipeline.core import record
 from pipeline.core.errors import ConfigError
 from pipeline.core.storage import load_study
 from pipeline.report import prose
 from pipeline.report.results import collect
 from pipeline.report.summary import declaration
+from pipeline.search.__main__ import summary
 from pipeline.search.phases.race import by_pair_speed, quickest_conditions, seconds_to
-from pipeline.search.phases.run import search
+from pipeline.search.phases.run import Outcome, search
 from pipeline.search.phases.study import prepare
 from pipeline.search.space import SearchSpace
 from pipeline.verdict.cost import EpochCost
@@ -462,3 +465,46 @@ def test_runs_ended_at_the_target_decide_what_runs_of_every_epoch_decide(tmp_pat
         judge(load_study(cfg.search.storage, "moons"), cfg)
     cfg.verdict.target = target * 1.1  # a looser one is read off the runs as they are
     assert judge(load_study(cfg.search.storage, "moons"), cfg)[0] is not None
+
+
+def test_runs_the_race_no_longer_reads_are_counted_apart(tmp_path):
+    """A study raced before an upgrade that changed which arms a round keeps holds runs the
+    race now reads nowhere: the command's race line counts the runs it reads, out of those
+    it needs, and says how many more ended runs it leaves unread (never "1298/1294")."""
+    storage = f"journal:///{tmp_path}/s.journal"
+    families = ["sgd", "adam", "momentum"]
+    study = write_study(storage, 40, families=families, race=True)
+    cfg = compose(
+        [
+            f"search.storage={storage}",
+            "search.n_trials=40",
+            f"search.optimizers=[{','.join(families)}]",
+        ]
+    )
+    check(cfg)
+    _, state = judge(study, cfg)
+
+    def race_line() -> str:
+        _, now = judge(study, cfg)
+        outcome = Outcome(study, study.get_trials(deepcopy=False), 1.0, False, race=now)
+        return next(line for line in summary(outcome, cfg) if line.startswith("race: "))
+
+    assert (
+        race_line().startswith(f"race: {state.runs}/{state.runs} runs")
+        and "not read" not in race_line()
+    )
+    # A lattice point round 0 dropped, run at a seed the race never gave it.
+    dropped = next(a for a, out in state.arms_out.items() if out.round == 0)
+    ran = next(t for t in study.trials if t.user_attrs.get(record.ARM) == dropped)
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=ran.state,
+            value=ran.value,
+            params=ran.params,
+            distributions=ran.distributions,
+            user_attrs={**ran.user_attrs, record.REPLICATE: 3},
+        )
+    )
+    line = race_line()
+    assert line.startswith(f"race: {state.runs}/{state.runs} runs"), line
+    assert line.endswith("; 1 more ended run is not read (arms the race no longer keeps)"), line

@@ -95,20 +95,17 @@ def _sentence(r: Results) -> str:
         )
     low, high = fastest["low_seconds"], fastest["high_seconds"]
     reached, seeds = int(fastest["reached"]), int(fastest["seeds"])
-    interval = "too few {}for a 95 % interval" if math.isnan(low) else "95 % interval {}"
+    sure = None if math.isnan(low) else f"95 % interval {span(low, high, ' s')}"
+    took = seconds(fastest["median_seconds"])
     if reached < seeds:  # how often first: a median over seeds that miss is not all of it
         first = (
             f"Train with {setting_of(fastest)}: it reaches {goal} in {reached} of its {seeds} "
-            f"seeds, the median seed in {seconds(fastest['median_seconds'])} ("
-            + interval.format("seeds " if math.isnan(low) else span(low, high, " s"))
-            + ")."
+            f"seeds, the median seed in {took} ({sure or 'too few seeds for a 95 % interval'})."
         )
     else:
         first = (
-            f"Train with {setting_of(fastest)}: it reaches {goal} in "
-            f"{seconds(fastest['median_seconds'])} (median of {count(seeds, 'seed')}, "
-            + interval.format("" if math.isnan(low) else span(low, high, " s"))
-            + ")."
+            f"Train with {setting_of(fastest)}: it reaches {goal} in {took} (median of "
+            f"{count(seeds, 'seed')}, {sure or 'too few for a 95 % interval'})."
         )
     return f"{first} {families_sentence(r)}"
 

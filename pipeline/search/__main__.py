@@ -43,14 +43,28 @@ def summary(outcome: Outcome, cfg: DictConfig) -> list[str]:
         lines[0] += f"; {running} more running in another command, which will complete the study"
     state = outcome.race
     if state is not None:
-        ended = sum(record.role(t) == "race" and record.counts(t) for t in outcome.trials)
+        ended = {
+            (t.user_attrs.get(record.ARM), int(t.user_attrs.get(record.REPLICATE, 0)))
+            for t in outcome.trials
+            if record.role(t) == "race" and record.counts(t)
+        }
+        read = len(ended & state.reads())
         families = len(dict.fromkeys(a.family for a in state.arms.values() if a.kind == "family"))
         racing = sorted({state.arms[a].family for a in state.racing_all()})
+        # Runs the race does not read: those of arms an earlier version of its rules kept (a
+        # study raced before an upgrade), counted apart so that the count is of what it reads.
+        unread = len(ended) - read
         lines.append(
-            f"race: {ended}/{state.runs} runs over {state.round} round(s)"
+            f"race: {read}/{state.runs} runs over {state.round} round(s)"
             + (f" and a holdout of {state.holdout} seeds" if state.holding else "")
             + f"; {len(racing)} of {families} families still racing ({', '.join(racing)})"
             + (f"; {state.note}" if state.note else "")
+            + (
+                f"; {unread} more ended run{'s are' if unread > 1 else ' is'} not read (arms "
+                "the race no longer keeps)"
+                if unread > 0
+                else ""
+            )
         )
     from pipeline.search.workers.progress import best_value
 

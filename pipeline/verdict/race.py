@@ -132,6 +132,14 @@ class State:
     def runs(self) -> int:
         return sum(self.seeds.values()) + sum(self.held_seeds.values())
 
+    def reads(self) -> set[tuple[str, int]]:
+        """The (arm, seed index) runs the decisions so far read, `runs` of them: each arm's
+        seeds and each holdout arm's new ones."""
+        out = {(a, i) for a, k in self.seeds.items() for i in range(k)}
+        return out | {
+            (self.held[f], HOLDOUT + i) for f, n in self.held_seeds.items() for i in range(n)
+        }
+
     @property
     def holding(self) -> bool:
         """Whether the holdout is what runs (or, done, what ran last)."""
