@@ -30,18 +30,9 @@ class Budget:
     n_trials: int
     grid: bool = False
     role: str = "search"
-    reads: frozenset[tuple[str, int]] | None = None  # the race's: the (arm, seed) runs it reads
 
     def done(self, trials: Sequence[FrozenTrial]) -> int:
-        ended = [t for t in self.own(trials) if record.counts(t)]
-        if self.reads is None:
-            return len(ended)
-        # Not runs of arms an earlier version of the race's rules kept (State.reads).
-        keys = {
-            (t.user_attrs.get(record.ARM), int(t.user_attrs.get(record.REPLICATE, 0)))
-            for t in ended
-        }
-        return len(keys & self.reads)
+        return sum(record.counts(t) for t in self.own(trials))
 
     def waiting(self, trials: Sequence[FrozenTrial]) -> int:
         return sum(t.state == TrialState.WAITING for t in self.own(trials))

@@ -140,7 +140,7 @@ def _race(
     _, state = judge(study, cfg, claims=False)
     while state is not None and not state.done and not interrupt.requested():
         race.enqueue(study, state, cfg)
-        runs = Budget(state.runs, role="race", reads=frozenset(state.reads()))
+        runs = Budget(state.runs, role="race")
         failed += _phase(
             cfg,
             space,
