@@ -44,7 +44,7 @@ def summary(outcome: Outcome, cfg: DictConfig) -> list[str]:
     state = outcome.race
     if state is not None:
         ended = {
-            (t.user_attrs.get(record.ARM), int(t.user_attrs.get(record.REPLICATE, 0)))
+            record.replicate_key(t)[1:]  # (arm, seed index)
             for t in outcome.trials
             if record.role(t) == "race" and record.counts(t)
         }
