@@ -374,6 +374,13 @@ def test_generated_study_with_a_known_order_declares_it_in_every_file(tmp_path, 
     # Family claims are at the families' default hyperparameters; a search trial to train with
     # says its own are the trial's, so a family ranked below its trial reads as no contradiction.
     assert "its other hyperparameters at their defaults" in declared["sentence"]
+    # Slower means by more than the margin, the only thing a family is dropped for, in the
+    # sentence and in the table alike.
+    slower = [f for f in declared["families"] if f["status"] == "slower"]
+    assert slower and "are more than 10% slower (probability >= 0.90 each)" in declared["sentence"]
+    compact = html[html.index('<table class="compact">') :]
+    compact = compact[: compact.index("</table>")]
+    assert compact.count("family: &gt;10% slower (p ") == len(slower)
     own = "its other hyperparameters as that trial set them"
     assert (own in declared["sentence"]) == (declared["setting"]["kind"] == "setting")
     # ... and summary.json holds them all, as the setting's runs trained with them.

@@ -13,6 +13,7 @@ import sys
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -126,6 +127,30 @@ def test_equivalent_is_said_only_when_shown_and_not_separated_otherwise():
     rows = verdict.families.set_index("family")
     assert rows.loc["rmsprop", "status"] == "not separated"
     assert 0.1 < rows.loc["rmsprop", "p_within"] < 0.9
+
+
+def test_a_family_surely_slower_but_not_by_the_margin_is_said_to_be_not_separated():
+    """The claims' level in words: "slower" is by more than the margin, what a family is
+    dropped for; one slower in every seed but perhaps by less is "not separated", not "cannot
+    be told apart" (its interval already tells it apart from the leader)."""
+    plan = race_plan({"adam lr 0.01": 0.01, "nadam lr 0.01": 0.01, "sgd lr 0.1": 0.1})
+    times = _times(
+        {
+            "adam lr 0.01": [4] * 5,
+            "nadam lr 0.01": [4.2, 4.8, 4.3, 4.7, 4.4],  # 5-20 % slower, seed by seed
+            "sgd lr 0.1": [8, 9, 8, 9, 8],
+        }
+    )
+    rules = Rules(rounds=(1, 5), holdout=0, keep=1)
+    verdict = declare(replay(plan, times, rules), times, target=TARGET, rules=rules, conditions=[])
+    rows = verdict.families.set_index("family")
+    assert rows.loc["nadam", "status"] == "not separated" and rows.loc["nadam", "ratio_low"] > 1
+    said = prose.families_sentence(SimpleNamespace(verdict=verdict))
+    assert (
+        "Nadam is not separated from Adam on this evidence: neither shown more than 10% "
+        "slower nor shown within 10%"
+    ) in said
+    assert "SGD is more than 10% slower (probability >= 0.90)" in said
 
 
 def test_seeds_are_paired_so_a_seed_hard_for_every_arm_counts_for_none():

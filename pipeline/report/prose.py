@@ -179,13 +179,20 @@ def families_sentence(r: Results) -> str:
         parts.append(f"{family_label(leader)} leads")
     if unseparated:
         parts.append(
-            f"{names(unseparated)} cannot be told apart from {family_label(leader)} on this "
-            f"evidence (neither shown slower nor shown within {margin})"
+            f"{names(unseparated)} {'is' if len(unseparated) == 1 else 'are'} not separated "
+            f"from {family_label(leader)} on this evidence: neither shown more than {margin} "
+            f"slower nor shown within {margin}"
         )
+    # Slower is always by more than the margin: a family is dropped for nothing less.
     if len(slower) == 1:
-        parts.append(f"{family_label(slower.family.iloc[0])} is slower (probability >= {conf})")
+        parts.append(
+            f"{family_label(slower.family.iloc[0])} is more than {margin} slower "
+            f"(probability >= {conf})"
+        )
     elif len(slower):
-        parts.append(f"the other {len(slower)} are slower (probability >= {conf} each)")
+        parts.append(
+            f"the other {len(slower)} are more than {margin} slower (probability >= {conf} each)"
+        )
     if weigh:
         parts.append(weigh)
     return f"{where}, " + "; ".join(parts) + "."
@@ -268,8 +275,8 @@ def how_sure(r: Results) -> str:
         ),
         "Claims about families hold at the batch sizes and schedules raced; the search's own "
         "settings and your current setting are claims about those settings. Equivalent means shown "
-        f"within {verdict.margin:.0%} of the leader, slower or faster; not separated means "
-        "neither shown slower nor shown equivalent.",
+        f"within {verdict.margin:.0%} of the leader, slower or faster; slower means more than "
+        f"{verdict.margin:.0%} slower; not separated means neither.",
     ]
     if verdict.state.note:
         parts.append(f"The race stopped early: {verdict.state.note}.")

@@ -15,11 +15,13 @@ from pipeline.report.results import Results
 from pipeline.verdict.confidence import mostly_misses
 
 
-def claim(row: Any) -> str:
-    """A family row's claim, in the table's words."""
+def claim(row: Any, *, margin: float) -> str:
+    """A family row's claim, in the table's words (slower: by more than the margin, all the
+    race drops an arm for)."""
     status = row["status"]
     if status == "slower":
-        return f"family: slower (p {row['out_p']:.2f})"
+        p = row.get("out_p", math.nan)
+        return f"family: >{margin:.0%} slower" + ("" if math.isnan(p) else f" (p {p:.2f})")
     return f"family: {status}"
 
 
@@ -41,7 +43,7 @@ def compact(r: Results) -> list[dict[str, Any]]:
                 f"{row['batch_size']}",
                 "time": _time(row),
                 "versus": versus,
-                "claim": claim(row),
+                "claim": claim(row, margin=verdict.margin),
                 "lead": row["status"] != "slower",
             }
         )
@@ -59,7 +61,12 @@ def compact(r: Results) -> list[dict[str, Any]]:
                 "versus": (
                     f"{row['ratio']:.2f}x the fastest" if row["kind"] == "baseline" else "fastest"
                 ),
-                "claim": "setting: " + ("fastest" if row["kind"] == "setting" else row["status"]),
+                "claim": "setting: "
+                + (
+                    "fastest"
+                    if row["kind"] == "setting"
+                    else claim(row, margin=verdict.margin).removeprefix("family: ")
+                ),
                 "lead": False,
             }
         )
