@@ -4,7 +4,8 @@
 
 Each run is the whole default command (`python -m pipeline seed=S`, search, race and report) in
 its own folder under benchmarks/out/stability/, timed from outside. It prints the declaration of
-each run (the families still racing at the end, the leader first) from summary.json, and checks
+each run (the families still racing at the end, the leader first, and the ratio to the leader
+of each one neither shown within the margin nor more than it slower) from summary.json, and checks
 the bar the recommendation must meet:
   - the group shares one family across at least 4 of the 5 runs;
   - no two runs declare different single winners;
@@ -64,6 +65,18 @@ def describe(row: dict) -> str:
     return "group {" + ", ".join(group) + f"}} ({row['runs']} race runs; = : equivalent)"
 
 
+def unsettled(row: dict) -> str:
+    """The group's families neither shown within the margin nor more than it slower, each
+    with its ratio to the leader and 95 % interval: what a group larger than 4 is made of."""
+    said = [
+        f"{f['family']} {f['ratio_to_leader']:.2f}x "
+        f"({f['ratio_interval'][0]:.2f}-{f['ratio_interval'][1]:.2f})"
+        for f in row.get("families") or []
+        if f["status"] == "not separated"
+    ]
+    return ", ".join(said)
+
+
 def scaled(seed: int, source: str, overrides: list[str], *, out: Path = OUT) -> dict:
     """The repeat's study on a "machine" whose leading family's step is 10 % slower: its step
     seconds scaled on a copy, then the same command run again (it races what the new rates
@@ -101,6 +114,8 @@ def main() -> None:
     print(f"{'run':<14} {'seconds':>8}  declaration")
     for row in [*rows, again, slower]:
         print(f"{row['tag']:<14} {row['seconds']:8.1f}  {describe(row)}")
+        if unsettled(row):
+            print(f"{'':<14} {'':>8}  not separated: {unsettled(row)}")
     shared = collections.Counter(f for row in rows for f in set(row["group"]))
     family, times = shared.most_common(1)[0]
     singles = {row["leader"] for row in rows if row["decided"]}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
+import json
 import shutil
 import sqlite3
 
@@ -25,6 +27,7 @@ from pipeline.search.phases.study import prepare
 from pipeline.search.space import SearchSpace
 from pipeline.verdict.cost import EpochCost
 from pipeline.verdict.judge import judge
+from pipeline.verdict.progress import Budget, unread
 from tests.conftest import TINY, kill_9_when, role_states, run_cli, tiny_config
 
 FAMILIES = "search.optimizers=[sgd,adam,momentum]"
@@ -508,3 +511,9 @@ def test_runs_the_race_no_longer_reads_are_counted_apart(tmp_path):
     line = race_line()
     assert line.startswith(f"race: {state.runs}/{state.runs} runs"), line
     assert line.endswith("; 1 more ended run is not read (arms the race no longer keeps)"), line
+    # The round's progress bar counts the same, on a launched worker too (its budget is sent
+    # as JSON).
+    trials = study.get_trials(deepcopy=False)
+    bar = Budget(state.runs, role="race", unread=unread(trials, state))
+    sent = Budget(**json.loads(json.dumps(dataclasses.asdict(bar))))
+    assert sent.done(trials) == state.runs == Budget(state.runs, role="race").done(trials) - 1

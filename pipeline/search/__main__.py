@@ -20,6 +20,7 @@ from pipeline.core import record
 from pipeline.search import launchers
 from pipeline.search.workers import cores
 from pipeline.search.workers.pool import Pool
+from pipeline.verdict.progress import race_ended
 
 if TYPE_CHECKING:
     from pipeline.search.phases.run import Outcome
@@ -43,16 +44,11 @@ def summary(outcome: Outcome, cfg: DictConfig) -> list[str]:
         lines[0] += f"; {running} more running in another command, which will complete the study"
     state = outcome.race
     if state is not None:
-        ended = {
-            record.replicate_key(t)[1:]  # (arm, seed index)
-            for t in outcome.trials
-            if record.role(t) == "race" and record.counts(t)
-        }
+        ended = race_ended(outcome.trials)
         read = len(ended & state.reads())
         families = len(dict.fromkeys(a.family for a in state.arms.values() if a.kind == "family"))
         racing = sorted({state.arms[a].family for a in state.racing_all()})
-        # Runs the race does not read: those of arms an earlier version of its rules kept (a
-        # study raced before an upgrade), counted apart so that the count is of what it reads.
+        # Counted apart so that the count is of what the race reads.
         unread = len(ended) - read
         lines.append(
             f"race: {read}/{state.runs} runs over {state.round} round(s)"

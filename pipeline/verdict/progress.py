@@ -30,9 +30,12 @@ class Budget:
     n_trials: int
     grid: bool = False
     role: str = "search"
+    # A race round's: ended runs the race no longer reads when the round begins (`unread`),
+    # left out of its count. A number, not the runs: a budget goes to launched workers as JSON.
+    unread: int = 0
 
     def done(self, trials: Sequence[FrozenTrial]) -> int:
-        return sum(record.counts(t) for t in self.own(trials))
+        return max(0, sum(record.counts(t) for t in self.own(trials)) - self.unread)
 
     def waiting(self, trials: Sequence[FrozenTrial]) -> int:
         return sum(t.state == TrialState.WAITING for t in self.own(trials))
@@ -49,6 +52,19 @@ class Budget:
 
     def own(self, trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
         return [t for t in trials if record.role(t) == self.role]
+
+
+def race_ended(trials: Sequence[FrozenTrial]) -> set[tuple[str | None, int]]:
+    """The (arm, seed index) of every race run that ended on its own."""
+    return {
+        record.replicate_key(t)[1:] for t in trials if record.role(t) == "race" and record.counts(t)
+    }
+
+
+def unread(trials: Sequence[FrozenTrial], race: State) -> int:
+    """The race's ended runs it does not read (State.reads): those of arms an earlier
+    version of its rules kept, in a study raced before an upgrade."""
+    return len(race_ended(trials) - race.reads())
 
 
 @dataclass(frozen=True)

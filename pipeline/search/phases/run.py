@@ -37,7 +37,7 @@ from pipeline.search.workers.pool import Pool
 from pipeline.search.workers.progress import Progress, quiet
 from pipeline.search.workers.remote import Remote
 from pipeline.verdict.judge import judge
-from pipeline.verdict.progress import Budget
+from pipeline.verdict.progress import Budget, unread
 from pipeline.verdict.race import State
 
 
@@ -140,7 +140,7 @@ def _race(
     _, state = judge(study, cfg, claims=False)
     while state is not None and not state.done and not interrupt.requested():
         race.enqueue(study, state, cfg)
-        runs = Budget(state.runs, role="race")
+        runs = Budget(state.runs, role="race", unread=unread(record.trials(study), state))
         failed += _phase(
             cfg,
             space,
