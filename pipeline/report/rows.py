@@ -15,14 +15,14 @@ from pipeline.report.results import Results
 from pipeline.verdict.confidence import mostly_misses
 
 
-def claim(row: Any, *, margin: float) -> str:
-    """A family row's claim, in the table's words (slower: by more than the margin, all the
-    race drops an arm for)."""
+def claim(row: Any, *, margin: float, level: str = "family") -> str:
+    """A row's claim, in the table's words (slower: by more than the margin, all the race
+    drops an arm for)."""
     status = row["status"]
     if status == "slower":
-        p = row.get("out_p", math.nan)
-        return f"family: >{margin:.0%} slower" + ("" if math.isnan(p) else f" (p {p:.2f})")
-    return f"family: {status}"
+        p = row.get("out_p")
+        status = f">{margin:.0%} slower" + ("" if p is None or math.isnan(p) else f" (p {p:.2f})")
+    return f"{level}: {status}"
 
 
 def compact(r: Results) -> list[dict[str, Any]]:
@@ -61,11 +61,10 @@ def compact(r: Results) -> list[dict[str, Any]]:
                 "versus": (
                     f"{row['ratio']:.2f}x the fastest" if row["kind"] == "baseline" else "fastest"
                 ),
-                "claim": "setting: "
-                + (
-                    "fastest"
+                "claim": (
+                    "setting: fastest"
                     if row["kind"] == "setting"
-                    else claim(row, margin=verdict.margin).removeprefix("family: ")
+                    else claim(row, margin=verdict.margin, level="setting")
                 ),
                 "lead": False,
             }
