@@ -89,6 +89,47 @@ def test_where_every_lattice_point_misses_the_nearest_miss_is_raced_and_shown():
     assert row["arm"] == "sgd lr 0.178" and row["reached"] == 0
 
 
+def test_round_0_keeps_each_familys_best_at_every_condition_and_refines_each():
+    """One seed ranks a family's conditions, often by a hair: a family keeps its best point at
+    every condition (and the next best to `keep`), each with its neighbours, so no family is
+    left without the condition where a rival turns out quickest."""
+    arms = []
+    for batch in (64, 128):
+        for lr in (0.01, 0.0316, 0.1):
+            params = {"optimizer": "adam", "adam.lr": lr, "schedule": "constant"}
+            arms.append(
+                {
+                    "id": f"adam lr {lr:.3g} @ batch {batch} constant",
+                    "kind": "family",
+                    "family": "adam",
+                    "params": params | {"batch_size": batch},
+                }
+            )
+    plan = {
+        "arms": arms,
+        "ranges": {"adam": [1e-4, 1.0]},
+        "conditions": [{"batch_size": b, "schedule": "constant"} for b in (64, 128)],
+    }
+    # Seed 0: batch 64 at lr 0.01 and 0.0316 first and second, batch 128 only third.
+    first = [3, 3.1, 9, 5, 4, 9]
+    times = _times({a["id"]: [t] for a, t in zip(arms, first, strict=True)})
+    state = replay(plan, times, Rules(rounds=(1, 3), holdout=0, keep=2))
+    assert state.alive == [
+        "adam lr 0.01 @ batch 64 constant",
+        "adam lr 0.0316 @ batch 128 constant",
+        "adam lr 0.00562 @ batch 64 constant",
+        "adam lr 0.0178 @ batch 64 constant",
+        "adam lr 0.0178 @ batch 128 constant",
+        "adam lr 0.0562 @ batch 128 constant",
+    ]
+    # keep=3 with two conditions: the next best overall too, refined as well (the neighbour
+    # between two kept points once).
+    state = replay(plan, times, Rules(rounds=(1, 3), holdout=0, keep=3))
+    assert "adam lr 0.0316 @ batch 64 constant" in state.alive
+    assert "adam lr 0.0562 @ batch 64 constant" in state.alive
+    assert len(state.alive) == len(set(state.alive)) == 8  # 3 kept, 5 neighbours
+
+
 def test_a_clearly_slower_family_is_dropped_and_an_equivalent_one_ends_the_race():
     plan = race_plan({"adam lr 0.01": 0.01, "sgd lr 0.1": 0.1, "nadam lr 0.01": 0.01})
     times = _times(

@@ -12,8 +12,9 @@ Arms (plan["arms"], made once after the search by search.phases.race):
             their searches happened to find;
   setting   one of the search's quickest settings as found (a claim about that setting);
   baseline  the setting you train with today.
-Round 0 runs every arm with one seed and keeps each family's `keep` best lattice points, adding
-half a lattice step either side of its best (successive halving, Li et al. 2018). Each later round
+Round 0 runs every arm with one seed and keeps each family's best lattice point at every
+condition (and its next best, to `keep` in all), adding half a lattice step either side of
+each (successive halving, Li et al. 2018). Each later round
 brings the arms still racing to `rounds[r]` seeds (seed i is the same for every arm) and drops
   an arm that its family's best arm beats, with probability >= confidence;
   a family whose value (the mean time of its best arm, chosen again inside every resample) is
@@ -297,32 +298,47 @@ def _slower(drawn: dict[str, np.ndarray], who: str, front: list[str], margin: fl
 
 
 def _halve(state: State, plan: dict[str, Any], times: pd.DataFrame, *, keep: int) -> None:
-    """Round 0: each family's `keep` best lattice arms on seed 0, and its best's neighbours."""
+    """Round 0: each family's best lattice arm at every condition on seed 0 (and its next
+    best, to `keep` in all), each with its neighbours.
+
+    Why at every condition, not the family's `keep` best wherever they are: one seed ranks
+    the conditions, often by a hair (two pairs an epoch apart, weighed by epoch costs that
+    move by 5-10 % from one fresh run to the next), so two families as alike as Adam and
+    AdamW kept different pairs and the one left without the quickest was found slower.
+    Raced at every pair, each family's standing is its best of them all (docs/method.md)."""
     ranges = plan.get("ranges") or {}
+    refine = 10 ** (float(plan.get("lattice", 0.5)) / 2)  # half a lattice step
+    tagged = len(conditions_of(plan)) > 1
     for family in dict.fromkeys(state.arms[a].family for a in state.racing_all()):
         lattice = state.racing(family)
         # Ties (seed 0 missed the target at both) go to the nearer miss: the lowest lr first
         # kept a family that reached the target nowhere at its useless smallest rates.
         ranked = sorted(lattice, key=lambda a: (*_first(times, a), state.arms[a].lr))
-        for a in ranked[keep:]:
-            state.arms_out[a] = Out(0, 1, math.nan, ranked[0])
-            state.alive.remove(a)
-        best = state.arms[ranked[0]]
+        kept = [  # the best at each condition
+            a
+            for i, a in enumerate(ranked)
+            if not any(_same(state.arms[a], state.arms[b]) for b in ranked[:i])
+        ]
+        kept += [a for a in ranked if a not in kept][: max(0, keep - len(kept))]
+        for a in ranked:
+            if a not in kept:
+                state.arms_out[a] = Out(0, 1, math.nan, ranked[0])
+                state.alive.remove(a)
         low, high = ranges.get(family, (math.nan, math.nan))
-        where = condition_tag(best.params) if len(conditions_of(plan)) > 1 else ""
-        known = [state.arms[a].lr for a in state.arms if _same(state.arms[a], best)]
-        refine = 10 ** (float(plan.get("lattice", 0.5)) / 2)  # half a lattice step
-        for lr in (best.lr / refine, best.lr * refine):
-            inside = low * (1 - 1e-9) <= lr <= high * (1 + 1e-9)
-            if inside and all(abs(lr / k - 1) > 0.01 for k in known if k > 0):
-                arm = Arm(
-                    f"{family} lr {lr:.3g}{where}",
-                    "family",
-                    family,
-                    best.params | {f"{family}.lr": lr},
-                )
-                state.arms[arm.id] = arm
-                state.alive.append(arm.id)
+        for centre in (state.arms[a] for a in kept):
+            known = [state.arms[a].lr for a in state.arms if _same(state.arms[a], centre)]
+            for lr in (centre.lr / refine, centre.lr * refine):
+                inside = low * (1 - 1e-9) <= lr <= high * (1 + 1e-9)
+                if inside and all(abs(lr / k - 1) > 0.01 for k in known if k > 0):
+                    arm = Arm(
+                        f"{family} lr {lr:.3g}{condition_tag(centre.params) if tagged else ''}",
+                        "family",
+                        family,
+                        centre.params | {f"{family}.lr": lr},
+                    )
+                    state.arms[arm.id] = arm
+                    state.alive.append(arm.id)
+                    known.append(lr)
 
 
 def condition_tag(params: dict[str, Any]) -> str:
