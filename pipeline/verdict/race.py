@@ -83,7 +83,7 @@ class Rules:
     keep: int = 2
     confidence: float = 0.9
     margin: float = 0.1
-    budget: int = 1500
+    budget: int = 2000
     resamples: int = 2000
     holdout: int = 40  # new seeds for each family racing at the end (0: none)
     holdout_looks: int = 2  # the holdout's seeds, n at a time, at most this many times n
