@@ -160,7 +160,9 @@ class Race:
         "seeds per arm, round by round ([]: no race)", allows="[] or rising counts"
     )
     keep: int = key(
-        "lattice points a family keeps after round 0 (and its best's neighbours)", low=1
+        "lattice points a family keeps after round 0, at least: its best at every pair and "
+        "the next best to this many, each with its neighbours",
+        low=1,
     )
     lattice: float = key("decades between a family's raced learning rates", low=0, strict=True)
     conditions: int = key(
