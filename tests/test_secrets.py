@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,9 +101,18 @@ def leaky() -> Iterator[tuple[str, str]]:
         require_service(f"cannot create a PostgreSQL role at {PG_URL}: {first_line(exc)}")
     host = PG_URL.rsplit("@", 1)[1].rsplit("/", 1)[0]
     yield f"postgresql://{name}:{password}@{host}/{name}", password
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.exec_driver_sql(f"DROP ROLE IF EXISTS {name}")
+    # FORCE ends the test's own sessions, but refuses while an autovacuum worker (a
+    # superuser's backend) happens to be in the new database: it ends within moments.
+    for attempt in range(10):
+        try:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+                conn.exec_driver_sql(f"DROP ROLE IF EXISTS {name}")
+            break
+        except sqlalchemy.exc.DBAPIError:
+            if attempt == 9:
+                raise
+            time.sleep(0.5)
     admin.dispose()
 
 
