@@ -338,7 +338,6 @@ def _halve(state: State, plan: dict[str, Any], times: pd.DataFrame, *, keep: int
                     )
                     state.arms[arm.id] = arm
                     state.alive.append(arm.id)
-                    known.append(lr)
 
 
 def condition_tag(params: dict[str, Any]) -> str:
