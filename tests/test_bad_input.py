@@ -61,6 +61,7 @@ CASES = [
     (["race.seeds=[5,1]"], "race.seeds", "must rise"),
     (["race.seeds=[0,5]"], "race.seeds", "rising counts"),
     (["race.budget=0"], "race.budget", "integer >= 1"),
+    (["race.holdout=[1]"], "race.holdout", "[1] is not allowed; use an integer >= 0"),
     (["race.baseline.lr=-1"], "race.baseline.lr", "> 0"),
     (["race.baseline.optimizer=adamx"], "race.baseline.optimizer", "allowed: adagrad, adam,"),
     (["race.baseline.schedule=cosin"], "race.baseline.schedule", "allowed: constant, cosine,"),

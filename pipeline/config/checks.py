@@ -187,7 +187,8 @@ def _typed(cfg: DictConfig, section: str, schema: type) -> None:
     except ValidationError as exc:
         key = f"{section}.{str(exc.full_key).split('[')[0]}"  # a list's element: the list
         value = OmegaConf.select(cfg, key, default=None)
-        if OmegaConf.is_list(value):  # name the element that is wrong
+        listed = key in fields and str(fields[key].type).startswith("list")
+        if OmegaConf.is_list(value) and listed:  # name the element that is wrong
             wrong = next((v for v in value if str(v) in str(exc)), value)
             rule = allowed(fields[key])
             raise ConfigError(key, f"{wrong!r} is not allowed; use {rule}") from None
