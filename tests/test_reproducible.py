@@ -106,6 +106,24 @@ def test_history_shows_only_finished_search_trials_below_the_lag():
     assert view.direction == study.direction  # everything else is the study's
 
 
+def test_a_stand_in_is_seen_in_the_place_of_the_trial_that_died():
+    # Trial 1's worker died; trial 3 was queued in its place and finished. What the trial at
+    # place LAG + 3 learns from is an uninterrupted run's: places 0, 1, 2 in that order (TPE
+    # orders its observations by number), the dead trial left out.
+    study = optuna.create_study()
+    _finished(study, 0.0)
+    died = study.ask()
+    study._storage.set_trial_user_attr(died._trial_id, record.STALE, "worker host:1 died")
+    study.tell(died, state=TrialState.FAIL)
+    _finished(study, 2.0)
+    stand_in = study.ask()
+    study._storage.set_trial_user_attr(stand_in._trial_id, record.PLACE, 1)
+    study.tell(stand_in, 1.0)
+    shown = visible(study.trials, LAG + 3)
+    assert [(t.number, t.value) for t in shown] == [(0, 0.0), (1, 1.0), (2, 2.0)]
+    assert study.trials[3].number == 3  # the study's own trial keeps its number
+
+
 def test_pruner_judges_against_the_lagged_history_only():
     study = optuna.create_study(
         pruner=LaggedPruner(optuna.pruners.MedianPruner(n_startup_trials=1))
@@ -157,3 +175,47 @@ def test_a_trial_on_another_machine_is_waited_for_at_most_remote_wait():
     seen = wait_for_history(study, LAG + 2, remote_wait=0.3, note=notes.append)
     assert 0.3 <= time.monotonic() - started < 2
     assert [t.number for t in seen] == [1] and "may differ on a rerun" in notes[0]
+
+
+def test_a_study_killed_and_rerun_holds_the_trials_an_uninterrupted_run_holds(tmp_path):
+    # A trial killed mid-run is run again in its own place: the same seed and history for its
+    # sampler, the same training seed, waited for by the places after it. Otherwise every
+    # trial LAG places after the kill learns from another history, and the race races other
+    # settings than an uninterrupted run of the same seed.
+    def search(folder, *, kill_after: int | None = None) -> list[tuple]:
+        folder.mkdir()
+        storage = f"journal:///{folder}/study.journal"
+        args = (*PARALLEL, f"search.storage={storage}", "race.holdout=0")
+        if kill_after is not None:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.search", *args],
+                cwd=folder,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    states = [t.state for t in load_study(storage, "moons").get_trials()]
+                except Exception:  # the study is not there yet
+                    states = []
+                if states.count(TrialState.COMPLETE) >= kill_after and TrialState.RUNNING in states:
+                    break
+                time.sleep(0.05)
+            proc.kill()
+            proc.communicate()
+        result = run_cli("pipeline.search", *args, cwd=folder)
+        assert result.returncode == 0, result.stderr
+        trials = load_study(storage, "moons").get_trials()
+        searched = [t for t in trials if record.role(t) == "search"]
+        died = [t for t in searched if record.died(t)]
+        assert (len(died) > 0) == (kill_after is not None)
+        return sorted(
+            (record.place(t), t.state, t.params, t.value) for t in searched if record.counts(t)
+        )
+
+    uninterrupted = search(tmp_path / "whole")
+    killed = search(tmp_path / "killed", kill_after=4)
+    assert len(uninterrupted) == 20
+    assert killed == uninterrupted

@@ -52,6 +52,10 @@ RACED = ("race",)  # the roles of the race's runs (seed replicates of an arm)
 ARM = "arm"  # the arm a race run belongs to (verdict.race.Arm.id)
 REPLICATE = "replicate"  # its seed index 0..R-1
 SEED = "seed"  # the seed it trains with, when not the search's seed + trial number
+# The search place a trial fills, when not its own number: a trial queued in place of one whose
+# worker died or was interrupted takes that trial's place (search.phases.study.replace_died),
+# and with it the seed and the history that trial sampled and trained with.
+PLACE = "place"
 # Replicates trained as one stacked group (search.workers.groups): the group's size. Their
 # curve seconds are the group's wall clock since it started, not a run of their own.
 GROUP = "group"
@@ -170,6 +174,19 @@ def state(trial: FrozenTrial) -> str:
             return "unused"
         return "lost"  # its worker was killed, or the heartbeat stopped
     return trial.state.name.lower()
+
+
+def place(trial: FrozenTrial | optuna.Trial) -> int:
+    """The search place a trial fills: its own number, or the place of the trial it stands in
+    for (PLACE). A search trial's sampler seed, training seed and the history it sees follow
+    its place, so a study killed and rerun holds the trials an uninterrupted one would."""
+    return int(trial.user_attrs.get(PLACE, trial.number))
+
+
+def died(trial: FrozenTrial) -> bool:
+    """Whether a trial ended without finishing on its own: its worker died, or it was
+    interrupted (not one that failed with its own error, nor an unused queued place)."""
+    return trial.state == TrialState.FAIL and state(trial) in ("lost", "interrupted")
 
 
 def live(trial: FrozenTrial) -> bool:

@@ -126,7 +126,7 @@ class TrialRunner:
         started = time.perf_counter()
         attrs = trial.user_attrs
         searched = attrs.get(record.ROLE, "search") == "search"  # else its own seed, never pruned
-        seed = int(attrs.get(record.SEED, int(self.cfg.seed) + trial.number))
+        seed = int(attrs.get(record.SEED, int(self.cfg.seed) + record.place(trial)))
         pl.seed_everything(seed, verbose=False)
 
         net = self.make_model()

@@ -28,7 +28,7 @@ from pipeline.search import interrupt, launchers, stale
 from pipeline.search.engine.loggers import callback_configs
 from pipeline.search.phases import race, steptime
 from pipeline.search.phases.preflight import preflight
-from pipeline.search.phases.study import prepare, retire_surplus
+from pipeline.search.phases.study import prepare, replace_died, retire_surplus
 from pipeline.search.space import SearchSpace
 from pipeline.search.workers import cores
 from pipeline.search.workers.groups import GroupWorker
@@ -264,11 +264,13 @@ def _await_inherited(
 
 def _queue_lost(study: optuna.Study, budget: Budget) -> int:
     """Queue a place for each search trial the budget misses that no queued place covers (a
-    trial that ended uncounted after the places were queued); how many."""
+    trial that ended uncounted after the places were queued): a died trial's own place first
+    (study.replace_died); how many."""
+    stand_ins = replace_died(study, budget)
     now = record.trials(study)
     lost = max(0, budget.missing(now) - budget.waiting(now))
     queue_places(study, lost)
-    return lost
+    return stand_ins + lost
 
 
 def queue_places(study: optuna.Study, count: int) -> None:

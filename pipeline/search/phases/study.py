@@ -4,9 +4,10 @@
 
 search.n_trials is the total the study should hold. A trial counts once it is complete, pruned
 or failed with an error of its own (pipeline.core.record.counts); trials cut short by Ctrl-C or
-by a killed worker do not, so a rerun of the same command runs exactly what is missing. A rerun
-also retries the trials that failed with an error (the user may have fixed the cause): each is
-marked retried, kept as history, and its sampled values are queued again.
+by a killed worker do not, so a rerun of the same command runs exactly what is missing, each
+such trial's place first and as it would have run (replace_died). A rerun also retries the
+trials that failed with an error (the user may have fixed the cause): each is marked retried,
+kept as history, and its sampled values are queued again.
 """
 
 from __future__ import annotations
@@ -71,10 +72,13 @@ def prepare(
     retried = retry_failed(study)
     if retried:
         note(f"retrying {retried} trial{'s' if retried > 1 else ''} that failed with an error")
-    if not grid:
-        queue_first_looks(study, list(space.optimizers), cfg)
     n_trials = int(cfg.search.n_trials)  # a grid smaller than that ends the study sooner
-    return study, Budget(min(n_trials, len(points)), grid=True) if grid else Budget(n_trials)
+    if grid:
+        return study, Budget(min(n_trials, len(points)), grid=True)
+    budget = Budget(n_trials)
+    replace_died(study, budget)
+    queue_first_looks(study, list(space.optimizers), cfg)
+    return study, budget
 
 
 def retry_failed(study: optuna.Study) -> int:
@@ -101,6 +105,37 @@ def retry_failed(study: optuna.Study) -> int:
             keep = {k: attrs[k] for k in (record.GRID_POINT,) if k in attrs}
             study.enqueue_trial(trial.params, user_attrs=keep or None, skip_if_exists=False)
     return len(failed)
+
+
+def replace_died(study: optuna.Study, budget: Budget) -> int:
+    """Queue a trial in the place of each search trial that died (its worker killed, or
+    interrupted) and that no live trial holds yet, lowest place first, as many as the budget
+    misses beyond the queued trials; returns how many.
+
+    The stand-in takes the dead trial's place (record.PLACE) and what was queued for it (a
+    first look's family), so it samples with the same seed from the same history and trains
+    with the same seed: a study killed and rerun holds the trials an uninterrupted run of the
+    same seed holds. Queued at the end, it is still claimed first (workers take the lowest
+    place) and waited for by the places after it (search.sampling.lagged). Where a later trial
+    already sampled without it (a worker on another machine lost mid-run), that trial's values
+    stay as they were.
+    """
+    now = record.trials(study)
+    room = budget.missing(now) - budget.waiting(now)
+    trials = [t for t in now if record.role(t) == "search"]
+    held = {record.place(t) for t in trials if record.live(t)}
+    queued = 0
+    for trial in sorted(trials, key=lambda t: (record.place(t), t.number)):
+        place = record.place(trial)
+        if queued >= room:
+            break
+        if not record.died(trial) or place in held or record.GRID_POINT in trial.user_attrs:
+            continue
+        fixed = dict(trial.system_attrs.get("fixed_params") or {})
+        study.enqueue_trial(fixed, user_attrs={record.PLACE: place}, skip_if_exists=False)
+        held.add(place)
+        queued += 1
+    return queued
 
 
 def queue_first_looks(study: optuna.Study, families: Sequence[str], cfg: DictConfig) -> int:

@@ -5,13 +5,16 @@
 
 Optuna samples each trial from whatever has finished at that instant, so with parallel workers
 the values a seed produces depend on timing (Optuna's docs say parallel runs do not
-reproduce), and so does a pruner's verdict. Here trial n sees only the search trials numbered
-below n - LAG, and waits until those have finished; its sampler has its own seed, derived from
-the master seed and n. What a trial samples and whether it is pruned is then the same on every
-rerun, with 1 worker or up to LAG of them (workers run queued trials in number order, so a
-trial LAG places back has almost always finished). Each trial's training is seeded too, so
-the whole study reproduces, up to float rounding between different intra-op thread counts.
-More workers than LAG raise the lag to their number.
+reproduce), and so does a pruner's verdict. Here the trial at place n (its number, or the place
+of the trial it stands in for: record.place) sees only the search trials placed below n - LAG,
+and waits until those have finished; its sampler has its own seed, derived from the master seed
+and n. What a trial samples and whether it is pruned is then the same on every rerun, with 1
+worker or up to LAG of them (workers run queued trials in place order, so a trial LAG places
+back has almost always finished). Each trial's training is seeded too, so the whole study
+reproduces, up to float rounding between different intra-op thread counts. More workers than
+LAG raise the lag to their number. A trial whose worker died or was interrupted leaves the
+history: the trial queued in its place (search.phases.study.replace_died) samples and trains as
+it would have, so a killed and rerun study holds the trials of an uninterrupted one.
 
 Optuna has no such mode (constant_liar only keeps workers from sampling the same point), so
 this wraps its sampler and pruner rather than replacing them.
@@ -46,9 +49,10 @@ POLL = 0.05
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
-def trial_seed(seed: int, number: int) -> int:
-    """Trial `number`'s sampler seed: fixed by the master seed, unlike any other trial's."""
-    return int(np.random.SeedSequence([int(seed), int(number)]).generate_state(1)[0])
+def trial_seed(seed: int, place: int) -> int:
+    """The sampler seed at search place `place`: fixed by the master seed, unlike any other
+    place's."""
+    return int(np.random.SeedSequence([int(seed), int(place)]).generate_state(1)[0])
 
 
 class History:
@@ -91,24 +95,37 @@ class History:
         return self._get_trials()
 
 
-def visible(trials: Sequence[FrozenTrial], number: int, *, lag: int = LAG) -> list[FrozenTrial]:
-    """The finished search trials numbered below number - lag."""
-    return [t for t in _below(trials, number, lag) if t.state in FINISHED]
+def visible(trials: Sequence[FrozenTrial], place: int, *, lag: int = LAG) -> list[FrozenTrial]:
+    """The finished search trials placed below place - lag, less those that died (a trial
+    queued in their place stands for them), in place order, each numbered by its place: a
+    stand-in reads as the trial it stands in for (Optuna's TPE orders what it learns from by
+    number, and which of its kernels a draw takes depends on that order)."""
+    seen = [t for t in _below(trials, place, lag) if t.state in FINISHED and not record.died(t)]
+    return sorted((_as_placed(t) for t in seen), key=lambda t: t.number)
 
 
-def _below(trials: Sequence[FrozenTrial], number: int, lag: int) -> list[FrozenTrial]:
-    return [t for t in trials if t.number < number - lag and record.role(t) == "search"]
+def _as_placed(trial: FrozenTrial) -> FrozenTrial:
+    place = record.place(trial)
+    if place == trial.number:
+        return trial
+    placed = copy.copy(trial)  # the study's own trial keeps its number
+    placed.number = place
+    return placed
+
+
+def _below(trials: Sequence[FrozenTrial], place: int, lag: int) -> list[FrozenTrial]:
+    return [t for t in trials if record.place(t) < place - lag and record.role(t) == "search"]
 
 
 def wait_for_history(
     study: Study,
-    number: int,
+    place: int,
     *,
     lag: int = LAG,
     remote_wait: float = REMOTE_WAIT,
     note: Callable[[str], None] | None = None,
 ) -> list[FrozenTrial]:
-    """Wait until every search trial below number - lag has finished; returns them.
+    """Wait until every search trial placed below place - lag has finished; returns them.
 
     Running trials of dead local workers are left out (the stale reaper fails them later).
     """
@@ -117,7 +134,7 @@ def wait_for_history(
         trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
         pending = [
             t
-            for t in _below(trials, number, lag)
+            for t in _below(trials, place, lag)
             if t.state == TrialState.RUNNING and not dead_worker(t)
         ]
         late = time.monotonic() - started > remote_wait
@@ -125,10 +142,11 @@ def wait_for_history(
             if pending and late and note is not None:
                 shown = ", ".join(str(t.number) for t in pending[:4])
                 note(
-                    f"trial {number} sampled without trial(s) {shown}, still running elsewhere "
-                    f"after {remote_wait:.0f} s: its values may differ on a rerun"
+                    f"the trial at place {place} sampled without trial(s) {shown}, still "
+                    f"running elsewhere after {remote_wait:.0f} s: its values may differ on a "
+                    "rerun"
                 )
-            return visible(trials, number, lag=lag)
+            return visible(trials, place, lag=lag)
         time.sleep(POLL)
 
 
@@ -147,8 +165,8 @@ def _print_err(line: str) -> None:
 
 
 class LaggedSampler(BaseSampler):
-    """Trial n is sampled by make(seed of n) from the search trials below n - LAG, finished;
-    with per_family, from those of the family it was queued for only."""
+    """The trial at place n is sampled by make(seed of n) from the search trials placed below
+    n - LAG, finished; with per_family, from those of the family it was queued for only."""
 
     def __init__(
         self,
@@ -166,19 +184,19 @@ class LaggedSampler(BaseSampler):
         self._per_family = per_family
         self._per_trial: dict[int, tuple[BaseSampler, History | None]] = {}
 
-    def for_trial(self, number: int) -> BaseSampler:
-        """A fresh sampler as trial `number` gets it."""
-        return self._make(trial_seed(self._seed, number))
+    def for_trial(self, place: int) -> BaseSampler:
+        """A fresh sampler as the trial at `place` gets it."""
+        return self._make(trial_seed(self._seed, place))
 
     def _for(self, study: Study, trial: FrozenTrial) -> tuple[BaseSampler, Study]:
         """Trial's own sampler and the history it sees (its search trials only)."""
         if trial.number not in self._per_trial:
-            sampler = self.for_trial(trial.number)
+            sampler = self.for_trial(record.place(trial))
             view = None
             if record.role(trial) == "search":
                 # Name the worker first: the stale reaper fails an unnamed running trial.
                 study._storage.set_trial_user_attr(trial._trial_id, record.WORKER, worker_id())
-                seen = wait_for_history(study, trial.number, lag=self._lag, note=_print_err)
+                seen = wait_for_history(study, record.place(trial), lag=self._lag, note=_print_err)
                 family = fixed_family(trial)
                 if self._per_family and family is not None:
                     seen = [t for t in seen if family_of(t) == family]
@@ -226,7 +244,7 @@ class LaggedSampler(BaseSampler):
         sampler, view = self._for(study, trial)
         sampler.after_trial(view, trial, state, values)
 
-    def reseed_rng(self) -> None:  # each trial's sampler is seeded from the trial number
+    def reseed_rng(self) -> None:  # each trial's sampler is seeded from its place
         pass
 
 
@@ -242,5 +260,5 @@ class LaggedPruner(optuna.pruners.BasePruner):
 
     def prune(self, study: Study, trial: FrozenTrial) -> bool:
         trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
-        view = History(study, visible(trials, trial.number, lag=self._lag))
+        view = History(study, visible(trials, record.place(trial), lag=self._lag))
         return self._pruner.prune(view, trial)  # type: ignore[arg-type]

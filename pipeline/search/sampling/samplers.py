@@ -84,8 +84,9 @@ class SequenceQMC(QMCSampler):
         earlier = [
             t
             for t in study._storage.get_all_trials(study._study_id, deepcopy=False)
-            if t.number < trial.number
+            if record.place(t) < record.place(trial)
             and record.role(t) == "search"
+            and not record.died(t)
             and (family is None or family_of(t) == family)
         ]
         self._place = max(len(earlier) - 1, 0)

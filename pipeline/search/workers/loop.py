@@ -53,7 +53,8 @@ def work(
 ) -> None:
     """Run the phase's queued trials here until none is left for it, the timeout or a stop.
 
-    Each worker claims the lowest-numbered queued trial as Optuna's own queue does (WAITING ->
+    Each worker claims the lowest-placed queued trial (record.place: its number, or that of a
+    trial it stands in for), as Optuna's own queue takes the lowest-numbered (WAITING ->
     RUNNING, refused when another worker got there first) and runs it through Optuna's Trial,
     whose sampler and pruner are the study's. It never asks Optuna for a trial, because
     study.optimize creates one when the queue is empty: two workers that finish together with
@@ -89,7 +90,7 @@ def work(
             show(progress, budget, trials)
         queued = sorted(
             (t for t in budget.own(trials) if t.state == TrialState.WAITING),
-            key=lambda t: t.number,
+            key=lambda t: (record.place(t), t.number),  # a died trial's stand-in first
         )
         claimed = claim(study, queued[: max(0, budget.missing(trials))])
         if not claimed:
