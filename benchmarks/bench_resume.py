@@ -4,11 +4,12 @@
 
 For each seed, the default job (`python -m pipeline seed=S`) twice, each in its own folder under
 benchmarks/out/resume/: once uninterrupted, and once killed with SIGKILL the given seconds after
-it started, then rerun by the same command. It prints, per seed, the trials the kill cut short,
-how many of the search's trials the rerun study shares with the uninterrupted one (the same
-place, parameters, state and value), and both declarations. The bar: every search trial shared
-and the same group declared. The race's runs are timed on each machine's own moment (its cost
-model reads the search's epochs), so the race's run count may differ by a few rounds' arms.
+it started, then rerun by the same command. It prints, per seed, the search trials the kill
+cut short ("cut"; a kill in the race cuts race runs instead), how many of the search's trials
+the rerun study shares with the uninterrupted one (the same place, parameters, state and
+value), and both declarations. The bar: every search trial shared and the same group declared.
+The race reads seconds measured on the machine's moment (its cost model reads the search's
+epochs), so two runs' race run counts may differ by a few arms.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def main() -> None:
         theirs, _ = searched(OUT / f"seed{seed}")
         shared = sum(mine.get(place) == trial for place, trial in theirs.items())
         rows.append((seed, after, died, shared, len(theirs), whole, again))
-    print(f"{'seed':>4} {'killed at':>9} {'died':>4} {'search trials shared':>21}  declarations")
+    print(f"{'seed':>4} {'killed at':>9} {'cut':>4} {'search trials shared':>21}  declarations")
     for seed, after, died, shared, total, whole, again in rows:
         print(f"{seed:>4} {after:>8.1f}s {died:>4} {f'{shared} of {total}':>21}  {describe(whole)}")
         print(f"{'':>4} {'':>9} {'':>4} {'':>21}  {describe(again)} (killed and rerun)")
