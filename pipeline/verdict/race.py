@@ -302,10 +302,10 @@ def _halve(state: State, plan: dict[str, Any], times: pd.DataFrame, *, keep: int
     best, to `keep` in all), each with its neighbours.
 
     Why at every condition, not the family's `keep` best wherever they are: one seed ranks
-    the conditions, often by a hair (two pairs an epoch apart, weighed by epoch costs that
-    move by 5-10 % from one fresh run to the next), so two families as alike as Adam and
-    AdamW kept different pairs and the one left without the quickest was found slower.
-    Raced at every pair, each family's standing is its best of them all (docs/method.md)."""
+    the conditions, often by a hair, weighed by epoch costs measured on the machine's moment,
+    so two alike families could keep different pairs and the one left without the quickest be
+    found slower. Raced at every pair, each family's standing is its best of them all (the
+    measurements: CHANGELOG.md, docs/method.md)."""
     ranges = plan.get("ranges") or {}
     refine = 10 ** (float(plan.get("lattice", 0.5)) / 2)  # half a lattice step
     tagged = len(conditions_of(plan)) > 1
